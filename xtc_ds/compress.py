@@ -1,0 +1,114 @@
+"""The legacy DeepSpeed entry points, ``init_compression`` and ``redundancy_clean``, with the same signatures.
+
+Migrating from ``deepspeed.compression.compress`` is an import change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from xtc_ds._log import log_rank_zero, warn_once
+from xtc_ds.config import SECTION, ConfigError, load_compression_config
+from xtc_ds.inject import inject
+from xtc_ds.layer_reduction import initialize_student, layer_list
+from xtc_ds.nn.qat_linear import XtcQATConv1D
+from xtc_ds.quant.reference import fake_quant_weight
+from xtc_ds.schedule import compression_state
+
+__all__ = ["init_compression", "redundancy_clean"]
+
+
+def _warn_mpu(mpu: Any) -> None:
+    if mpu is not None:
+        warn_once("xtc_ds: mpu is accepted for compatibility, but tensor-parallel (Row/ColumnParallelLinear) layers "
+                  "are not compressed; only nn.Linear, nn.Embedding and transformers Conv1D are")
+
+
+def init_compression(
+    model: nn.Module, deepspeed_config: Any, teacher_model: Optional[nn.Module] = None, mpu: Any = None
+) -> nn.Module:
+    """Prepare ``model`` for compression training, as DeepSpeed's ``init_compression`` did.
+
+    With ``layer_reduction`` enabled and a ``teacher_model``, the (shallower) ``model`` is first
+    initialized from the teacher's ``teacher_layer`` layers and ``other_module_name`` modules. Then the
+    Linear/Embedding/Conv1D modules selected by the quantization groups are replaced by QAT modules that
+    share their Parameters. Quantization is live from each ``schedule_offset``: drive the schedule with
+    :class:`xtc_ds.CompressionScheduler` (or use :func:`xtc_ds.initialize`, whose ``engine.step()`` does).
+
+    Args:
+        model: the model to compress (before ``deepspeed.initialize``).
+        deepspeed_config: DeepSpeed JSON path or dict holding ``compression_training``.
+        teacher_model: the teacher, needed to initialize a layer-reduced student.
+        mpu: accepted for signature compatibility (model-parallel layers are not compressed).
+    Returns:
+        ``model``, modified in place.
+    """
+    config = load_compression_config(deepspeed_config)
+    _warn_mpu(mpu)
+    reduction = config.layer_reduction
+    if reduction.enabled:
+        if teacher_model is not None:
+            initialize_student(model, teacher_model, reduction)
+        else:
+            depth = len(layer_list(model, reduction.module_name_prefix, "student"))
+            if depth != len(reduction.teacher_layer):
+                raise ConfigError(
+                    f"{SECTION}.layer_reduction.teacher_layer: {list(reduction.teacher_layer)} (the student has {depth} "
+                    "layers; pass teacher_model, or build the student with xtc_ds.build_student)"
+                )
+            log_rank_zero(logging.INFO, "xtc_ds: layer_reduction enabled without teacher_model; the student is used "
+                                        "as given (built by build_student or loaded from a checkpoint)")
+    inject(model, config)
+    return model
+
+
+@contextlib.contextmanager
+def _full_weight(weight: torch.nn.Parameter) -> Iterator[None]:
+    """Gather a ZeRO-3 partitioned weight for modification (rank 0 writes, then broadcasts); no-op otherwise."""
+    if not hasattr(weight, "ds_id"):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight], modifier_rank=0):
+        yield
+
+
+def redundancy_clean(model: nn.Module, deepspeed_config: Any, mpu: Any = None) -> nn.Module:
+    """Bake the quantized weights into the model, as DeepSpeed's ``redundancy_clean`` did.
+
+    Every weight-quantized module's weight is replaced by its quantized value at ``target_bits`` (whatever
+    step the schedule is at), and its weight quantizer is removed so it is not applied twice. Activation
+    quantizers stay and are switched on: the result is the compressed model as it will be evaluated and
+    exported. Works on the model or on a DeepSpeed engine (its ``module``).
+
+    Returns:
+        The cleaned model (``engine.module`` when given an engine), modified in place.
+    """
+    config = load_compression_config(deepspeed_config)
+    _warn_mpu(mpu)
+    state = compression_state(model)
+    root = model if getattr(model, "_xtc_state", None) is not None else getattr(model, "module", model)
+    if state is None:
+        raise ValueError("redundancy_clean: the model was not prepared by xtc_ds.init_compression / xtc_ds.initialize")
+    if state.config != config:
+        raise ConfigError(f"{SECTION}: redundancy_clean got a different config than the model was compressed with")
+    for module in root.modules():
+        quantizer = getattr(module, "weight_quantizer", None)
+        if quantizer is not None:
+            with _full_weight(module.weight), torch.no_grad():
+                weight = module.weight.t() if XtcQATConv1D is not None and isinstance(module, XtcQATConv1D) else module.weight
+                groups = weight.shape[0] if quantizer.num_groups is None else quantizer.num_groups
+                baked = fake_quant_weight(weight, quantizer.target_bits, groups, quantizer.symmetric)
+                weight.copy_(baked)
+            module.weight_quantizer = None
+        act_quantizer = getattr(module, "act_quantizer", None)
+        if act_quantizer is not None:
+            act_quantizer.enabled = True
+    state.cleaned = True
+    return root

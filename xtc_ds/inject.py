@@ -1,0 +1,147 @@
+"""inject() and revert(): the only code that replaces submodules.
+
+Validate everything first (``matching.plan_injection``), then swap. Replacements share the original
+Parameters, so optimizer state, ``state_dict()`` keys and DeepSpeed checkpoints are unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+from xtc_ds._log import log_rank_zero, warn_once
+from xtc_ds.config import SECTION, CompressionConfig, ConfigError, QuantizationType, RangeCalibration, Rounding
+from xtc_ds.config import load_compression_config
+from xtc_ds.matching import InjectionReport, ModulePlan, is_compressed, plan_injection
+from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
+from xtc_ds.nn.qat_embedding import XtcQATEmbedding
+from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, conv1d_type
+from xtc_ds.schedule import CompressionScheduler, CompressionState, compression_state
+
+__all__ = ["inject", "revert"]
+
+
+def _announce(config: CompressionConfig) -> None:
+    """Say how legacy settings that have no exact equivalent here are served: nothing is silently dropped."""
+    wq = config.weight_quantization
+    if not wq.enabled:
+        return
+    shared = wq.shared_parameters
+    if not shared.quantize_weight_in_forward:
+        log_rank_zero(
+            logging.INFO,
+            f"xtc_ds: {SECTION}.weight_quantization.shared_parameters.quantize_weight_in_forward is false (the legacy "
+            "fp16 in-place MoQ path, removed from DeepSpeed); weights are fake-quantized in the forward pass with "
+            "full-precision master weights instead, which gives the same forward numerics in fp32, bf16 and fp16",
+        )
+    if shared.quantizer_kernel:
+        warn_once(
+            f"xtc_ds: {SECTION}.weight_quantization.shared_parameters.quantizer_kernel is true, but fused quantization "
+            "kernels are not part of this version; the pure-PyTorch quantizers are used"
+        )
+    for kind, section in (("weight_quantization", wq), ("activation_quantization", config.activation_quantization)):
+        for name, group in section.different_groups.items():
+            if group.related_modules:
+                warn_once(
+                    f"xtc_ds: {SECTION}.{kind}.different_groups.{name}.related_modules has no effect on quantization "
+                    "(it names layers that pruning shrinks together); it is ignored for this group"
+                )
+
+
+def _quantizers(config: CompressionConfig, plan: ModulePlan) -> tuple[Any, Any]:
+    wq, aq = config.weight_quantization, config.activation_quantization
+    weight_q = act_q = None
+    if plan.weight_group is not None:
+        shared = wq.shared_parameters
+        weight_q = WeightFakeQuantizer(
+            plan.weight_group,
+            wq.different_groups[plan.weight_group].params.target_bits,
+            plan.num_groups,
+            symmetric=shared.quantization_type is QuantizationType.SYMMETRIC,
+            stochastic=shared.rounding is Rounding.STOCHASTIC,
+        )
+    if plan.act_group is not None:
+        shared = aq.shared_parameters
+        act_q = ActFakeQuantizer(
+            plan.act_group,
+            aq.different_groups[plan.act_group].params.bits,
+            symmetric=shared.quantization_type is QuantizationType.SYMMETRIC,
+            static=shared.range_calibration is RangeCalibration.STATIC,
+        )
+    return weight_q, act_q
+
+
+def _replacement(module: nn.Module, weight_q: Any, act_q: Any) -> nn.Module:
+    if isinstance(module, nn.Embedding):
+        return XtcQATEmbedding.from_embedding(module, weight_q)
+    if isinstance(module, nn.Linear):
+        return XtcQATLinear.from_linear(module, weight_q, act_q)
+    conv1d = conv1d_type()
+    if conv1d is not None and isinstance(module, conv1d):
+        return XtcQATConv1D.from_conv1d(module, weight_q, act_q)
+    raise TypeError(f"xtc_ds cannot compress {type(module).__name__}")
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
+    """Replace the modules the config's quantization groups select by QAT modules, in place.
+
+    Args:
+        model: the model (``nn.Module``; not a DeepSpeed engine: inject before ``deepspeed.initialize``).
+        deepspeed_config: path, DeepSpeed config dict, section dict or :class:`CompressionConfig`.
+    Returns:
+        :class:`InjectionReport` of module name -> group. Injecting the same config again is a no-op
+        that returns the first report.
+    Raises:
+        ConfigError: invalid config, a group matching nothing, overlapping groups, indivisible groups,
+            or a model already injected with a different config.
+    """
+    config = load_compression_config(deepspeed_config)
+    state = compression_state(model)
+    if state is not None:
+        if state.config != config:
+            raise ConfigError(f"{SECTION}: the model is already compressed with a different config; call revert() first")
+        return state.report
+    plans = plan_injection(model, config)
+    _announce(config)
+    report = InjectionReport()
+    modules = dict(model.named_modules())
+    for name, plan in plans.items():
+        module = modules[name]
+        if is_compressed(module):
+            raise ConfigError(f"{SECTION}: module '{name}' is already an xtc_ds module but the model has no record of it")
+        weight_q, act_q = _quantizers(config, plan)
+        _set_submodule(model, name, _replacement(module, weight_q, act_q))
+        if plan.weight_group is not None:
+            report.weight_quantized[name] = plan.weight_group
+        if plan.act_group is not None:
+            report.activation_quantized[name] = plan.act_group
+    state = CompressionState(config=config, report=report)
+    state.hook = model.register_forward_pre_hook(state.count_forward)
+    model._xtc_state = state
+    CompressionScheduler(model)  # puts every quantizer in its step-0 state
+    log_rank_zero(logging.INFO, "xtc_ds: " + report.summary().replace("\n", "; "))
+    return report
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Undo :func:`inject`: plain Linear/Conv1D/Embedding modules with the same Parameters."""
+    state = compression_state(model)
+    if state is None:
+        return model
+    for name, module in list(model.named_modules()):
+        if isinstance(module, XtcQATEmbedding):
+            _set_submodule(model, name, module.to_embedding())
+        elif isinstance(module, XtcQATLinear):
+            _set_submodule(model, name, module.to_linear())
+        elif XtcQATConv1D is not None and isinstance(module, XtcQATConv1D):
+            _set_submodule(model, name, module.to_conv1d())
+    state.hook.remove()
+    del model._xtc_state
+    return model

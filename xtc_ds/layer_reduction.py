@@ -1,0 +1,134 @@
+"""Layer reduction: a shallower student initialized from chosen teacher layers (no pre-training distillation).
+
+The legacy library only copied parameters into a student the user had to build by hand, pairing them by
+position (``zip(parameters(), parameters())``). Here the student is built from the teacher's own config,
+and tensors are copied by name, parameters and buffers alike, after checking both sides have the same
+names and shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from xtc_ds._log import log_rank_zero
+from xtc_ds.config import SECTION, ConfigError, LayerReductionConfig, load_compression_config
+
+__all__ = ["build_student", "initialize_student", "layer_list"]
+
+_PATH = f"{SECTION}.layer_reduction"
+
+
+def layer_list(model: nn.Module, prefix: str, role: str) -> nn.ModuleList:
+    """The ``nn.ModuleList`` of transformer layers at ``prefix`` (e.g. ``bert.encoder.layer``)."""
+    try:
+        layers = model.get_submodule(prefix)
+    except AttributeError:
+        raise ConfigError(
+            f"{_PATH}.module_name_prefix: {prefix!r} (the {role} {type(model).__name__} has no such submodule)"
+        ) from None
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"{_PATH}.module_name_prefix: {prefix!r} (names a {type(layers).__name__} in the {role}, "
+            "not the ModuleList of layers)"
+        )
+    return layers
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(itertools.chain(module.named_parameters(), module.named_buffers()))
+
+
+def _copy_exact(dst: nn.Module, src: nn.Module, what: str) -> None:
+    dst_tensors, src_tensors = _tensors(dst), _tensors(src)
+    if dst_tensors.keys() != src_tensors.keys():
+        missing = sorted(src_tensors.keys() ^ dst_tensors.keys())[:5]
+        raise ConfigError(f"{_PATH}: cannot copy {what}: student and teacher tensors differ by name ({missing})")
+    with torch.no_grad():
+        for name, tensor in dst_tensors.items():
+            if tensor.shape != src_tensors[name].shape:
+                raise ConfigError(
+                    f"{_PATH}: cannot copy {what}.{name}: student shape {tuple(tensor.shape)} != teacher shape "
+                    f"{tuple(src_tensors[name].shape)}"
+                )
+            tensor.copy_(src_tensors[name])
+
+
+def _reduction(deepspeed_config: Any) -> LayerReductionConfig:
+    reduction = load_compression_config(deepspeed_config).layer_reduction
+    if not reduction.enabled:
+        raise ConfigError(f"{_PATH}.enabled: False (layer reduction must be enabled to build a student)")
+    return reduction
+
+
+def initialize_student(student: nn.Module, teacher: nn.Module, reduction: LayerReductionConfig) -> None:
+    """Copy teacher layer ``teacher_layer[i]`` into student layer ``i``, and every ``other_module_name`` module.
+
+    Raises:
+        ConfigError: depths or indices that do not fit the two models, or modules whose tensors differ.
+    """
+    student_layers = layer_list(student, reduction.module_name_prefix, "student")
+    teacher_layers = layer_list(teacher, reduction.module_name_prefix, "teacher")
+    if len(student_layers) != len(reduction.teacher_layer):
+        raise ConfigError(
+            f"{_PATH}.teacher_layer: {list(reduction.teacher_layer)} (lists {len(reduction.teacher_layer)} layers but the "
+            f"student has {len(student_layers)})"
+        )
+    for i, index in enumerate(reduction.teacher_layer):
+        if index >= len(teacher_layers):
+            raise ConfigError(
+                f"{_PATH}.teacher_layer[{i}]: {index} (the teacher has {len(teacher_layers)} layers, 0..{len(teacher_layers) - 1})"
+            )
+        _copy_exact(student_layers[i], teacher_layers[index], f"{reduction.module_name_prefix}.{index}")
+    for i, name in enumerate(reduction.other_module_name):
+        try:
+            dst, src = student.get_submodule(name), teacher.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"{_PATH}.other_module_name[{i}]: {name!r} (no such module in the student or teacher)") from None
+        _copy_exact(dst, src, name)
+
+
+def build_student(teacher_model: nn.Module, deepspeed_config: Any) -> nn.Module:
+    """Build the shallower student that ``layer_reduction`` describes and initialize it from the teacher.
+
+    The student has the teacher's class and config with ``num_hidden_layers = len(teacher_layer)``; its
+    layer ``i`` is an exact copy of teacher layer ``teacher_layer[i]``, and the ``other_module_name``
+    modules (embeddings, pooler, classifier) are copied too. Modules in neither list keep their fresh
+    initialization, which is logged.
+
+    Args:
+        teacher_model: a Hugging Face ``PreTrainedModel`` (BERT, RoBERTa, DistilBERT, GPT-2, ...).
+        deepspeed_config: path, dict or :class:`CompressionConfig` with ``layer_reduction.enabled``.
+    Returns:
+        The student, on the teacher's device and dtype, in the teacher's train/eval mode.
+
+    Example:
+        >>> student = xtc_ds.build_student(teacher, "ds_configs/ds_xtc.json")
+    """
+    reduction = _reduction(deepspeed_config)
+    if not hasattr(teacher_model, "config"):
+        raise TypeError("build_student needs a Hugging Face model (with .config); build the student yourself and "
+                        "call init_compression(student, config, teacher_model=teacher) for other models")
+    student_config = copy.deepcopy(teacher_model.config)
+    student_config.num_hidden_layers = len(reduction.teacher_layer)
+    reference = next(teacher_model.parameters())
+    student = type(teacher_model)(student_config).to(device=reference.device, dtype=reference.dtype)
+    initialize_student(student, teacher_model, reduction)
+    covered = (reduction.module_name_prefix, *reduction.other_module_name)
+    fresh = [
+        name
+        for name, _ in student.named_parameters()
+        if not any(name == c or name.startswith(c + ".") for c in covered)
+    ]
+    if fresh:
+        log_rank_zero(
+            logging.WARNING,
+            f"xtc_ds: build_student left {len(fresh)} parameters at random initialization because "
+            f"{_PATH}.other_module_name does not list them (e.g. {fresh[:3]})",
+        )
+    return student.train(teacher_model.training)

@@ -1,0 +1,175 @@
+"""Pure-PyTorch quantizer math: the specification every fused kernel must match.
+
+All functions are plain tensor math without autograd tricks; ``ste.py`` adds the straight-through
+gradient. They compute in float32 and return the input's dtype, so fp16/bf16 weights get the same
+levels as fp32 ones.
+
+Grouping follows the legacy DeepSpeed library: a weight is flattened row-major and split into
+``num_groups`` contiguous groups (``num_groups == out_features`` is per-row); activations are
+quantized per token (each row of the last dimension is a group) or with one static range.
+
+Deliberate differences from the legacy library (see README, "Differences from DeepSpeed"):
+binary maps exact zeros to ``+alpha`` so there are exactly two levels; symmetric ``b``-bit uses the
+restricted range ``[-(2^(b-1)-1), 2^(b-1)-1]`` with ``scale = max|x| / (2^(b-1)-1)`` so the largest
+magnitude is representable (legacy clipped it); asymmetric uses ``(max-min) / (2^b-1)`` (legacy divided
+by ``2^b`` and wasted a level).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = [
+    "TERNARY_THRESHOLD",
+    "binarize",
+    "ternarize",
+    "fake_quant_symmetric",
+    "fake_quant_asymmetric",
+    "fake_quant_weight",
+    "fake_quant_activation",
+]
+
+TERNARY_THRESHOLD = 0.7
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _grouped(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """``x`` as float32 of shape ``(num_groups, numel // num_groups)``; groups are contiguous."""
+    if num_groups < 1 or x.numel() % num_groups:
+        raise ValueError(f"cannot split a tensor of {x.numel()} elements {tuple(x.shape)} into {num_groups} equal groups")
+    return x.reshape(num_groups, -1).float()
+
+
+def _round(x: torch.Tensor, stochastic: bool) -> torch.Tensor:
+    return torch.floor(x + torch.rand_like(x)) if stochastic else torch.round(x)
+
+
+def binarize(weight: torch.Tensor, num_groups: int = 1) -> torch.Tensor:
+    """``sign(W) * mean|W|`` per group, with ``sign(0) = +1``.
+
+    Args:
+        weight: any shape; flattened into ``num_groups`` contiguous groups.
+        num_groups: number of scales.
+    Returns:
+        Tensor of ``weight``'s shape and dtype holding exactly ``{-alpha_g, +alpha_g}`` per group.
+    """
+    w = _grouped(weight, num_groups)
+    alpha = w.abs().mean(dim=1, keepdim=True)
+    return torch.where(w >= 0, alpha, -alpha).reshape(weight.shape).to(weight.dtype)
+
+
+def ternarize(weight: torch.Tensor, num_groups: int = 1) -> torch.Tensor:
+    """TWN ternarization: ``Delta = 0.7 * mean|W|``; ``alpha = mean(|W| where |W| > Delta)`` per group.
+
+    Returns:
+        Tensor of ``weight``'s shape and dtype with values in ``{-alpha_g, 0, +alpha_g}``.
+    """
+    w = _grouped(weight, num_groups)
+    magnitude = w.abs()
+    keep = magnitude > TERNARY_THRESHOLD * magnitude.mean(dim=1, keepdim=True)
+    kept = keep.sum(dim=1, keepdim=True).clamp_min(1)
+    alpha = (magnitude * keep).sum(dim=1, keepdim=True) / kept
+    return (torch.sign(w) * keep * alpha).reshape(weight.shape).to(weight.dtype)
+
+
+def fake_quant_symmetric(
+    rows: torch.Tensor, bits: int, stochastic: bool = False, amax: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Symmetric ``bits``-bit fake quantization of each row of a 2-D float32 tensor.
+
+    Args:
+        rows: ``(R, N)`` float32; each row has its own scale unless ``amax`` is given.
+        bits: 2..8.
+        stochastic: round stochastically instead of to nearest.
+        amax: optional fixed range (broadcastable to ``(R, 1)``), e.g. a static activation range.
+    Returns:
+        ``(R, N)`` float32 on the grid ``scale * [-(2^(bits-1)-1) .. 2^(bits-1)-1]``.
+    """
+    q_max = 2 ** (bits - 1) - 1
+    if amax is None:
+        amax = rows.abs().amax(dim=1, keepdim=True)
+    scale = (amax / q_max).clamp_min(_TINY)
+    return _round(rows / scale, stochastic).clamp_(-q_max, q_max).mul_(scale)
+
+
+def fake_quant_asymmetric(
+    rows: torch.Tensor,
+    bits: int,
+    stochastic: bool = False,
+    x_min: Optional[torch.Tensor] = None,
+    x_max: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Asymmetric ``bits``-bit fake quantization (scale and integer zero point) of each row.
+
+    Args:
+        rows: ``(R, N)`` float32.
+        bits: 2..8; codes are ``0 .. 2^bits - 1``.
+        stochastic: round stochastically instead of to nearest.
+        x_min, x_max: optional fixed range; per-row min/max otherwise.
+    Returns:
+        ``(R, N)`` float32 dequantized values.
+    """
+    q_max = 2**bits - 1
+    if x_min is None or x_max is None:
+        x_min = rows.amin(dim=1, keepdim=True)
+        x_max = rows.amax(dim=1, keepdim=True)
+    # The range must contain 0 so that zero (padding, ReLU output) stays exact.
+    x_min = torch.clamp(x_min, max=0.0)
+    x_max = torch.clamp(x_max, min=0.0)
+    scale = ((x_max - x_min) / q_max).clamp_min(_TINY)
+    zero_point = torch.round(-x_min / scale)
+    codes = (_round(rows / scale, stochastic) + zero_point).clamp_(0, q_max)
+    return codes.sub_(zero_point).mul_(scale)
+
+
+def fake_quant_weight(
+    weight: torch.Tensor, bits: int, num_groups: int, symmetric: bool = True, stochastic: bool = False
+) -> torch.Tensor:
+    """Fake-quantize a weight: 1 bit binary, 2 bits ternary, 3..8 bits uniform (sym or asym).
+
+    Args:
+        weight: ``(out_features, in_features)`` (or any shape), flattened into ``num_groups`` groups.
+        bits: 1..8.
+        num_groups: number of contiguous groups, each with its own scale.
+        symmetric: uniform grid without zero point (3..8 bits; 1 and 2 bits are always symmetric).
+        stochastic: stochastic rounding (3..8 bits).
+    Returns:
+        Tensor of ``weight``'s shape and dtype.
+    """
+    if bits == 1:
+        return binarize(weight, num_groups)
+    if bits == 2:
+        return ternarize(weight, num_groups)
+    if not 3 <= bits <= 8:
+        raise ValueError(f"bits must be 1..8, got {bits}")
+    rows = _grouped(weight, num_groups)
+    out = fake_quant_symmetric(rows, bits, stochastic) if symmetric else fake_quant_asymmetric(rows, bits, stochastic)
+    return out.reshape(weight.shape).to(weight.dtype)
+
+
+def fake_quant_activation(
+    x: torch.Tensor,
+    bits: int,
+    symmetric: bool = True,
+    x_min: Optional[torch.Tensor] = None,
+    x_max: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Fake-quantize activations per token (dynamic) or with one static range.
+
+    Args:
+        x: ``(..., features)``; each token (row of the last dimension) is one group when no range is given.
+        bits: 4 or 8.
+        symmetric: symmetric grid, or asymmetric with zero point.
+        x_min, x_max: scalar tensors of a static range (both or neither).
+    Returns:
+        Tensor of ``x``'s shape and dtype.
+    """
+    rows = x.reshape(-1, x.shape[-1]).float()
+    if symmetric:
+        amax = None if x_max is None else torch.maximum(x_min.abs(), x_max.abs())
+        out = fake_quant_symmetric(rows, bits, amax=amax)
+    else:
+        out = fake_quant_asymmetric(rows, bits, x_min=x_min, x_max=x_max)
+    return out.reshape(x.shape).to(x.dtype)

@@ -1,0 +1,151 @@
+"""``xtc_ds.initialize``: ``deepspeed.initialize`` with the ``compression_training`` section handled by xtc_ds.
+
+It splits the section off (DeepSpeed >= 0.19 rejects it, older DeepSpeed would run its removed library
+on it), injects compression *before* DeepSpeed builds its optimizer and ZeRO partitions, and ties the
+compression schedule to the engine: every applied ``engine.step()`` advances it, and
+``engine.save_checkpoint`` / ``engine.load_checkpoint`` carry its state.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from xtc_ds._log import log_rank_zero
+from xtc_ds.compress import init_compression
+from xtc_ds.config import CompressionConfig, split_deepspeed_config
+from xtc_ds.distill import DistillationLoss, require_eager_attention
+from xtc_ds.schedule import CompressionScheduler
+
+__all__ = ["initialize", "XtcRuntime", "CHECKPOINT_KEY"]
+
+CHECKPOINT_KEY = "xtc_compression"
+
+
+@dataclass
+class XtcRuntime:
+    """What ``xtc_ds.initialize`` hangs on the engine as ``engine.xtc``."""
+
+    config: CompressionConfig
+    scheduler: CompressionScheduler
+    teacher: Optional[nn.Module] = None
+    distillation: Optional[DistillationLoss] = None
+
+    def teacher_outputs(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the frozen teacher without gradients, asking for what the KD loss reads."""
+        if self.teacher is None:
+            raise ValueError("xtc_ds.initialize was called without teacher_model")
+        extra = self.distillation.model_kwargs if self.distillation is not None else {}
+        with torch.no_grad():
+            return self.teacher(*args, **kwargs, **extra)
+
+    def distillation_loss(self, student_outputs: Any, teacher_outputs: Any) -> torch.Tensor:
+        """The configured one-stage KD loss."""
+        if self.distillation is None:
+            raise ValueError("compression_training.knowledge_distillation is not enabled")
+        return self.distillation(student_outputs, teacher_outputs)
+
+
+def _config_source(args: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+    sources = [config, kwargs.pop("config_params", None)]
+    for name in ("deepspeed_config", "deepscale_config"):
+        sources.append(getattr(args, name, None))
+    given = [source for source in sources if source is not None]
+    if not given:
+        raise ValueError("xtc_ds.initialize needs config= (path or dict) or args.deepspeed_config")
+    if len(given) > 1:
+        raise ValueError("xtc_ds.initialize got the DeepSpeed config twice (config= and args.deepspeed_config); pass one")
+    return given[0]
+
+
+def _attach(engine: Any, runtime: XtcRuntime) -> None:
+    """Make the engine drive and checkpoint the compression schedule."""
+    engine.xtc = runtime
+    engine_step, engine_save, engine_load = engine.step, engine.save_checkpoint, engine.load_checkpoint
+
+    @functools.wraps(engine_step)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        result = engine_step(*args, **kwargs)
+        if engine.was_step_applied():  # an optimizer update happened (boundary, no fp16 overflow)
+            runtime.scheduler.step()
+        return result
+
+    @functools.wraps(engine_save)
+    def save_checkpoint(save_dir: str, tag: Any = None, client_state: Optional[dict] = None, **kwargs: Any) -> Any:
+        state = dict(client_state or {})
+        state[CHECKPOINT_KEY] = runtime.scheduler.state_dict()
+        return engine_save(save_dir, tag=tag, client_state=state, **kwargs)
+
+    @functools.wraps(engine_load)
+    def load_checkpoint(*args: Any, **kwargs: Any) -> Any:
+        load_path, client_state = engine_load(*args, **kwargs)
+        if load_path is not None:
+            saved = (client_state or {}).pop(CHECKPOINT_KEY, None)
+            if saved is None:
+                log_rank_zero(logging.WARNING, f"xtc_ds: checkpoint {load_path} has no compression state; "
+                                               f"resuming the schedule at the engine's step {engine.global_steps}")
+                saved = {"step": engine.global_steps}
+            runtime.scheduler.load_state_dict(saved)
+        return load_path, client_state
+
+    engine.step, engine.save_checkpoint, engine.load_checkpoint = step, save_checkpoint, load_checkpoint
+
+
+def initialize(
+    args: Any = None,
+    model: Optional[nn.Module] = None,
+    config: Any = None,
+    teacher_model: Optional[nn.Module] = None,
+    **kwargs: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """``deepspeed.initialize`` for a model trained with XTC compression.
+
+    Takes what ``deepspeed.initialize`` takes (``optimizer``, ``model_parameters``, ``training_data``,
+    ``lr_scheduler``, ``mpu``, ...) plus ``teacher_model``, and returns the same
+    ``(engine, optimizer, dataloader, lr_scheduler)``. The engine also has ``engine.xtc``
+    (:class:`XtcRuntime`: config, scheduler, teacher, KD loss).
+
+    Args:
+        args: argparse namespace with ``deepspeed_config`` (as ``deepspeed.add_config_arguments`` makes).
+        model: the student (already layer-reduced, e.g. by ``xtc_ds.build_student``, or initialized here
+            from ``teacher_model`` when ``layer_reduction`` is enabled).
+        config: DeepSpeed config path or dict (instead of ``args.deepspeed_config``).
+        teacher_model: frozen teacher for KD and layer-reduction initialization; put in eval mode,
+            gradients off, moved to the engine's device. Not wrapped by DeepSpeed.
+    Example:
+        >>> engine, _, _, _ = xtc_ds.initialize(model=student, config="ds_configs/ds_xtc.json",
+        ...                                     teacher_model=teacher, model_parameters=student.parameters())
+        >>> loss = engine.xtc.distillation_loss(engine(**batch, **engine.xtc.distillation.model_kwargs),
+        ...                                     engine.xtc.teacher_outputs(**batch))
+        >>> engine.backward(loss); engine.step()
+    """
+    import deepspeed
+
+    if model is None:
+        raise ValueError("xtc_ds.initialize needs model=")
+    compression, ds_config = split_deepspeed_config(_config_source(args, config, kwargs))
+    init_compression(model, compression, teacher_model=teacher_model, mpu=kwargs.get("mpu"))
+    distillation = DistillationLoss(compression) if compression.knowledge_distillation.enabled else None
+    if distillation is not None and compression.knowledge_distillation.attention_weight > 0:
+        require_eager_attention(model)
+        if teacher_model is not None:
+            require_eager_attention(teacher_model)
+    if teacher_model is not None:
+        teacher_model.eval().requires_grad_(False)
+    ds_args = copy.copy(args)
+    for name in ("deepspeed_config", "deepscale_config"):
+        if hasattr(ds_args, name):
+            setattr(ds_args, name, None)
+    engine, optimizer, dataloader, lr_scheduler = deepspeed.initialize(
+        args=ds_args, model=model, config=ds_config, **kwargs
+    )
+    if teacher_model is not None:
+        teacher_model.to(engine.device)
+    _attach(engine, XtcRuntime(compression, CompressionScheduler(model), teacher_model, distillation))
+    return engine, optimizer, dataloader, lr_scheduler

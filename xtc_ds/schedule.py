@@ -1,0 +1,169 @@
+"""The compression schedule: which quantizer is on, and at how many bits, after N optimizer steps.
+
+The legacy library only switched quantization on from inside the DeepSpeed engine, so a plain PyTorch
+or HF Trainer loop silently trained unquantized. Here the schedule is a pure function of the step count:
+a freshly injected model already is in its step-0 state, ``CompressionScheduler.step()`` advances it
+from any loop, and ``xtc_ds.initialize`` makes ``engine.step()`` call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from xtc_ds._log import log_rank_zero, logger
+from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression_config
+from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
+
+__all__ = ["CompressionScheduler", "CompressionState", "scheduled_bits", "compression_state", "UNSTEPPED_WARN_AFTER"]
+
+UNSTEPPED_WARN_AFTER = 50
+
+
+def scheduled_bits(params: WeightQuantParams, steps_since_offset: int) -> tuple[int, int]:
+    """Bits in force ``steps_since_offset`` steps after ``schedule_offset``, and when they last changed.
+
+    The legacy MoQ schedule: start at ``start_bits``; drop one bit once the step count reaches
+    ``quantization_period``, then the period doubles (drops at P, 2P, 4P, ...; every step when P is 0),
+    never below ``target_bits``.
+
+    Returns:
+        ``(bits, step_of_last_change)`` with steps counted from the offset (0 if bits never changed).
+    """
+    bits, drop_at, last_change = params.start_bits, params.quantization_period, 0
+    while bits > params.target_bits and steps_since_offset >= drop_at:
+        bits -= 1
+        last_change = drop_at
+        drop_at = drop_at * 2 if params.quantization_period > 0 else drop_at + 1
+    return bits, last_change
+
+
+@dataclass
+class CompressionState:
+    """Per-model record left by injection: the config, the report, and whether anything drives the schedule."""
+
+    config: CompressionConfig
+    report: Any
+    stepped: bool = False
+    cleaned: bool = False
+    unstepped_train_forwards: int = 0
+    hook: Any = None
+
+    def count_forward(self, module: nn.Module, args: Any) -> None:
+        """Forward pre-hook on the model root: warn once if training runs while nothing steps the schedule."""
+        if self.stepped or not module.training:
+            return
+        self.unstepped_train_forwards += 1
+        if self.unstepped_train_forwards == UNSTEPPED_WARN_AFTER:
+            logger.warning(
+                "xtc_ds: %d training forward passes ran but the compression schedule was never stepped, so "
+                "quantization stays in its step-0 state (weight quantization %s, activation quantization %s). "
+                "Train through xtc_ds.initialize(...) so engine.step() drives it, or call "
+                "CompressionScheduler(model).step() after every optimizer step.",
+                UNSTEPPED_WARN_AFTER,
+                _on_off(self.config.weight_quantization.shared_parameters.schedule_offset == 0, self.config.weight_quantization.enabled),
+                _on_off(
+                    self.config.activation_quantization.shared_parameters.schedule_offset == 0,
+                    self.config.activation_quantization.enabled,
+                ),
+            )
+
+
+def _on_off(active_at_zero: bool, enabled: bool) -> str:
+    if not enabled:
+        return "not configured"
+    return "on" if active_at_zero else "off"
+
+
+def compression_state(model: nn.Module) -> Optional[CompressionState]:
+    """The :class:`CompressionState` of an injected model (or of a DeepSpeed engine's module), else None."""
+    state = getattr(model, "_xtc_state", None)
+    if state is None and isinstance(getattr(model, "module", None), nn.Module):
+        state = getattr(model.module, "_xtc_state", None)
+    return state
+
+
+class CompressionScheduler:
+    """Turns quantizers on at their ``schedule_offset`` and steps bits down per ``quantization_period``.
+
+    Usable in any training loop::
+
+        model = xtc_ds.init_compression(model, "ds_config.json")
+        scheduler = xtc_ds.CompressionScheduler(model)
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward(); optimizer.step(); optimizer.zero_grad()
+            scheduler.step()
+
+    Args:
+        model: a model injected by ``init_compression``/``inject`` (or a DeepSpeed engine wrapping one).
+        deepspeed_config: optional; if given it must match the config the model was injected with.
+    """
+
+    def __init__(self, model: nn.Module, deepspeed_config: Any = None) -> None:
+        state = compression_state(model)
+        if state is None:
+            raise ValueError("CompressionScheduler needs a model prepared by xtc_ds.init_compression (or inject)")
+        if deepspeed_config is not None and load_compression_config(deepspeed_config) != state.config:
+            raise ValueError("CompressionScheduler: deepspeed_config differs from the config the model was injected with")
+        self.state = state
+        self.config = state.config
+        root = model.module if getattr(model, "_xtc_state", None) is None else model
+        self._weight: list[tuple[str, WeightFakeQuantizer]] = []
+        self._act: list[tuple[str, ActFakeQuantizer]] = []
+        for name, module in root.named_modules():
+            if isinstance(module, WeightFakeQuantizer):
+                self._weight.append((name, module))
+            elif isinstance(module, ActFakeQuantizer):
+                self._act.append((name, module))
+        self.step_count = 0
+        self._apply()
+
+    def step(self) -> None:
+        """Advance by one optimizer step."""
+        self.step_count += 1
+        self.state.stepped = True
+        self._apply()
+
+    def _apply(self) -> None:
+        wq, aq = self.config.weight_quantization, self.config.activation_quantization
+        since = self.step_count - wq.shared_parameters.schedule_offset
+        mixing = wq.shared_parameters.fp16_mixed_quantize
+        for name, quantizer in self._weight:
+            quantizer.enabled = since >= 0
+            if since < 0:
+                continue
+            bits, last_change = scheduled_bits(wq.different_groups[quantizer.group].params, since)
+            if bits != quantizer.bits and wq.shared_parameters.quantize_verbose:
+                log_rank_zero(logging.INFO, f"xtc_ds: {name} now at {bits} bits (step {self.step_count})")
+            quantizer.bits = bits
+            if mixing.enabled:
+                quantizer.real_ratio = max(0.0, 1.0 - mixing.quantize_change_ratio * (since - last_change))
+        act_on = self.state.cleaned or self.step_count >= aq.shared_parameters.schedule_offset
+        for _, quantizer in self._act:
+            quantizer.enabled = act_on
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count and calibrated static activation ranges (kept out of the model's state_dict)."""
+        ranges = {
+            name: torch.stack([q.x_min, q.x_max]).cpu() for name, q in self._act if q.static and bool(q.calibrated)
+        }
+        return {"step": self.step_count, "activation_ranges": ranges}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the step count (and every switch derived from it) and static activation ranges."""
+        self.step_count = int(state_dict["step"])
+        self.state.stepped = self.state.stepped or self.step_count > 0
+        quantizers = dict(self._act)
+        for name, pair in state_dict.get("activation_ranges", {}).items():
+            if name not in quantizers:
+                raise KeyError(f"CompressionScheduler.load_state_dict: no activation quantizer named '{name}' in this model")
+            quantizer = quantizers[name]
+            quantizer.x_min.copy_(pair[0])
+            quantizer.x_max.copy_(pair[1])
+            quantizer.calibrated.fill_(True)
+        self._apply()
