@@ -81,13 +81,20 @@ def test_legacy_config_trains_and_cleans_to_low_bit(path):
         assert not report.weight_quantized
 
 
-def test_current_deepspeed_rejects_the_section_we_strip():
+def test_deepspeed_never_sees_the_section():
+    """DeepSpeed >= 0.19 rejects the section; older DeepSpeed must not run its own compression on it."""
     config = read_json(legacy_config_paths()[0])
-    if not hasattr(deepspeed.runtime.config, "_REMOVED_TOP_LEVEL_CONFIG_KEYS"):
-        pytest.skip("this DeepSpeed still has its own compression library")
-    model = tiny_bert()
-    with pytest.raises(Exception, match="compression"):
-        deepspeed.initialize(model=model, config=config, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    model = tiny_bert(layers=12, hidden=64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if hasattr(deepspeed.runtime.config, "_REMOVED_TOP_LEVEL_CONFIG_KEYS"):
+        with pytest.raises(Exception, match="compression"):
+            deepspeed.initialize(model=tiny_bert(), config=config, optimizer=optimizer)
+    engine, *_ = initialize(model=model, config=config, optimizer=optimizer)
+    legacy = getattr(engine._config, "compression_config", None)
+    if legacy is not None:  # DeepSpeed <= 0.18 parsed the (now absent) section into its own config
+        assert not legacy["weight_quantization"]["shared_parameters"]["enabled"]
+        assert not legacy["activation_quantization"]["shared_parameters"]["enabled"]
+    assert model._xtc_state.report.weight_quantized
 
 
 def _xtc_config(**overrides):
@@ -138,9 +145,9 @@ def test_checkpoint_carries_schedule_and_static_ranges(tmp_path):
     assert torch.equal(engine(input_ids=ids).logits, engine2(input_ids=ids).logits)
 
 
-@pytest.mark.parametrize("stage", [0, 2])
-def test_kd_with_layer_reduction_under_zero(stage):
-    config = _xtc_config(zero_optimization={"stage": stage})
+@pytest.mark.parametrize("stage, bf16", [(0, False), (2, False), (2, True)])
+def test_kd_with_layer_reduction_under_zero(stage, bf16):
+    config = _xtc_config(zero_optimization={"stage": stage}, bf16={"enabled": bf16})
     config["compression_training"]["weight_quantization"]["shared_parameters"]["schedule_offset"] = 0
     config["compression_training"]["layer_reduction"] = {
         "enabled": True, "keep_number_layer": 2, "module_name_prefix": "bert.encoder.layer", "teacher_layer": [1, 3],
@@ -154,3 +161,21 @@ def test_kd_with_layer_reduction_under_zero(stage):
     losses = _train(engine, 12, kd=True)
     assert losses[-1] < losses[0]
     assert all(p.grad is None for p in teacher.parameters())
+    dense = student.bert.encoder.layer[0].intermediate.dense
+    assert dense.quantized_weight().dtype == (torch.bfloat16 if bf16 else torch.float32)
+
+
+def test_zero3_quantizer_sees_gathered_weight_and_clean_gathers():
+    config = _xtc_config(zero_optimization={"stage": 3})
+    config["compression_training"]["weight_quantization"]["shared_parameters"]["schedule_offset"] = 0
+    model = tiny_bert()
+    engine, *_ = initialize(model=model, config=config, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    dense = model.bert.encoder.layer[0].intermediate.dense
+    assert hasattr(dense.weight, "ds_id") and dense.weight.numel() == 0  # partitioned: no local full tensor
+    seen = []
+    dense.weight_quantizer.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    losses = _train(engine, 3)
+    assert seen and set(seen) == {(64, 32)} and losses[-1] < losses[0]
+    redundancy_clean(engine, config)
+    with deepspeed.zero.GatheredParameters([dense.weight]):
+        assert dense.weight.shape == (64, 32) and dense.weight.unique().numel() == 2

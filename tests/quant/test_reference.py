@@ -122,3 +122,15 @@ def test_low_precision_dtype_preserved_and_matches_fp32(dtype):
     out = binarize(w, 8)
     assert out.dtype == dtype
     assert torch.equal(out, binarize(w.float(), 8).to(dtype))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_activation_levels_per_token(bits, symmetric):
+    x = torch.randn(3, 5, 64) * 4 + 1
+    out = fake_quant_activation(x, bits, symmetric=symmetric)
+    for token, orig in zip(out.reshape(-1, 64), x.reshape(-1, 64)):
+        assert token.unique().numel() <= (2 ** bits - 1 if symmetric else 2 ** bits)
+        lo, hi = min(orig.min().item(), 0.0), max(orig.max().item(), 0.0)
+        step = (2 * orig.abs().max().item() / (2 ** bits - 2)) if symmetric else (hi - lo) / (2 ** bits - 1)
+        assert (token - orig).abs().max().item() <= step / 2 + 1e-5
