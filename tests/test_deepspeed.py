@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import legacy_config_paths, read_json, tiny_bert
+
 from xtc_ds import build_student, initialize, redundancy_clean
 from xtc_ds.runtime import CHECKPOINT_KEY
 
@@ -50,7 +50,11 @@ def _levels_per_group(model, report, config):
         module = model.get_submodule(name)
         weight = module.weight.detach()
         groups = config["weight_quantization"]["shared_parameters"].get("quantize_groups", 1)
-        rows = weight.reshape(weight.shape[0], -1) if isinstance(module, torch.nn.Embedding) else weight.reshape(groups, -1)
+        rows = (
+            weight.reshape(weight.shape[0], -1)
+            if isinstance(module, torch.nn.Embedding)
+            else weight.reshape(groups, -1)
+        )
         worst[group] = max(worst.get(group, 0), max(row.unique().numel() for row in rows))
     return worst
 
@@ -64,8 +68,9 @@ def test_legacy_config_trains_and_cleans_to_low_bit(path):
     model = build_student(teacher, ds_config) if reduction else teacher
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    engine, _, _, _ = initialize(model=model, config=ds_config, optimizer=optimizer,
-                                 teacher_model=teacher if reduction else None)
+    engine, _, _, _ = initialize(
+        model=model, config=ds_config, optimizer=optimizer, teacher_model=teacher if reduction else None
+    )
     assert engine.module is model
     losses = _train(engine, 3)
     assert engine.global_steps == 3 and engine.xtc.scheduler.step_count == 3
@@ -74,8 +79,10 @@ def test_legacy_config_trains_and_cleans_to_low_bit(path):
     report = model._xtc_state.report
     if section["weight_quantization"]["shared_parameters"]["enabled"]:
         redundancy_clean(engine, ds_config)
-        expected = {g: (2 if v["params"]["target_bits"] == 1 else 3)
-                    for g, v in section["weight_quantization"]["different_groups"].items()}
+        expected = {
+            g: (2 if v["params"]["target_bits"] == 1 else 3)
+            for g, v in section["weight_quantization"]["different_groups"].items()
+        }
         assert _levels_per_group(model, report, section) == expected
     else:
         assert not report.weight_quantized
@@ -99,15 +106,25 @@ def test_deepspeed_never_sees_the_section():
 
 def _xtc_config(**overrides):
     config = {
-        "train_batch_size": 32, "train_micro_batch_size_per_gpu": 32, "gradient_accumulation_steps": 1,
+        "train_batch_size": 32,
+        "train_micro_batch_size_per_gpu": 32,
+        "gradient_accumulation_steps": 1,
         "compression_training": {
             "weight_quantization": {
                 "shared_parameters": {"enabled": True, "schedule_offset": 2, "quantize_weight_in_forward": True},
-                "different_groups": {"wq1": {"params": {"start_bits": 8, "target_bits": 1, "quantization_period": 1},
-                                             "modules": ["attention.self", "intermediate", "output.dense"]}}},
+                "different_groups": {
+                    "wq1": {
+                        "params": {"start_bits": 8, "target_bits": 1, "quantization_period": 1},
+                        "modules": ["attention.self", "intermediate", "output.dense"],
+                    }
+                },
+            },
             "activation_quantization": {
                 "shared_parameters": {"enabled": True, "schedule_offset": 0, "range_calibration": "static"},
-                "different_groups": {"aq1": {"params": {"bits": 8}, "modules": ["intermediate"]}}}}}
+                "different_groups": {"aq1": {"params": {"bits": 8}, "modules": ["intermediate"]}},
+            },
+        },
+    }
     config.update(overrides)
     return config
 
@@ -125,14 +142,18 @@ def test_gradient_accumulation_steps_schedule_only_on_boundaries():
 
 def test_checkpoint_carries_schedule_and_static_ranges(tmp_path):
     model = tiny_bert()
-    engine, *_ = initialize(model=model, config=_xtc_config(), optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    engine, *_ = initialize(
+        model=model, config=_xtc_config(), optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3)
+    )
     _train(engine, 4)
     quantizer = model.bert.encoder.layer[0].intermediate.dense.weight_quantizer
     assert quantizer.enabled and quantizer.bits == 6  # offset 2, period 1: 8 bits at step 2, 7 at 3, 6 at 4
     engine.save_checkpoint(str(tmp_path), tag="step4")
 
     fresh = tiny_bert()
-    engine2, *_ = initialize(model=fresh, config=_xtc_config(), optimizer=torch.optim.AdamW(fresh.parameters(), lr=1e-3))
+    engine2, *_ = initialize(
+        model=fresh, config=_xtc_config(), optimizer=torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    )
     fresh_q = fresh.bert.encoder.layer[0].intermediate.dense.weight_quantizer
     assert not fresh_q.enabled
     load_path, client_state = engine2.load_checkpoint(str(tmp_path), tag="step4")
@@ -150,13 +171,18 @@ def test_kd_with_layer_reduction_under_zero(stage, bf16):
     config = _xtc_config(zero_optimization={"stage": stage}, bf16={"enabled": bf16})
     config["compression_training"]["weight_quantization"]["shared_parameters"]["schedule_offset"] = 0
     config["compression_training"]["layer_reduction"] = {
-        "enabled": True, "keep_number_layer": 2, "module_name_prefix": "bert.encoder.layer", "teacher_layer": [1, 3],
-        "other_module_name": ["bert.embeddings", "bert.pooler", "classifier"]}
+        "enabled": True,
+        "keep_number_layer": 2,
+        "module_name_prefix": "bert.encoder.layer",
+        "teacher_layer": [1, 3],
+        "other_module_name": ["bert.embeddings", "bert.pooler", "classifier"],
+    }
     config["compression_training"]["knowledge_distillation"] = {"enabled": True}
     teacher = tiny_bert(layers=4)
     student = build_student(teacher, config)
-    engine, *_ = initialize(model=student, config=config, teacher_model=teacher,
-                            optimizer=torch.optim.AdamW(student.parameters(), lr=2e-3))
+    engine, *_ = initialize(
+        model=student, config=config, teacher_model=teacher, optimizer=torch.optim.AdamW(student.parameters(), lr=2e-3)
+    )
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     losses = _train(engine, 12, kd=True)
     assert losses[-1] < losses[0]
@@ -179,3 +205,21 @@ def test_zero3_quantizer_sees_gathered_weight_and_clean_gathers():
     redundancy_clean(engine, config)
     with deepspeed.zero.GatheredParameters([dense.weight]):
         assert dense.weight.shape == (64, 32) and dense.weight.unique().numel() == 2
+
+
+def test_initialize_takes_args_deepspeed_config_like_deepspeed(tmp_path):
+    import argparse
+    import json
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(_xtc_config()))
+    parser = deepspeed.add_config_arguments(argparse.ArgumentParser())
+    parser.add_argument("--local_rank", type=int, default=-1)
+    args = parser.parse_args(["--deepspeed", "--deepspeed_config", str(path)])
+    model = tiny_bert()
+    engine, optimizer, _, _ = initialize(args=args, model=model, optimizer=torch.optim.AdamW(model.parameters()))
+    assert args.deepspeed_config == str(path)  # the caller's namespace is left alone
+    assert engine.train_micro_batch_size_per_gpu() == 32 and optimizer is not None
+    assert engine.xtc.config.weight_quantization.enabled
+    with pytest.raises(ValueError, match="config twice"):
+        initialize(args=args, model=tiny_bert(), config=str(path))

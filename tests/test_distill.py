@@ -2,17 +2,20 @@
 
 import pytest
 import torch
-
 from conftest import tiny_bert
+
 from xtc_ds import ConfigError, DistillationLoss, build_student, distillation_loss
 
 
 def _config(teacher_layer=None, **kd):
     section = {"knowledge_distillation": {"enabled": True, **kd}}
     if teacher_layer is not None:
-        section["layer_reduction"] = {"enabled": True, "module_name_prefix": "bert.encoder.layer",
-                                      "teacher_layer": teacher_layer,
-                                      "other_module_name": ["bert.embeddings", "bert.pooler", "classifier"]}
+        section["layer_reduction"] = {
+            "enabled": True,
+            "module_name_prefix": "bert.encoder.layer",
+            "teacher_layer": teacher_layer,
+            "other_module_name": ["bert.embeddings", "bert.pooler", "classifier"],
+        }
     return {"compression_training": section}
 
 

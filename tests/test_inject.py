@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import tiny_bert, tiny_model
 from torch import nn
 
-from conftest import tiny_bert, tiny_model
-from xtc_ds import ConfigError, inject, init_compression, revert
+from xtc_ds import ConfigError, init_compression, inject, revert
 from xtc_ds.nn import XtcQATConv1D, XtcQATEmbedding, XtcQATLinear
 from xtc_ds.quant.reference import binarize, fake_quant_activation
 
@@ -18,13 +18,19 @@ PATTERNS = {
 
 
 def _config(modules, bits=1, groups=1, act=True):
-    section = {"weight_quantization": {
-        "shared_parameters": {"enabled": True, "quantize_groups": groups, "quantize_weight_in_forward": True},
-        "different_groups": {"wq1": {"params": {"start_bits": bits, "target_bits": bits}, "modules": modules}}}}
+    section = {
+        "weight_quantization": {
+            "shared_parameters": {"enabled": True, "quantize_groups": groups, "quantize_weight_in_forward": True},
+            "different_groups": {"wq1": {"params": {"start_bits": bits, "target_bits": bits}, "modules": modules}},
+        }
+    }
     if act:
         section["activation_quantization"] = {
             "shared_parameters": {"enabled": True, "schedule_offset": 0},
-            "different_groups": {"aq1": {"params": {"bits": 8}, "modules": [m for m in modules if "emb" not in m and m != "wte"]}}}
+            "different_groups": {
+                "aq1": {"params": {"bits": 8}, "modules": [m for m in modules if "emb" not in m and m != "wte"]}
+            },
+        }
     return {"compression_training": section}
 
 
@@ -42,7 +48,9 @@ def test_inject_each_family_keeps_keys_and_parameters(arch):
     for name in report.weight_quantized:
         module = model.get_submodule(name)
         assert isinstance(module, (XtcQATLinear, XtcQATEmbedding) + ((XtcQATConv1D,) if XtcQATConv1D else ()))
-        assert module.quantized_weight().unique().numel() <= (module.weight.shape[0] * 2 if isinstance(module, nn.Embedding) else 2)
+        assert module.quantized_weight().unique().numel() <= (
+            module.weight.shape[0] * 2 if isinstance(module, nn.Embedding) else 2
+        )
     ids = torch.randint(1, 96, (2, 8))
     out = model(input_ids=ids).logits
     out.sum().backward()
@@ -81,7 +89,9 @@ def test_embedding_quantized_per_token_matches_full_table():
 
 def test_zero_match_group_is_an_error_naming_the_group():
     model = tiny_bert()
-    with pytest.raises(ConfigError, match=r"different_groups\.wq1\.modules: \['no_such_layer'\] matches no eligible module"):
+    with pytest.raises(
+        ConfigError, match=r"different_groups\.wq1\.modules: \['no_such_layer'\] matches no eligible module"
+    ):
         inject(model, _config(["no_such_layer"], act=False))
     assert not any(isinstance(m, XtcQATLinear) for m in model.modules())  # nothing half-injected
 
@@ -89,13 +99,18 @@ def test_zero_match_group_is_an_error_naming_the_group():
 def test_overlapping_groups_error_names_both():
     config = _config(["intermediate"], act=False)
     config["compression_training"]["weight_quantization"]["different_groups"]["wq2"] = {
-        "params": {"start_bits": 2, "target_bits": 2}, "modules": ["intermediate.dense"]}
+        "params": {"start_bits": 2, "target_bits": 2},
+        "modules": ["intermediate.dense"],
+    }
     with pytest.raises(ConfigError, match="matched by both group 'wq1' and group 'wq2'"):
         inject(tiny_bert(), config)
 
 
 def test_indivisible_groups_error_names_module():
-    with pytest.raises(ConfigError, match=r"quantize_groups: 7 \(does not divide the 64x32 weight of 'bert.encoder.layer.0.intermediate.dense'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"quantize_groups: 7 \(does not divide the 64x32 weight of 'bert.encoder.layer.0.intermediate.dense'",
+    ):
         inject(tiny_bert(), _config(["intermediate"], groups=7, act=False))
 
 

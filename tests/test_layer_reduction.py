@@ -2,15 +2,23 @@
 
 import pytest
 import torch
-
 from conftest import tiny_bert, tiny_model
+
 from xtc_ds import ConfigError, build_student, init_compression
 
 
 def _reduction(teacher_layer, prefix="bert.encoder.layer", other=("bert.embeddings", "bert.pooler", "classifier")):
-    return {"compression_training": {"layer_reduction": {
-        "enabled": True, "keep_number_layer": len(teacher_layer), "module_name_prefix": prefix,
-        "teacher_layer": list(teacher_layer), "other_module_name": list(other)}}}
+    return {
+        "compression_training": {
+            "layer_reduction": {
+                "enabled": True,
+                "keep_number_layer": len(teacher_layer),
+                "module_name_prefix": prefix,
+                "teacher_layer": list(teacher_layer),
+                "other_module_name": list(other),
+            }
+        }
+    }
 
 
 def _assert_same(student_module, teacher_module):
@@ -46,11 +54,14 @@ def test_unlisted_modules_are_reported(caplog):
     assert any("random initialization" in r.getMessage() and "classifier" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("arch, prefix, other", [
-    ("distilbert", "distilbert.transformer.layer", ("distilbert.embeddings", "pre_classifier", "classifier")),
-    ("gpt2", "transformer.h", ("transformer.wte", "transformer.wpe", "transformer.ln_f", "score")),
-    ("roberta", "roberta.encoder.layer", ("roberta.embeddings", "classifier")),
-])
+@pytest.mark.parametrize(
+    "arch, prefix, other",
+    [
+        ("distilbert", "distilbert.transformer.layer", ("distilbert.embeddings", "pre_classifier", "classifier")),
+        ("gpt2", "transformer.h", ("transformer.wte", "transformer.wpe", "transformer.ln_f", "score")),
+        ("roberta", "roberta.encoder.layer", ("roberta.embeddings", "classifier")),
+    ],
+)
 def test_other_families(arch, prefix, other):
     teacher = tiny_model(arch)
     student = build_student(teacher, _reduction([1], prefix=prefix, other=other))

@@ -4,8 +4,8 @@ import csv
 
 import pytest
 import torch
-
 from conftest import glue_task_dir, minilm_path
+
 from xtc_ds import initialize, redundancy_clean
 
 pytestmark = pytest.mark.slow
@@ -16,16 +16,33 @@ XTC_W1A8 = {
     "gradient_clipping": 1.0,
     "compression_training": {
         "weight_quantization": {
-            "shared_parameters": {"enabled": True, "schedule_offset": 0, "quantize_groups": 1,
-                                  "quantization_type": "symmetric", "quantize_weight_in_forward": True},
-            "different_groups": {"wq1": {"params": {"start_bits": 1, "target_bits": 1, "quantization_period": 0},
-                                         "modules": ["attention.self", "intermediate", "word_embeddings",
-                                                     "output.dense"]}}},
+            "shared_parameters": {
+                "enabled": True,
+                "schedule_offset": 0,
+                "quantize_groups": 1,
+                "quantization_type": "symmetric",
+                "quantize_weight_in_forward": True,
+            },
+            "different_groups": {
+                "wq1": {
+                    "params": {"start_bits": 1, "target_bits": 1, "quantization_period": 0},
+                    "modules": ["attention.self", "intermediate", "word_embeddings", "output.dense"],
+                }
+            },
+        },
         "activation_quantization": {
-            "shared_parameters": {"enabled": True, "quantization_type": "symmetric", "range_calibration": "dynamic",
-                                  "schedule_offset": 0},
-            "different_groups": {"aq1": {"params": {"bits": 8},
-                                         "modules": ["attention.self", "intermediate", "output.dense"]}}}}}
+            "shared_parameters": {
+                "enabled": True,
+                "quantization_type": "symmetric",
+                "range_calibration": "dynamic",
+                "schedule_offset": 0,
+            },
+            "different_groups": {
+                "aq1": {"params": {"bits": 8}, "modules": ["attention.self", "intermediate", "output.dense"]}
+            },
+        },
+    },
+}
 
 
 def _sst2_rows(n):
@@ -42,7 +59,9 @@ def test_minilm_1bit_loss_goes_down_on_sst2():
     path = minilm_path()
     rows = _sst2_rows(128)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    encoded = tokenizer([s for s, _ in rows], padding="max_length", truncation=True, max_length=64, return_tensors="pt")
+    encoded = tokenizer(
+        [s for s, _ in rows], padding="max_length", truncation=True, max_length=64, return_tensors="pt"
+    )
     labels = torch.tensor([label for _, label in rows])
     model = BertForSequenceClassification.from_pretrained(path, num_labels=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
@@ -53,15 +72,27 @@ def test_minilm_1bit_loss_goes_down_on_sst2():
     def mean_loss():
         model.eval()
         with torch.no_grad():
-            return sum(engine(input_ids=encoded["input_ids"][i:i + 32], attention_mask=encoded["attention_mask"][i:i + 32],
-                              labels=labels[i:i + 32]).loss.item() for i in range(0, 128, 32)) / 4
+            return (
+                sum(
+                    engine(
+                        input_ids=encoded["input_ids"][i : i + 32],
+                        attention_mask=encoded["attention_mask"][i : i + 32],
+                        labels=labels[i : i + 32],
+                    ).loss.item()
+                    for i in range(0, 128, 32)
+                )
+                / 4
+            )
 
     start = mean_loss()
     model.train()
-    for epoch in range(4):
+    for _epoch in range(4):
         for i in range(0, 128, 32):
-            loss = engine(input_ids=encoded["input_ids"][i:i + 32], attention_mask=encoded["attention_mask"][i:i + 32],
-                          labels=labels[i:i + 32]).loss
+            loss = engine(
+                input_ids=encoded["input_ids"][i : i + 32],
+                attention_mask=encoded["attention_mask"][i : i + 32],
+                labels=labels[i : i + 32],
+            ).loss
             engine.backward(loss)
             engine.step()
     end = mean_loss()

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 import torch
-
 from conftest import tiny_bert
+
 from xtc_ds import CompressionScheduler, init_compression
 from xtc_ds.config import WeightQuantParams
 from xtc_ds.quant.reference import ternarize
@@ -16,14 +16,27 @@ def _section(wq_offset=0, aq_offset=0, start=1, target=1, period=0, mixed=None, 
     shared = {"enabled": True, "schedule_offset": wq_offset, "quantize_weight_in_forward": True}
     if mixed is not None:
         shared["fp16_mixed_quantize"] = {"enabled": True, "quantize_change_ratio": mixed}
-    return {"compression_training": {
-        "weight_quantization": {"shared_parameters": shared, "different_groups": {"wq1": {
-            "params": {"start_bits": start, "target_bits": target, "quantization_period": period},
-            "modules": ["attention.self", "intermediate", "output.dense"]}}},
-        "activation_quantization": {
-            "shared_parameters": {"enabled": True, "schedule_offset": aq_offset,
-                                  "range_calibration": "static" if static else "dynamic"},
-            "different_groups": {"aq1": {"params": {"bits": 8}, "modules": ["intermediate"]}}}}}
+    return {
+        "compression_training": {
+            "weight_quantization": {
+                "shared_parameters": shared,
+                "different_groups": {
+                    "wq1": {
+                        "params": {"start_bits": start, "target_bits": target, "quantization_period": period},
+                        "modules": ["attention.self", "intermediate", "output.dense"],
+                    }
+                },
+            },
+            "activation_quantization": {
+                "shared_parameters": {
+                    "enabled": True,
+                    "schedule_offset": aq_offset,
+                    "range_calibration": "static" if static else "dynamic",
+                },
+                "different_groups": {"aq1": {"params": {"bits": 8}, "modules": ["intermediate"]}},
+            },
+        }
+    }
 
 
 def test_scheduled_bits_legacy_doubling_period():
@@ -55,8 +68,15 @@ def test_offsets_switch_exactly_at_step():
     for _ in range(7):
         seen.append((scheduler.step_count, wq.enabled, aq.enabled))
         scheduler.step()
-    assert seen == [(0, False, False), (1, False, False), (2, False, False), (3, True, False),
-                    (4, True, False), (5, True, True), (6, True, True)]
+    assert seen == [
+        (0, False, False),
+        (1, False, False),
+        (2, False, False),
+        (3, True, False),
+        (4, True, False),
+        (5, True, True),
+        (6, True, True),
+    ]
 
 
 def test_offset_zero_is_active_before_any_step():
@@ -78,7 +98,7 @@ def test_bits_step_down_per_period_in_forward_path():
         scheduler.step()
     # offset 2; drops at 4, 8, 16 steps after it
     assert history == [None, None] + [8] * 4 + [7] * 4 + [6] * 8 + [5] * 4
-    assert dense.quantized_weight().unique().numel() <= 2 ** 5 - 1
+    assert dense.quantized_weight().unique().numel() <= 2**5 - 1
 
 
 def test_fp16_mixed_ratio_decays_and_resets_on_bit_change():

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -25,8 +26,10 @@ __all__ = ["init_compression", "redundancy_clean"]
 
 def _warn_mpu(mpu: Any) -> None:
     if mpu is not None:
-        warn_once("xtc_ds: mpu is accepted for compatibility, but tensor-parallel (Row/ColumnParallelLinear) layers "
-                  "are not compressed; only nn.Linear, nn.Embedding and transformers Conv1D are")
+        warn_once(
+            "xtc_ds: mpu is accepted for compatibility, but tensor-parallel (Row/ColumnParallelLinear) layers "
+            "are not compressed; only nn.Linear, nn.Embedding and transformers Conv1D are"
+        )
 
 
 def init_compression(
@@ -58,11 +61,14 @@ def init_compression(
             depth = len(layer_list(model, reduction.module_name_prefix, "student"))
             if depth != len(reduction.teacher_layer):
                 raise ConfigError(
-                    f"{SECTION}.layer_reduction.teacher_layer: {list(reduction.teacher_layer)} (the student has {depth} "
-                    "layers; pass teacher_model, or build the student with xtc_ds.build_student)"
+                    f"{SECTION}.layer_reduction.teacher_layer: {list(reduction.teacher_layer)} (the student has "
+                    f"{depth} layers; pass teacher_model, or build the student with xtc_ds.build_student)"
                 )
-            log_rank_zero(logging.INFO, "xtc_ds: layer_reduction enabled without teacher_model; the student is used "
-                                        "as given (built by build_student or loaded from a checkpoint)")
+            log_rank_zero(
+                logging.INFO,
+                "xtc_ds: layer_reduction enabled without teacher_model; the student is used "
+                "as given (built by build_student or loaded from a checkpoint)",
+            )
     inject(model, config)
     return model
 
@@ -102,7 +108,11 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any, mpu: Any = None) -
         quantizer = getattr(module, "weight_quantizer", None)
         if quantizer is not None:
             with _full_weight(module.weight), torch.no_grad():
-                weight = module.weight.t() if XtcQATConv1D is not None and isinstance(module, XtcQATConv1D) else module.weight
+                weight = (
+                    module.weight.t()
+                    if XtcQATConv1D is not None and isinstance(module, XtcQATConv1D)
+                    else module.weight
+                )
                 groups = weight.shape[0] if quantizer.num_groups is None else quantizer.num_groups
                 baked = fake_quant_weight(weight, quantizer.target_bits, groups, quantizer.symmetric)
                 weight.copy_(baked)

@@ -5,14 +5,14 @@ exactly, so every legacy config loads unchanged. Defaults are the legacy *code* 
 legacy docs, which disagreed with the code in several places; see README).
 """
 
-
 import dataclasses
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from xtc_ds._schema import ConfigError, from_json, to_json
 
@@ -119,7 +119,9 @@ class WeightQuantParams(_Checked):
             self.start_bits,
             f"must be >= target_bits ({self.target_bits}); bits only step down",
         )
-        _require(self.quantization_period >= 0, f"{path}.quantization_period", self.quantization_period, "must be >= 0")
+        _require(
+            self.quantization_period >= 0, f"{path}.quantization_period", self.quantization_period, "must be >= 0"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,7 +268,10 @@ class SparsePruningSharedConfig(_PruningSharedConfig):
         super()._check(path)
         end = self.schedule_offset_end
         _require(
-            end is None or end >= self.schedule_offset, f"{path}.schedule_offset_end", end, "must be >= schedule_offset"
+            end is None or end >= self.schedule_offset,
+            f"{path}.schedule_offset_end",
+            end,
+            "must be >= schedule_offset",
         )
         stride = self.schedule_offset_stride
         _require(stride >= 1, f"{path}.schedule_offset_stride", stride, "must be >= 1")
@@ -289,8 +294,12 @@ class HeadPruningSharedConfig(_PruningSharedConfig):
     def _check(self, path: str) -> None:
         super()._check(path)
         if self.enabled or self.num_heads is not None:
-            _require(self.num_heads is not None and self.num_heads >= 1, f"{path}.num_heads", self.num_heads,
-                     "must be an integer >= 1 when head pruning is enabled")
+            _require(
+                self.num_heads is not None and self.num_heads >= 1,
+                f"{path}.num_heads",
+                self.num_heads,
+                "must be an integer >= 1 when head pruning is enabled",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,7 +322,9 @@ def _pruning_section(shared_cls: type) -> type:
                 return
             method = self.shared_parameters.method
             if not self.different_groups and method is not PruningMethod.SNIP_MOMENTUM:
-                raise ConfigError(f"{path}.different_groups: missing or empty (required when shared_parameters.enabled)")
+                raise ConfigError(
+                    f"{path}.different_groups: missing or empty (required when shared_parameters.enabled)"
+                )
             technique = path.rsplit(".", 1)[-1]
             raise ConfigError(
                 f"{path}.shared_parameters.enabled: True ({technique} is parsed and validated but not implemented "
@@ -346,17 +357,33 @@ class LayerReductionConfig(_Checked):
     def _check(self, path: str) -> None:
         if not self.enabled:
             return
-        _require(bool(self.module_name_prefix), f"{path}.module_name_prefix", self.module_name_prefix,
-                 "required when layer_reduction is enabled, e.g. 'bert.encoder.layer'")
-        _require(len(self.teacher_layer) > 0, f"{path}.teacher_layer", list(self.teacher_layer),
-                 "must list at least one teacher layer index")
+        _require(
+            bool(self.module_name_prefix),
+            f"{path}.module_name_prefix",
+            self.module_name_prefix,
+            "required when layer_reduction is enabled, e.g. 'bert.encoder.layer'",
+        )
+        _require(
+            len(self.teacher_layer) > 0,
+            f"{path}.teacher_layer",
+            list(self.teacher_layer),
+            "must list at least one teacher layer index",
+        )
         for i, index in enumerate(self.teacher_layer):
             _require(index >= 0, f"{path}.teacher_layer[{i}]", index, "must be >= 0")
-        _require(len(set(self.teacher_layer)) == len(self.teacher_layer), f"{path}.teacher_layer",
-                 list(self.teacher_layer), "indices must be unique")
+        _require(
+            len(set(self.teacher_layer)) == len(self.teacher_layer),
+            f"{path}.teacher_layer",
+            list(self.teacher_layer),
+            "indices must be unique",
+        )
         keep = self.keep_number_layer
-        _require(keep is None or keep == len(self.teacher_layer), f"{path}.keep_number_layer", keep,
-                 f"must equal the number of teacher_layer entries ({len(self.teacher_layer)})")
+        _require(
+            keep is None or keep == len(self.teacher_layer),
+            f"{path}.keep_number_layer",
+            keep,
+            f"must equal the number of teacher_layer entries ({len(self.teacher_layer)})",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -407,13 +434,19 @@ class CompressionConfig(_Checked):
     def _check(self, path: str) -> None:
         kd, reduction = self.knowledge_distillation, self.layer_reduction
         if reduction.enabled and kd.attention_layer_map is not None:
-            _require(len(kd.attention_layer_map) == len(reduction.teacher_layer),
-                     f"{path}.knowledge_distillation.attention_layer_map", list(kd.attention_layer_map),
-                     f"must have one entry per student layer ({len(reduction.teacher_layer)})")
+            _require(
+                len(kd.attention_layer_map) == len(reduction.teacher_layer),
+                f"{path}.knowledge_distillation.attention_layer_map",
+                list(kd.attention_layer_map),
+                f"must have one entry per student layer ({len(reduction.teacher_layer)})",
+            )
         if reduction.enabled and kd.hidden_layer_map is not None:
-            _require(len(kd.hidden_layer_map) == len(reduction.teacher_layer) + 1,
-                     f"{path}.knowledge_distillation.hidden_layer_map", list(kd.hidden_layer_map),
-                     f"must have one entry per student hidden state ({len(reduction.teacher_layer) + 1})")
+            _require(
+                len(kd.hidden_layer_map) == len(reduction.teacher_layer) + 1,
+                f"{path}.knowledge_distillation.hidden_layer_map",
+                list(kd.hidden_layer_map),
+                f"must have one entry per student hidden state ({len(reduction.teacher_layer) + 1})",
+            )
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any]) -> "CompressionConfig":
@@ -427,9 +460,7 @@ class CompressionConfig(_Checked):
     @property
     def enabled(self) -> bool:
         """True if any technique (or KD) is on."""
-        return any(
-            getattr(self, f.name).enabled for f in dataclasses.fields(self)
-        )
+        return any(getattr(self, f.name).enabled for f in dataclasses.fields(self))
 
 
 def load_deepspeed_config(path_or_dict: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """One-stage knowledge distillation (XTC): logits, hidden states and attention maps, no ground-truth labels.
 
-``loss = logits_weight * SCE(student, teacher; T) + hidden_weight * sum MSE(hidden) + attention_weight * sum MSE(attn)``
+``loss = logits_weight * SCE(s, t; T) + hidden_weight * sum MSE(hidden) + attention_weight * sum MSE(attention)``
 
 SCE is the soft cross-entropy ``-sum_c softmax(t/T)_c log_softmax(s/T)_c`` averaged over the batch and
 scaled by ``T^2`` (MSE for single-output regression heads such as STS-B). Layer maps come from
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -114,20 +115,32 @@ class DistillationLoss:
         """Unweighted ``logits``, ``hidden`` and ``attention`` terms (a term whose weight is 0 is not computed)."""
         terms = {}
         if self.kd.logits_weight > 0:
-            terms["logits"] = self._logits_term(_field(student_outputs, "logits"), _field(teacher_outputs, "logits").detach())
+            terms["logits"] = self._logits_term(
+                _field(student_outputs, "logits"), _field(teacher_outputs, "logits").detach()
+            )
         if self.kd.hidden_weight > 0:
             terms["hidden"] = self._layer_term(
-                _field(student_outputs, "hidden_states"), _field(teacher_outputs, "hidden_states"), self.hidden_map, "hidden"
+                _field(student_outputs, "hidden_states"),
+                _field(teacher_outputs, "hidden_states"),
+                self.hidden_map,
+                "hidden",
             )
         if self.kd.attention_weight > 0:
             terms["attention"] = self._layer_term(
-                _field(student_outputs, "attentions"), _field(teacher_outputs, "attentions"), self.attention_map, "attention"
+                _field(student_outputs, "attentions"),
+                _field(teacher_outputs, "attentions"),
+                self.attention_map,
+                "attention",
             )
         return terms
 
     def __call__(self, student_outputs: Any, teacher_outputs: Any) -> torch.Tensor:
         """Weighted sum of :meth:`terms`, a scalar float32 tensor."""
-        weights = {"logits": self.kd.logits_weight, "hidden": self.kd.hidden_weight, "attention": self.kd.attention_weight}
+        weights = {
+            "logits": self.kd.logits_weight,
+            "hidden": self.kd.hidden_weight,
+            "attention": self.kd.attention_weight,
+        }
         terms = self.terms(student_outputs, teacher_outputs)
         if not terms:
             raise ConfigError(f"{_PATH}: logits_weight, hidden_weight and attention_weight are all 0")

@@ -12,8 +12,15 @@ from typing import Any
 from torch import nn
 
 from xtc_ds._log import log_rank_zero, warn_once
-from xtc_ds.config import SECTION, CompressionConfig, ConfigError, QuantizationType, RangeCalibration, Rounding
-from xtc_ds.config import load_compression_config
+from xtc_ds.config import (
+    SECTION,
+    CompressionConfig,
+    ConfigError,
+    QuantizationType,
+    RangeCalibration,
+    Rounding,
+    load_compression_config,
+)
 from xtc_ds.matching import InjectionReport, ModulePlan, is_compressed, plan_injection
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
 from xtc_ds.nn.qat_embedding import XtcQATEmbedding
@@ -38,8 +45,8 @@ def _announce(config: CompressionConfig) -> None:
         )
     if shared.quantizer_kernel:
         warn_once(
-            f"xtc_ds: {SECTION}.weight_quantization.shared_parameters.quantizer_kernel is true, but fused quantization "
-            "kernels are not part of this version; the pure-PyTorch quantizers are used"
+            f"xtc_ds: {SECTION}.weight_quantization.shared_parameters.quantizer_kernel is true, but fused "
+            "quantization kernels are not part of this version; the pure-PyTorch quantizers are used"
         )
     for kind, section in (("weight_quantization", wq), ("activation_quantization", config.activation_quantization)):
         for name, group in section.different_groups.items():
@@ -106,7 +113,9 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
     state = compression_state(model)
     if state is not None:
         if state.config != config:
-            raise ConfigError(f"{SECTION}: the model is already compressed with a different config; call revert() first")
+            raise ConfigError(
+                f"{SECTION}: the model is already compressed with a different config; call revert() first"
+            )
         return state.report
     plans = plan_injection(model, config)
     _announce(config)
@@ -115,7 +124,9 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
     for name, plan in plans.items():
         module = modules[name]
         if is_compressed(module):
-            raise ConfigError(f"{SECTION}: module '{name}' is already an xtc_ds module but the model has no record of it")
+            raise ConfigError(
+                f"{SECTION}: module '{name}' is already an xtc_ds module but the model has no record of it"
+            )
         weight_q, act_q = _quantizers(config, plan)
         _set_submodule(model, name, _replacement(module, weight_q, act_q))
         if plan.weight_group is not None:

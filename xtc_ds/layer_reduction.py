@@ -76,20 +76,23 @@ def initialize_student(student: nn.Module, teacher: nn.Module, reduction: LayerR
     teacher_layers = layer_list(teacher, reduction.module_name_prefix, "teacher")
     if len(student_layers) != len(reduction.teacher_layer):
         raise ConfigError(
-            f"{_PATH}.teacher_layer: {list(reduction.teacher_layer)} (lists {len(reduction.teacher_layer)} layers but the "
-            f"student has {len(student_layers)})"
+            f"{_PATH}.teacher_layer: {list(reduction.teacher_layer)} (lists {len(reduction.teacher_layer)} layers "
+            f"but the student has {len(student_layers)})"
         )
     for i, index in enumerate(reduction.teacher_layer):
         if index >= len(teacher_layers):
             raise ConfigError(
-                f"{_PATH}.teacher_layer[{i}]: {index} (the teacher has {len(teacher_layers)} layers, 0..{len(teacher_layers) - 1})"
+                f"{_PATH}.teacher_layer[{i}]: {index} (the teacher has {len(teacher_layers)} layers, "
+                f"0..{len(teacher_layers) - 1})"
             )
         _copy_exact(student_layers[i], teacher_layers[index], f"{reduction.module_name_prefix}.{index}")
     for i, name in enumerate(reduction.other_module_name):
         try:
             dst, src = student.get_submodule(name), teacher.get_submodule(name)
         except AttributeError:
-            raise ConfigError(f"{_PATH}.other_module_name[{i}]: {name!r} (no such module in the student or teacher)") from None
+            raise ConfigError(
+                f"{_PATH}.other_module_name[{i}]: {name!r} (no such module in the student or teacher)"
+            ) from None
         _copy_exact(dst, src, name)
 
 
@@ -112,8 +115,10 @@ def build_student(teacher_model: nn.Module, deepspeed_config: Any) -> nn.Module:
     """
     reduction = _reduction(deepspeed_config)
     if not hasattr(teacher_model, "config"):
-        raise TypeError("build_student needs a Hugging Face model (with .config); build the student yourself and "
-                        "call init_compression(student, config, teacher_model=teacher) for other models")
+        raise TypeError(
+            "build_student needs a Hugging Face model (with .config); build the student yourself and "
+            "call init_compression(student, config, teacher_model=teacher) for other models"
+        )
     student_config = copy.deepcopy(teacher_model.config)
     student_config.num_hidden_layers = len(reduction.teacher_layer)
     reference = next(teacher_model.parameters())

@@ -6,8 +6,9 @@ All checks run here, before anything is replaced, so a bad config never leaves a
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Optional
 
 from torch import nn
 
@@ -72,9 +73,7 @@ def _eligible(model: nn.Module, with_embeddings: bool) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if name and isinstance(module, types)}
 
 
-def _match_groups(
-    groups: Mapping[str, object], eligible: Mapping[str, nn.Module], path: str
-) -> dict[str, str]:
+def _match_groups(groups: Mapping[str, object], eligible: Mapping[str, nn.Module], path: str) -> dict[str, str]:
     owner: dict[str, str] = {}
     for group_name, group in groups.items():
         patterns = [None if p == "*" else re.compile(p) for p in group.modules]

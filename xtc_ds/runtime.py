@@ -60,7 +60,9 @@ def _config_source(args: Any, config: Any, kwargs: dict[str, Any]) -> Any:
     if not given:
         raise ValueError("xtc_ds.initialize needs config= (path or dict) or args.deepspeed_config")
     if len(given) > 1:
-        raise ValueError("xtc_ds.initialize got the DeepSpeed config twice (config= and args.deepspeed_config); pass one")
+        raise ValueError(
+            "xtc_ds.initialize got the DeepSpeed config twice (config= and args.deepspeed_config); pass one"
+        )
     return given[0]
 
 
@@ -88,8 +90,11 @@ def _attach(engine: Any, runtime: XtcRuntime) -> None:
         if load_path is not None:
             saved = (client_state or {}).pop(CHECKPOINT_KEY, None)
             if saved is None:
-                log_rank_zero(logging.WARNING, f"xtc_ds: checkpoint {load_path} has no compression state; "
-                                               f"resuming the schedule at the engine's step {engine.global_steps}")
+                log_rank_zero(
+                    logging.WARNING,
+                    f"xtc_ds: checkpoint {load_path} has no compression state; "
+                    f"resuming the schedule at the engine's step {engine.global_steps}",
+                )
                 saved = {"step": engine.global_steps}
             runtime.scheduler.load_state_dict(saved)
         return load_path, client_state

@@ -17,6 +17,7 @@ from torch import nn
 
 from xtc_ds._log import log_rank_zero, logger
 from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression_config
+from xtc_ds.matching import InjectionReport
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
 
 __all__ = ["CompressionScheduler", "CompressionState", "scheduled_bits", "compression_state", "UNSTEPPED_WARN_AFTER"]
@@ -47,7 +48,7 @@ class CompressionState:
     """Per-model record left by injection: the config, the report, and whether anything drives the schedule."""
 
     config: CompressionConfig
-    report: Any
+    report: InjectionReport
     stepped: bool = False
     cleaned: bool = False
     unstepped_train_forwards: int = 0
@@ -65,7 +66,10 @@ class CompressionState:
                 "Train through xtc_ds.initialize(...) so engine.step() drives it, or call "
                 "CompressionScheduler(model).step() after every optimizer step.",
                 UNSTEPPED_WARN_AFTER,
-                _on_off(self.config.weight_quantization.shared_parameters.schedule_offset == 0, self.config.weight_quantization.enabled),
+                _on_off(
+                    self.config.weight_quantization.shared_parameters.schedule_offset == 0,
+                    self.config.weight_quantization.enabled,
+                ),
                 _on_off(
                     self.config.activation_quantization.shared_parameters.schedule_offset == 0,
                     self.config.activation_quantization.enabled,
@@ -109,7 +113,9 @@ class CompressionScheduler:
         if state is None:
             raise ValueError("CompressionScheduler needs a model prepared by xtc_ds.init_compression (or inject)")
         if deepspeed_config is not None and load_compression_config(deepspeed_config) != state.config:
-            raise ValueError("CompressionScheduler: deepspeed_config differs from the config the model was injected with")
+            raise ValueError(
+                "CompressionScheduler: deepspeed_config differs from the config the model was injected with"
+            )
         self.state = state
         self.config = state.config
         root = model.module if getattr(model, "_xtc_state", None) is None else model
@@ -161,7 +167,9 @@ class CompressionScheduler:
         quantizers = dict(self._act)
         for name, pair in state_dict.get("activation_ranges", {}).items():
             if name not in quantizers:
-                raise KeyError(f"CompressionScheduler.load_state_dict: no activation quantizer named '{name}' in this model")
+                raise KeyError(
+                    f"CompressionScheduler.load_state_dict: no activation quantizer named '{name}' in this model"
+                )
             quantizer = quantizers[name]
             quantizer.x_min.copy_(pair[0])
             quantizer.x_max.copy_(pair[1])

@@ -65,7 +65,7 @@ def test_symmetric_grid_hand_computed():
 def test_symmetric_levels_count_and_max_exact(bits):
     w = torch.randn(64, 64)
     out = fake_quant_weight(w, bits, num_groups=1, symmetric=True)
-    assert out.unique().numel() <= 2 ** bits - 1
+    assert out.unique().numel() <= 2**bits - 1
     assert out.abs().max() == pytest.approx(w.abs().max().item(), rel=1e-6)  # the max is representable
     scale = w.abs().max() / (2 ** (bits - 1) - 1)
     assert (out - w).abs().max() <= scale / 2 + 1e-6
@@ -84,7 +84,7 @@ def test_asymmetric_hand_computed_and_zero_exact():
 def test_asymmetric_levels_count(bits):
     out = fake_quant_weight(torch.rand(32, 32) + 0.5, bits, num_groups=4, symmetric=False)
     for group in out.reshape(4, -1):
-        assert group.unique().numel() <= 2 ** bits
+        assert group.unique().numel() <= 2**bits
 
 
 def test_stochastic_rounding_is_unbiased():
@@ -130,7 +130,7 @@ def test_activation_levels_per_token(bits, symmetric):
     x = torch.randn(3, 5, 64) * 4 + 1
     out = fake_quant_activation(x, bits, symmetric=symmetric)
     for token, orig in zip(out.reshape(-1, 64), x.reshape(-1, 64)):
-        assert token.unique().numel() <= (2 ** bits - 1 if symmetric else 2 ** bits)
+        assert token.unique().numel() <= (2**bits - 1 if symmetric else 2**bits)
         lo, hi = min(orig.min().item(), 0.0), max(orig.max().item(), 0.0)
-        step = (2 * orig.abs().max().item() / (2 ** bits - 2)) if symmetric else (hi - lo) / (2 ** bits - 1)
+        step = (2 * orig.abs().max().item() / (2**bits - 2)) if symmetric else (hi - lo) / (2**bits - 1)
         assert (token - orig).abs().max().item() <= step / 2 + 1e-5

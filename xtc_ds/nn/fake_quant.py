@@ -59,7 +59,10 @@ class WeightFakeQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         groups = "per_row" if self.num_groups is None else self.num_groups
-        return f"group={self.group}, bits={self.bits}, target_bits={self.target_bits}, groups={groups}, enabled={self.enabled}"
+        return (
+            f"group={self.group}, bits={self.bits}, target_bits={self.target_bits}, groups={groups}, "
+            f"enabled={self.enabled}"
+        )
 
 
 class ActFakeQuantizer(nn.Module):

@@ -12,7 +12,15 @@ from xtc_ds.nn.fake_quant import WeightFakeQuantizer
 
 __all__ = ["XtcQATEmbedding"]
 
-_EMBEDDING_ATTRS = ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse")
+_EMBEDDING_ATTRS = (
+    "num_embeddings",
+    "embedding_dim",
+    "padding_idx",
+    "max_norm",
+    "norm_type",
+    "scale_grad_by_freq",
+    "sparse",
+)
 
 
 class XtcQATEmbedding(nn.Embedding):
@@ -28,7 +36,7 @@ class XtcQATEmbedding(nn.Embedding):
     @classmethod
     def from_embedding(
         cls, embedding: nn.Embedding, weight_quantizer: Optional[WeightFakeQuantizer] = None
-    ) -> "XtcQATEmbedding":
+    ) -> XtcQATEmbedding:
         """Wrap ``embedding``, sharing its ``weight`` Parameter."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)

@@ -47,7 +47,7 @@ class XtcQATLinear(nn.Linear):
         linear: nn.Linear,
         weight_quantizer: Optional[WeightFakeQuantizer] = None,
         act_quantizer: Optional[ActFakeQuantizer] = None,
-    ) -> "XtcQATLinear":
+    ) -> XtcQATLinear:
         """Wrap ``linear``, sharing its ``weight``/``bias`` Parameters."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
@@ -85,7 +85,7 @@ def _make_qat_conv1d() -> Optional[type]:
         """
 
         @classmethod
-        def from_conv1d(cls, module: nn.Module, weight_quantizer=None, act_quantizer=None) -> "XtcQATConv1D":
+        def from_conv1d(cls, module: nn.Module, weight_quantizer=None, act_quantizer=None) -> XtcQATConv1D:
             new = cls.__new__(cls)
             nn.Module.__init__(new)
             new.nf = module.nf

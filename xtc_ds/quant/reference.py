@@ -38,7 +38,9 @@ _TINY = torch.finfo(torch.float32).tiny
 def _grouped(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     """``x`` as float32 of shape ``(num_groups, numel // num_groups)``; groups are contiguous."""
     if num_groups < 1 or x.numel() % num_groups:
-        raise ValueError(f"cannot split a tensor of {x.numel()} elements {tuple(x.shape)} into {num_groups} equal groups")
+        raise ValueError(
+            f"cannot split a tensor of {x.numel()} elements {tuple(x.shape)} into {num_groups} equal groups"
+        )
     return x.reshape(num_groups, -1).float()
 
 

@@ -6,7 +6,8 @@ library and the XTC paper; scales receive no gradient.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
