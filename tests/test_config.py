@@ -4,8 +4,8 @@ import copy
 import json
 
 import pytest
-from conftest import REPO_ROOT, legacy_config_paths, read_json
 
+from conftest import REPO_ROOT, legacy_config_paths, read_json
 from xtc_ds import CompressionConfig, ConfigError, load_compression_config
 from xtc_ds.config import PER_ROW, QuantizationType, RangeCalibration, split_deepspeed_config
 

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-from conftest import legacy_config_paths, read_json, tiny_bert
 
+from conftest import legacy_config_paths, read_json, tiny_bert
 from xtc_ds import build_student, initialize, redundancy_clean
 from xtc_ds.runtime import CHECKPOINT_KEY
 

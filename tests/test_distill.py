@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import tiny_bert
 
+from conftest import tiny_bert
 from xtc_ds import ConfigError, DistillationLoss, build_student, distillation_loss
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import tiny_bert, tiny_model
 from torch import nn
 
+from conftest import tiny_bert, tiny_model
 from xtc_ds import ConfigError, init_compression, inject, revert
 from xtc_ds.nn import XtcQATConv1D, XtcQATEmbedding, XtcQATLinear
 from xtc_ds.quant.reference import binarize, fake_quant_activation

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import tiny_bert, tiny_model
 
+from conftest import tiny_bert, tiny_model
 from xtc_ds import ConfigError, build_student, init_compression
 
 

@@ -4,8 +4,8 @@ import csv
 
 import pytest
 import torch
-from conftest import glue_task_dir, minilm_path
 
+from conftest import glue_task_dir, minilm_path
 from xtc_ds import initialize, redundancy_clean
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 import torch
-from conftest import tiny_bert
 
+from conftest import tiny_bert
 from xtc_ds import CompressionScheduler, init_compression
 from xtc_ds.config import WeightQuantParams
 from xtc_ds.quant.reference import ternarize

@@ -1,0 +1,121 @@
+"""Every GLUE TSV layout reads into the same examples; malformed rows name file and line; offline errors are clear."""
+
+import pytest
+import torch
+
+from conftest import GLUE_DIR, glue_task_dir
+from xtc_ds.glue import GlueDataError, GlueExample, encode, get_task, load_examples, read_tsv
+from xtc_ds.glue.data import resolve_task_dir
+
+# (task, dev rows, first dev example) from the official files in ../shared/data/glue
+OFFICIAL = [
+    ("cola", 1043, ("The sailors rode the breeze clear of the rocks.", None, 1)),
+    ("sst2", 872, ("it 's a charming and often affecting journey . ", None, 1)),
+    (
+        "mrpc",
+        408,
+        (
+            "He said the foodservice pie business doesn 't fit the company 's long-term growth strategy .",
+            '" The foodservice pie business does not fit our long-term growth strategy .',
+            1,
+        ),
+    ),
+    ("stsb", 1500, ("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0)),
+    ("rte", 277, (None, "Christopher Reeve had an accident.", 1)),
+    ("wnli", 71, ("The drain is clogged with hair. It has to be cleaned.", "The hair has to be cleaned.", 0)),
+]
+
+
+@pytest.mark.parametrize("name, rows, first", OFFICIAL, ids=[o[0] for o in OFFICIAL])
+def test_official_tsv_layouts(name, rows, first):
+    task = get_task(name)
+    examples = read_tsv(glue_task_dir(task.folder) / "dev.tsv", task)
+    assert len(examples) == rows
+    got = examples[0]
+    if first[0] is not None:
+        assert got.text_a == first[0]
+    assert (got.text_b, got.label) == first[1:]
+    assert all(isinstance(e.label, float if task.is_regression else int) for e in examples)
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_qqp_mnli_qnli_layouts(tmp_path):
+    qqp = _write(tmp_path / "qqp.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t1\t2\tA?\tB?\t1\n")
+    assert read_tsv(qqp, get_task("qqp"))[0] == GlueExample("A?", "B?", 1)
+    header = "index\tpromptID\tpairID\tgenre\tb1\tb2\tp1\tp2\tsentence1\tsentence2\tlabel1\tgold_label\n"
+    mnli = _write(tmp_path / "mnli.tsv", header + "0\t1\t2\tg\tx\tx\tx\tx\tPremise.\tHypo.\tneutral\tneutral\n")
+    example = read_tsv(mnli, get_task("mnli"))[0]
+    assert (example.text_a, example.text_b, example.label) == ("Premise.", "Hypo.", 1)
+    qnli = _write(tmp_path / "qnli.tsv", "index\tquestion\tsentence\tlabel\n0\tWho?\tHim.\tnot_entailment\n")
+    assert read_tsv(qnli, get_task("qnli"))[0].label == 1
+
+
+def test_mnli_has_matched_and_mismatched_dev(tmp_path):
+    header = "index\tpromptID\tpairID\tgenre\tb1\tb2\tp1\tp2\tsentence1\tsentence2\tlabel1\tgold_label\n"
+    row = "0\t1\t2\tg\tx\tx\tx\tx\tP.\tH.\tentailment\tentailment\n"
+    for split in ("train", "dev_matched", "dev_mismatched"):
+        _write(tmp_path / f"{split}.tsv", header + row)
+    splits = load_examples(get_task("mnli"), str(tmp_path))
+    assert set(splits) == {"train", "dev_matched", "dev_mismatched"}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("sentence\tlabel\ngood movie\t1\nbad\n", ":3: 1 columns, sst2 rows need at least 2"),
+        ("sentence\tlabel\ngood movie\t1\nbad\tpositive\n", ":3: label 'positive' is not one of ['0', '1']"),
+    ],
+)
+def test_malformed_rows_name_file_and_line(tmp_path, content, message):
+    path = _write(tmp_path / "train.tsv", content)
+    with pytest.raises(GlueDataError) as err:
+        read_tsv(path, get_task("sst2"))
+    assert str(path) + message in str(err.value)
+
+
+def test_bad_stsb_score(tmp_path):
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    path = _write(tmp_path / "dev.tsv", header + "0\tg\tf\ty\t0\tn\tn\tA.\tB.\tfive\n")
+    with pytest.raises(GlueDataError, match=r"dev.tsv:2: score 'five' is not a number"):
+        read_tsv(path, get_task("stsb"))
+
+
+def test_data_dir_accepts_root_or_task_folder_and_glue_dir(monkeypatch):
+    glue_task_dir("SST-2")
+    task = get_task("sst2")
+    assert resolve_task_dir(task, str(GLUE_DIR)) == GLUE_DIR / "SST-2"
+    assert resolve_task_dir(task, str(GLUE_DIR / "SST-2")) == GLUE_DIR / "SST-2"
+    monkeypatch.setenv("GLUE_DIR", str(GLUE_DIR))
+    assert resolve_task_dir(task, None) == GLUE_DIR / "SST-2"
+    with pytest.raises(GlueDataError, match="--data_dir /nonexistent: no train.tsv"):
+        resolve_task_dir(task, "/nonexistent")
+
+
+def test_offline_without_local_data_stops_at_once(monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(GlueDataError, match=r"pass --data_dir .* or set \$GLUE_DIR; .* HF_DATASETS_OFFLINE is set"):
+        load_examples(get_task("rte"))
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="unknown GLUE task"):
+        get_task("squad")
+    assert get_task("SST-2").name == "sst2" and get_task("sts-b").name == "stsb"
+
+
+def test_encode_pairs_and_regression_labels():
+    from transformers import BertTokenizerFast
+
+    from conftest import minilm_path
+
+    tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
+    task = get_task("stsb")
+    examples = read_tsv(glue_task_dir("STS-B") / "dev.tsv", task)[:4]
+    tensors = encode(examples, tokenizer, 24, task)
+    assert tensors["input_ids"].shape == (4, 24) and tensors["labels"].dtype == torch.float32
+    assert (tensors["token_type_ids"][0] == 1).any()  # the second sentence is segment B

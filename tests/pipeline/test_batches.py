@@ -1,0 +1,38 @@
+"""Micro-batches are a deterministic function of the step: shards are disjoint and resuming reproduces them."""
+
+import pytest
+import torch
+
+from xtc_ds.pipeline.batches import EpochBatches
+
+
+def test_ranks_get_disjoint_equal_shards_of_each_epoch():
+    ranks = [EpochBatches(103, 4, 2, rank, 3, seed=7) for rank in range(3)]
+    assert ranks[0].steps_per_epoch == 103 // 24 == 4
+    seen = []
+    for batches in ranks:
+        steps = list(batches.iterate(0, 4))
+        assert [s for s, _ in steps] == [0, 1, 2, 3]
+        assert all(len(m) == 2 and all(len(b) == 4 for b in m) for _, m in steps)
+        seen += [int(i) for _, micro in steps for b in micro for i in b]
+    assert len(seen) == len(set(seen)) == 96
+
+
+def test_resume_mid_epoch_reproduces_the_same_batches():
+    batches = EpochBatches(50, 5, 1, 0, 1, seed=3)
+    full = dict(batches.iterate(0, 25))
+    resumed = dict(EpochBatches(50, 5, 1, 0, 1, seed=3).iterate(13, 25))
+    assert all(torch.equal(full[s][0], resumed[s][0]) for s in resumed)
+    assert batches.position(13) == (1, 3)
+
+
+def test_epochs_reshuffle():
+    batches = EpochBatches(40, 10, 1, 0, 1, seed=0)
+    steps = dict(batches.iterate(0, 8))
+    assert not torch.equal(torch.cat(steps[0] + steps[1]), torch.cat(steps[4] + steps[5]))
+    assert sorted(torch.cat([steps[i][0] for i in range(4)]).tolist()) == list(range(40))
+
+
+def test_too_small_dataset_is_a_clear_error():
+    with pytest.raises(ValueError, match="10 training examples cannot fill one global batch of 32"):
+        EpochBatches(10, 16, 1, 0, 2, seed=0)

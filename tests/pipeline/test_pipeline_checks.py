@@ -1,0 +1,105 @@
+"""Flags and config are checked before training: batch sizes, output directory, --help."""
+
+import argparse
+import json
+
+import pytest
+
+from conftest import REPO_ROOT
+from xtc_ds import ConfigError
+from xtc_ds.pipeline.args import build_parser, parse_args
+from xtc_ds.pipeline.io import read_jsonl, replace_dir_atomic, write_json_atomic
+from xtc_ds.pipeline.run import _batch_config, _prepare_output_dir
+
+CONFIG = str(REPO_ROOT / "ds_configs" / "ds_xtc.json")
+
+
+def _args(*extra):
+    return parse_args(["--deepspeed_config", CONFIG, *extra])
+
+
+def test_help_documents_every_flag():
+    text = build_parser().format_help()
+    for flag in (
+        "--task_name",
+        "--data_dir",
+        "--model_name_or_path",
+        "--teacher_model",
+        "--output_dir",
+        "--max_seq_length",
+        "--per_device_train_batch_size",
+        "--learning_rate",
+        "--weight_decay",
+        "--num_train_epochs",
+        "--max_train_steps",
+        "--warmup_ratio",
+        "--max_train_samples",
+        "--max_eval_samples",
+        "--eval_steps",
+        "--save_steps",
+        "--seed",
+        "--resume_from_checkpoint",
+        "--deepspeed_config",
+        "--local_rank",
+    ):
+        assert flag in text, flag
+    assert "sst2" in text and "rte" in text
+
+
+def test_batch_size_flag_must_agree_with_config():
+    args = _args("--per_device_train_batch_size", "16")
+    with pytest.raises(
+        ConfigError, match="train_micro_batch_size_per_gpu is 32 but --per_device_train_batch_size is 16"
+    ):
+        _batch_config({"train_micro_batch_size_per_gpu": 32}, args, 1)
+    assert _batch_config({}, args, 2)["train_batch_size"] == 32
+    assert (
+        _batch_config({"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2}, _args(), 2)[
+            "train_batch_size"
+        ]
+        == 32
+    )
+    with pytest.raises(ConfigError, match=r"train_batch_size 32 != .* 2 processes = 64"):
+        _batch_config({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 32}, _args(), 2)
+
+
+def test_missing_config_flag_is_refused():
+    with pytest.raises(SystemExit):
+        parse_args([])
+
+
+def test_output_dir_is_not_overwritten_without_the_flag(tmp_path):
+    (tmp_path / "eval_results.json").write_text("{}")
+    with pytest.raises(SystemExit, match="--overwrite_output_dir"):
+        _prepare_output_dir(_args("--output_dir", str(tmp_path)))
+    assert (tmp_path / "eval_results.json").exists()
+    _prepare_output_dir(_args("--output_dir", str(tmp_path), "--overwrite_output_dir"))
+    assert not (tmp_path / "eval_results.json").exists()
+    (tmp_path / "keep").write_text("x")
+    _prepare_output_dir(_args("--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"))
+    assert (tmp_path / "keep").exists()
+
+
+def test_atomic_writes_keep_the_old_version_on_failure(tmp_path):
+    target = tmp_path / "best"
+    replace_dir_atomic(target, lambda d: (d / "a.txt").write_text("one"))
+
+    def broken(folder):
+        (folder / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        replace_dir_atomic(target, broken)
+    assert (target / "a.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["best"]  # no temp folder left behind
+    write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\n{"step": 2')  # torn last line after a kill
+    assert read_jsonl(tmp_path / "log.jsonl") == [{"step": 1}]
+
+
+def test_parse_rejects_bad_values():
+    for flags in (["--eval_steps", "0"], ["--warmup_ratio", "1.5"], ["--task_name", "squad"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--deepspeed_config", CONFIG, *flags])
+    assert isinstance(_args(), argparse.Namespace)

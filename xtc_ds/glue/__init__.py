@@ -1,0 +1,18 @@
+"""GLUE tasks, data readers and metrics used by the pipeline."""
+
+from xtc_ds.glue.data import GlueDataError, GlueExample, encode, load_examples, read_tsv
+from xtc_ds.glue.metrics import primary_score, task_metrics
+from xtc_ds.glue.tasks import TASKS, GlueTask, get_task
+
+__all__ = [
+    "GlueTask",
+    "TASKS",
+    "get_task",
+    "GlueExample",
+    "GlueDataError",
+    "read_tsv",
+    "load_examples",
+    "encode",
+    "task_metrics",
+    "primary_score",
+]

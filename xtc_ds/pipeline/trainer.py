@@ -1,0 +1,239 @@
+"""One training phase (teacher fine-tuning or student distillation) on a DeepSpeed engine.
+
+Evaluates every ``eval_steps``, keeps the best dev checkpoint as a Hugging Face folder, saves resumable
+DeepSpeed checkpoints every ``save_steps`` (model, optimizer, LR schedule, compression schedule, RNG state,
+data position) and resumes from them step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from xtc_ds._log import is_rank_zero, logger
+from xtc_ds.glue.metrics import primary_score, task_metrics
+from xtc_ds.glue.tasks import GlueTask
+from xtc_ds.pipeline.batches import EpochBatches
+from xtc_ds.pipeline.io import append_jsonl, replace_dir_atomic, write_json_atomic
+
+__all__ = ["Phase", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
+
+PIPELINE_STATE_KEY = "xtc_pipeline"
+BEST_META = "xtc_best.json"
+
+
+@dataclass
+class Phase:
+    """What one phase trains and where it writes.
+
+    Attributes:
+        name: ``teacher`` or ``student`` (the folder under ``output_dir``).
+        directory: ``output_dir / name``.
+        total_steps: optimizer steps of the phase.
+        loss_fn: ``(engine, batch) -> loss`` for one micro-batch.
+        save_extra: ``(folder) -> None`` adds files to each saved best folder.
+    """
+
+    name: str
+    directory: Path
+    total_steps: int
+    loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
+    save_extra: Optional[Callable[[Path], None]] = None
+    best: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.directory / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "train_log.jsonl"
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def evaluate(
+    model: nn.Module, dev_sets: dict[str, dict[str, torch.Tensor]], task: GlueTask, batch_size: int
+) -> dict[str, dict[str, float]]:
+    """GLUE metrics per dev split; ``model`` may be a DeepSpeed engine. Restores the model's train/eval mode."""
+    was_training = model.training
+    model.eval()
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    results = {}
+    with torch.no_grad():
+        for split, tensors in dev_sets.items():
+            inputs = {k: v for k, v in tensors.items() if k != "labels"}
+            logits = [
+                model(**{k: v[i : i + batch_size].to(device) for k, v in inputs.items()}).logits.float().cpu()
+                for i in range(0, len(tensors["labels"]), batch_size)
+            ]
+            results[split] = task_metrics(task, torch.cat(logits), tensors["labels"])
+    model.train(was_training)
+    return results
+
+
+def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
+    """The model's complete state dict on rank 0 (ZeRO-3 partitions gathered; every rank must call this)."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()
+
+
+def _rng_states() -> list[torch.Tensor]:
+    state = torch.get_rng_state()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [state]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _save_best(engine: Any, phase: Phase, tokenizer: Any, step: int, score: float, metrics: dict) -> None:
+    state_dict = full_state_dict(engine)
+    if is_rank_zero():
+
+        def fill(folder: Path) -> None:
+            engine.module.save_pretrained(folder, state_dict=state_dict)
+            tokenizer.save_pretrained(folder)
+            if phase.save_extra is not None:
+                phase.save_extra(folder)
+            write_json_atomic(folder / BEST_META, {"step": step, "score": score, "metrics": metrics})
+
+        replace_dir_atomic(phase.directory / "best", fill)
+    _barrier()
+
+
+def _save_checkpoint(engine: Any, phase: Phase, batches: EpochBatches, step: int, keep: int) -> None:
+    epoch, in_epoch = batches.position(step)
+    client_state = {
+        PIPELINE_STATE_KEY: {"epoch": epoch, "step_in_epoch": in_epoch, "best": phase.best},
+        "rng": _rng_states(),
+    }
+    engine.save_checkpoint(str(phase.checkpoints), tag=f"global_step{step}", client_state=client_state)
+    if is_rank_zero():
+        tags = sorted(
+            (p for p in phase.checkpoints.glob("global_step*") if p.is_dir()), key=lambda p: int(p.name[11:])
+        )
+        for stale in tags[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    _barrier()
+
+
+def _resume(engine: Any, phase: Phase, source: Path, batches: EpochBatches) -> int:
+    """Load a checkpoint (a folder with ``latest``, or one tag folder) and return the step to continue from."""
+    if (source / "latest").exists():
+        load_path, client_state = engine.load_checkpoint(str(source))
+    else:
+        load_path, client_state = engine.load_checkpoint(str(source.parent), tag=source.name)
+    if load_path is None:
+        raise FileNotFoundError(f"--resume_from_checkpoint: no loadable DeepSpeed checkpoint in {source}")
+    step = engine.global_steps
+    saved = client_state.get(PIPELINE_STATE_KEY, {})
+    if (saved.get("epoch"), saved.get("step_in_epoch")) != batches.position(step):
+        logger.warning("xtc_ds: batch size or world size changed since the checkpoint; the data order differs")
+    phase.best = dict(saved.get("best", {}))
+    rng = client_state.get("rng", [])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if len(rng) == (dist.get_world_size() if dist.is_initialized() else 1):
+        torch.set_rng_state(rng[rank])
+    if is_rank_zero():
+        folder = Path(load_path).parent if Path(load_path).is_file() else Path(load_path)  # DeepSpeed names a file
+        append_jsonl(phase.log_path, {"resumed_from": str(folder), "step": step})
+    return step
+
+
+def run_phase(
+    engine: Any,
+    phase: Phase,
+    task: GlueTask,
+    train: dict[str, torch.Tensor],
+    dev_sets: dict[str, dict[str, torch.Tensor]],
+    batches: EpochBatches,
+    tokenizer: Any,
+    args: Any,
+    resume: Optional[Path] = None,
+    keep_checkpoints: int = 2,
+) -> dict[str, Any]:
+    """Train ``engine`` for ``phase.total_steps`` optimizer steps; returns the best dev result.
+
+    Returns:
+        ``{"step": ..., "score": ..., "metrics": {split: {...}}, "wall_time_s": ..., "steps": ...}``.
+    """
+    from tqdm.auto import tqdm
+
+    start = _resume(engine, phase, resume, batches) if resume is not None else 0
+    best_meta = phase.directory / "best" / BEST_META
+    if best_meta.exists():  # a best folder written after the checkpoint we resumed from still counts
+        previous = json.loads(best_meta.read_text(encoding="utf-8"))
+        if previous.get("score", -math.inf) > phase.best.get("score", -math.inf):
+            phase.best = previous
+    engine.train()
+    device = engine.device
+    rank_zero = is_rank_zero()
+    progress = tqdm(total=phase.total_steps, initial=start, desc=phase.name, disable=not rank_zero, dynamic_ncols=True)
+    samples_per_step = engine.train_batch_size()
+    began = time.time()
+    last_time, step = began, start
+    for step, micro_batches in batches.iterate(start, phase.total_steps):
+        losses = []
+        for indices in micro_batches:
+            batch = {key: value[indices].to(device) for key, value in train.items()}
+            loss = phase.loss_fn(engine, batch)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        done = step + 1
+        now = time.time()
+        record = {
+            "step": done,
+            "loss": sum(losses) / len(losses),
+            "lr": engine.get_lr()[0],
+            "samples_per_s": samples_per_step / max(now - last_time, 1e-9),
+        }
+        last_time = now
+        if rank_zero:
+            append_jsonl(phase.log_path, record)
+            progress.update(1)
+            progress.set_postfix(
+                loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.1f}"
+            )
+        elif done % max(1, engine.steps_per_print() or 100) == 0:
+            logger.info("xtc_ds %s step %d loss %.4f", phase.name, done, record["loss"])
+        if done % args.eval_steps == 0 or done == phase.total_steps:
+            metrics = evaluate(engine, dev_sets, task, args.per_device_eval_batch_size)
+            score = primary_score(task, next(iter(metrics.values())))
+            if rank_zero:
+                append_jsonl(phase.log_path, {"step": done, "eval": metrics, "score": score})
+                logger.info("xtc_ds %s step %d eval %s", phase.name, done, metrics)
+            if engine.monitor.enabled:
+                engine.monitor.write_events(
+                    [
+                        (f"Eval/{split}/{k}", v, engine.global_samples)
+                        for split, m in metrics.items()
+                        for k, v in m.items()
+                    ]
+                )
+            if score > phase.best.get("score", -math.inf):
+                phase.best = {"step": done, "score": score, "metrics": metrics}
+                _save_best(engine, phase, tokenizer, done, score, metrics)
+        if done % args.save_steps == 0 or done == phase.total_steps:
+            _save_checkpoint(engine, phase, batches, done, keep_checkpoints)
+    progress.close()
+    wall = time.time() - began
+    if rank_zero:
+        logging.getLogger("xtc_ds").info("xtc_ds %s finished %d steps in %.0f s", phase.name, phase.total_steps, wall)
+    return {**phase.best, "wall_time_s": wall, "steps": phase.total_steps}
