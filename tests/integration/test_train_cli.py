@@ -103,9 +103,10 @@ def _tiny_teacher(folder):
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
 
 
-def _tiny_config(path):
+def _tiny_config(path, monitor_dir):
     config = {
         "train_micro_batch_size_per_gpu": 8,
+        "csv_monitor": {"enabled": True, "output_path": str(monitor_dir), "job_name": "tiny"},
         "gradient_clipping": 1.0,
         "compression_training": {
             "layer_reduction": {
@@ -141,7 +142,7 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path):
     glue_task_dir("SST-2")
     teacher, config = tmp_path / "teacher", tmp_path / "ds.json"
     _tiny_teacher(teacher)
-    _tiny_config(config)
+    _tiny_config(config, tmp_path / "monitor")
     total = 200
 
     def cmd(out, *extra):
@@ -176,6 +177,8 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path):
     _run(cmd(tmp_path / "reference"))
     reference = _losses(read_jsonl(tmp_path / "reference" / "student" / "train_log.jsonl"))
     assert sorted(reference) == list(range(1, total + 1))
+    monitor = {p.name for p in (tmp_path / "monitor").rglob("*.csv")}
+    assert any("train_step_loss" in name for name in monitor) and any("accuracy" in name for name in monitor), monitor
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(

@@ -157,44 +157,6 @@ def _resume_source(args: Any, phase_dir: Path) -> Optional[Path]:
     return source if phase_dir.resolve() in source.parents else None
 
 
-def _train_teacher(args, task, ds_config, data, tokenizer, model_path, out: Path) -> tuple[str, dict]:
-    directory = out / "teacher"
-    results_path = directory / "eval_results.json"
-    if results_path.exists():
-        logger.info("xtc_ds: teacher already fine-tuned in %s", directory)
-        return str(directory / "best"), json.loads(results_path.read_text(encoding="utf-8"))
-    torch.manual_seed(args.seed)
-    model = _load_model(model_path, task, eager=False)
-    rank, world = _rank_world()
-    micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
-    batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, args.seed)
-    epochs = args.teacher_num_train_epochs if args.teacher_num_train_epochs is not None else args.num_train_epochs
-    total = _total_steps(epochs, args.teacher_max_train_steps, batches)
-    optimizer = _optimizer(model, args.teacher_learning_rate or args.learning_rate, args.weight_decay)
-    engine, *_ = initialize(
-        model=model,
-        config=ds_config,
-        optimizer=optimizer,
-        lr_scheduler=_linear_schedule(optimizer, total, args.warmup_ratio),
-    )
-    phase = Phase("teacher", directory, total, lambda eng, batch: eng(**batch).loss)
-    best = run_phase(
-        engine,
-        phase,
-        task,
-        data["train"],
-        data["dev"],
-        batches,
-        tokenizer,
-        args,
-        resume=_resume_source(args, directory),
-    )
-    if is_rank_zero():
-        write_json_atomic(results_path, best)
-    del engine
-    return str(directory / "best"), best
-
-
 def _rank_world() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -213,54 +175,109 @@ def _student_loss(compression: CompressionConfig):
     return kd_loss
 
 
-def _train_student(args, task, ds_full, compression, data, tokenizer, teacher_path, out: Path) -> dict:
-    kd = compression.knowledge_distillation
-    eager = kd.enabled and kd.attention_weight > 0
-    teacher = _load_model(teacher_path, task, eager=eager)
-    torch.manual_seed(args.seed)
-    student = build_student(teacher, compression) if compression.layer_reduction.enabled else copy.deepcopy(teacher)
+def _train(
+    name,
+    model,
+    ds_config,
+    args,
+    data,
+    tokenizer,
+    out: Path,
+    *,
+    epochs,
+    max_steps,
+    lr,
+    seed,
+    loss_fn,
+    teacher=None,
+    save_extra=None,
+) -> dict:
+    """Set up the engine (optimizer, warm-up + linear decay, compression) for one phase and run it."""
     rank, world = _rank_world()
-    micro, accum = ds_full["train_micro_batch_size_per_gpu"], ds_full["gradient_accumulation_steps"]
-    batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, args.seed + 1)
-    total = _total_steps(args.num_train_epochs, args.max_train_steps, batches)
-    optimizer = _optimizer(student, args.learning_rate, args.weight_decay)
+    micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, seed)
+    total = _total_steps(epochs, max_steps, batches)
+    optimizer = _optimizer(model, lr, args.weight_decay)
     engine, *_ = initialize(
-        model=student,
-        config=ds_full,
+        model=model,
+        config=ds_config,
         optimizer=optimizer,
-        teacher_model=teacher if kd.enabled else None,
+        teacher_model=teacher,
         lr_scheduler=_linear_schedule(optimizer, total, args.warmup_ratio),
     )
+    extra = None if save_extra is None else (lambda folder: save_extra(engine, folder))
+    phase = Phase(name, out / name, total, loss_fn, save_extra=extra)
+    resume = _resume_source(args, phase.directory)
+    return run_phase(engine, phase, args.task, data["train"], data["dev"], batches, tokenizer, args, resume=resume)
 
-    def save_extra(folder: Path) -> None:
+
+def _train_teacher(args, ds_config, data, tokenizer, model_path, out: Path) -> tuple[str, dict]:
+    directory = out / "teacher"
+    results_path = directory / "eval_results.json"
+    if results_path.exists():
+        logger.info("xtc_ds: teacher already fine-tuned in %s", directory)
+        return str(directory / "best"), json.loads(results_path.read_text(encoding="utf-8"))
+    torch.manual_seed(args.seed)
+    model = _load_model(model_path, args.task, eager=False)
+    epochs = args.teacher_num_train_epochs if args.teacher_num_train_epochs is not None else args.num_train_epochs
+    best = _train(
+        "teacher",
+        model,
+        ds_config,
+        args,
+        data,
+        tokenizer,
+        out,
+        epochs=epochs,
+        max_steps=args.teacher_max_train_steps,
+        lr=args.teacher_learning_rate or args.learning_rate,
+        seed=args.seed,
+        loss_fn=lambda engine, batch: engine(**batch).loss,
+    )
+    if is_rank_zero():
+        write_json_atomic(results_path, best)
+    return str(directory / "best"), best
+
+
+def _train_student(args, ds_full, compression, data, tokenizer, teacher_path, out: Path) -> dict:
+    kd = compression.knowledge_distillation
+    teacher = _load_model(teacher_path, args.task, eager=kd.enabled and kd.attention_weight > 0)
+    torch.manual_seed(args.seed)
+    student = build_student(teacher, compression) if compression.layer_reduction.enabled else copy.deepcopy(teacher)
+
+    def save_extra(engine: Any, folder: Path) -> None:
         torch.save(engine.xtc.scheduler.state_dict(), folder / SCHEDULER_FILE)
         write_json_atomic(folder / COMPRESSION_FILE, {SECTION: compression.to_dict()})
 
-    phase = Phase("student", out / "student", total, _student_loss(compression), save_extra=save_extra)
-    best = run_phase(
-        engine,
-        phase,
-        task,
-        data["train"],
-        data["dev"],
-        batches,
-        tokenizer,
+    best = _train(
+        "student",
+        student,
+        ds_full,
         args,
-        resume=_resume_source(args, phase.directory),
+        data,
+        tokenizer,
+        out,
+        epochs=args.num_train_epochs,
+        max_steps=args.max_train_steps,
+        lr=args.learning_rate,
+        seed=args.seed + 1,
+        loss_fn=_student_loss(compression),
+        teacher=teacher if kd.enabled else None,
+        save_extra=save_extra,
     )
-    teacher_metrics = evaluate(teacher, data["dev"], task, args.per_device_eval_batch_size)
+    teacher_metrics = evaluate(teacher, data["dev"], args.task, args.per_device_eval_batch_size)
     return {"student_best": best, "teacher_dev": teacher_metrics}
 
 
-def _finish(args, task, compression, data, tokenizer, out: Path) -> dict:
+def _finish(args, compression, data, tokenizer, out: Path) -> dict:
     """Rebuild the best student, bake its quantized weights (redundancy_clean), evaluate and save it."""
     best_dir = out / "student" / "best"
     kd = compression.knowledge_distillation
-    model = _load_model(str(best_dir), task, eager=kd.enabled and kd.attention_weight > 0)
+    model = _load_model(str(best_dir), args.task, eager=kd.enabled and kd.attention_weight > 0)
     init_compression(model, compression)
     CompressionScheduler(model).load_state_dict(torch.load(best_dir / SCHEDULER_FILE, weights_only=True))
     redundancy_clean(model, compression)
-    metrics = evaluate(model, data["dev"], task, args.per_device_eval_batch_size)
+    metrics = evaluate(model, data["dev"], args.task, args.per_device_eval_batch_size)
 
     def fill(folder: Path) -> None:
         model.save_pretrained(folder)
@@ -298,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     started = time.time()
-    task = get_task(args.task_name)
+    task = args.task = get_task(args.task_name)
     ds_full = load_deepspeed_config(args.deepspeed_config)
     compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
@@ -313,21 +330,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     data = _encode_all(task, examples, args, tokenizer)
     if is_rank_zero():
         if not (out / "args.json").exists():
-            write_json_atomic(out / "args.json", vars(args))
+            write_json_atomic(out / "args.json", {k: v for k, v in vars(args).items() if k != "task"})
         append_jsonl(
             out / "run_log.jsonl", {"started": started, "resume": args.resume_from_checkpoint, "world": world}
         )
 
     results: dict[str, Any] = {"task": task.name, "deepspeed_config": args.deepspeed_config, "world_size": world}
     if args.teacher_model is None:
-        teacher_path, results["teacher_training"] = _train_teacher(
-            args, task, ds_teacher, data, tokenizer, model_path, out
-        )
+        teacher_path, results["teacher_training"] = _train_teacher(args, ds_teacher, data, tokenizer, model_path, out)
     else:
         teacher_path = args.teacher_model
-    results.update(_train_student(args, task, ds_full, compression, data, tokenizer, teacher_path, out))
+    results.update(_train_student(args, ds_full, compression, data, tokenizer, teacher_path, out))
     if is_rank_zero():
-        results["final_dev"] = _finish(args, task, compression, data, tokenizer, out)
+        results["final_dev"] = _finish(args, compression, data, tokenizer, out)
         results["wall_time_s"] = time.time() - started
         write_json_atomic(out / "eval_results.json", results)
         logger.info("xtc_ds: results %s", results)

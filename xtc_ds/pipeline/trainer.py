@@ -8,7 +8,6 @@ data position) and resumes from them step for step.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import time
@@ -187,7 +186,7 @@ def run_phase(
     progress = tqdm(total=phase.total_steps, initial=start, desc=phase.name, disable=not rank_zero, dynamic_ncols=True)
     samples_per_step = engine.train_batch_size()
     began = time.time()
-    last_time, step = began, start
+    last_time = began
     for step, micro_batches in batches.iterate(start, phase.total_steps):
         losses = []
         for indices in micro_batches:
@@ -205,6 +204,8 @@ def run_phase(
             "samples_per_s": samples_per_step / max(now - last_time, 1e-9),
         }
         last_time = now
+        if engine.monitor.enabled:  # DeepSpeed >= 0.19 no longer logs the loss itself
+            engine.monitor.write_events([("Train/Samples/train_step_loss", record["loss"], engine.global_samples)])
         if rank_zero:
             append_jsonl(phase.log_path, record)
             progress.update(1)
@@ -235,5 +236,5 @@ def run_phase(
     progress.close()
     wall = time.time() - began
     if rank_zero:
-        logging.getLogger("xtc_ds").info("xtc_ds %s finished %d steps in %.0f s", phase.name, phase.total_steps, wall)
+        logger.info("xtc_ds %s finished %d steps in %.0f s", phase.name, phase.total_steps, wall)
     return {**phase.best, "wall_time_s": wall, "steps": phase.total_steps}

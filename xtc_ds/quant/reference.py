@@ -44,8 +44,9 @@ def _grouped(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     return x.reshape(num_groups, -1).float()
 
 
-def _round(x: torch.Tensor, stochastic: bool) -> torch.Tensor:
-    return torch.floor(x + torch.rand_like(x)) if stochastic else torch.round(x)
+def _round_(x: torch.Tensor, stochastic: bool) -> torch.Tensor:
+    """Round a temporary in place (to nearest, or stochastically: floor(x + U[0, 1)))."""
+    return x.add_(torch.rand_like(x)).floor_() if stochastic else x.round_()
 
 
 def binarize(weight: torch.Tensor, num_groups: int = 1) -> torch.Tensor:
@@ -91,9 +92,10 @@ def fake_quant_symmetric(
     """
     q_max = 2 ** (bits - 1) - 1
     if amax is None:
-        amax = rows.abs().amax(dim=1, keepdim=True)
+        low, high = torch.aminmax(rows, dim=1, keepdim=True)  # one pass, no |x| temporary
+        amax = torch.maximum(-low, high)
     scale = (amax / q_max).clamp_min(_TINY)
-    return _round(rows / scale, stochastic).clamp_(-q_max, q_max).mul_(scale)
+    return _round_(rows / scale, stochastic).clamp_(-q_max, q_max).mul_(scale)
 
 
 def fake_quant_asymmetric(
@@ -115,14 +117,13 @@ def fake_quant_asymmetric(
     """
     q_max = 2**bits - 1
     if x_min is None or x_max is None:
-        x_min = rows.amin(dim=1, keepdim=True)
-        x_max = rows.amax(dim=1, keepdim=True)
+        x_min, x_max = torch.aminmax(rows, dim=1, keepdim=True)
     # The range must contain 0 so that zero (padding, ReLU output) stays exact.
     x_min = torch.clamp(x_min, max=0.0)
     x_max = torch.clamp(x_max, min=0.0)
     scale = ((x_max - x_min) / q_max).clamp_min(_TINY)
     zero_point = torch.round(-x_min / scale)
-    codes = (_round(rows / scale, stochastic) + zero_point).clamp_(0, q_max)
+    codes = _round_(rows / scale, stochastic).add_(zero_point).clamp_(0, q_max)
     return codes.sub_(zero_point).mul_(scale)
 
 
