@@ -1,6 +1,22 @@
-"""Pure-Python install: nothing is compiled and torch is not imported here (fused ops build JIT on first use)."""
+"""Pure-Python install: nothing is compiled and torch is not imported here (fused ops build JIT on first use).
+
+The C++/CUDA sources in csrc/ are shipped inside the package (as xtc_ds/_csrc) so installed copies can build them.
+"""
+
+import shutil
+from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithSources(build_py):
+    """Copy csrc/ into the built package, where xtc_ds.ops.builder looks when there is no source checkout."""
+
+    def run(self):
+        super().run()
+        shutil.copytree(Path(__file__).parent / "csrc", Path(self.build_lib) / "xtc_ds" / "_csrc", dirs_exist_ok=True)
+
 
 setup(
     name="xtc_ds",
@@ -9,6 +25,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["xtc_ds", "xtc_ds.*"]),
+    cmdclass={"build_py": BuildPyWithSources},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

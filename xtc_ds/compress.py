@@ -18,7 +18,7 @@ from xtc_ds.config import SECTION, ConfigError, load_compression_config
 from xtc_ds.inject import inject
 from xtc_ds.layer_reduction import initialize_student, layer_list
 from xtc_ds.nn.qat_linear import XtcQATConv1D
-from xtc_ds.quant.reference import fake_quant_weight
+from xtc_ds.ops import fake_quant_weight
 from xtc_ds.schedule import compression_state
 
 __all__ = ["init_compression", "redundancy_clean"]

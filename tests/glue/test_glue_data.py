@@ -119,3 +119,22 @@ def test_encode_pairs_and_regression_labels():
     tensors = encode(examples, tokenizer, 24, task)
     assert tensors["input_ids"].shape == (4, 24) and tensors["labels"].dtype == torch.float32
     assert (tensors["token_type_ids"][0] == 1).any()  # the second sentence is segment B
+
+
+def test_hub_datasets_map_to_the_same_examples(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    import xtc_ds.glue.data as data
+
+    def fake_load_dataset(name, config):
+        assert (name, config) == ("nyu-mll/glue", "mnli")
+        row = {"premise": ["P."], "hypothesis": ["H."], "label": [2], "idx": [0]}
+        splits = ("train", "validation_matched", "validation_mismatched")
+        return datasets.DatasetDict({split: datasets.Dataset.from_dict(row) for split in splits})
+
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setattr(data, "_offline_reason", lambda: None)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits = load_examples(get_task("mnli"))
+    assert set(splits) == {"train", "dev_matched", "dev_mismatched"}
+    assert splits["dev_mismatched"] == [GlueExample("P.", "H.", 2)]  # hub label 2 = contradiction, as in TSVs
+    assert get_task("mnli").tsv_labels["contradiction"] == 2

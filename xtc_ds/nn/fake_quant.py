@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from xtc_ds._log import warn_once
-from xtc_ds.quant.reference import fake_quant_activation, fake_quant_weight
+from xtc_ds.ops import fake_quant_activation, fake_quant_weight
 from xtc_ds.quant.ste import straight_through
 
 __all__ = ["WeightFakeQuantizer", "ActFakeQuantizer", "STATIC_RANGE_MOMENTUM"]

@@ -6,7 +6,9 @@ levels as fp32 ones.
 
 Grouping follows the legacy DeepSpeed library: a weight is flattened row-major and split into
 ``num_groups`` contiguous groups (``num_groups == out_features`` is per-row); activations are
-quantized per token (each row of the last dimension is a group) or with one static range.
+quantized per token (each row of the last dimension is a group) or with one static range. Group means are
+accumulated in float64 and rounded to float32, so the result does not depend on summation order and a fused
+kernel can match it bit for bit.
 
 Deliberate differences from the legacy library (see README, "Differences from DeepSpeed"):
 binary maps exact zeros to ``+alpha`` so there are exactly two levels; symmetric ``b``-bit uses the
@@ -44,6 +46,11 @@ def _grouped(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     return x.reshape(num_groups, -1).float()
 
 
+def _mean(rows: torch.Tensor) -> torch.Tensor:
+    """Row means accumulated in float64, then rounded to float32: exact, so no summation order can differ."""
+    return rows.sum(dim=1, keepdim=True, dtype=torch.float64).div_(rows.shape[1]).float()
+
+
 def _round_(x: torch.Tensor, stochastic: bool) -> torch.Tensor:
     """Round a temporary in place (to nearest, or stochastically: floor(x + U[0, 1)))."""
     return x.add_(torch.rand_like(x)).floor_() if stochastic else x.round_()
@@ -59,7 +66,7 @@ def binarize(weight: torch.Tensor, num_groups: int = 1) -> torch.Tensor:
         Tensor of ``weight``'s shape and dtype holding exactly ``{-alpha_g, +alpha_g}`` per group.
     """
     w = _grouped(weight, num_groups)
-    alpha = w.abs().mean(dim=1, keepdim=True)
+    alpha = _mean(w.abs())
     return torch.where(w >= 0, alpha, -alpha).reshape(weight.shape).to(weight.dtype)
 
 
@@ -71,9 +78,9 @@ def ternarize(weight: torch.Tensor, num_groups: int = 1) -> torch.Tensor:
     """
     w = _grouped(weight, num_groups)
     magnitude = w.abs()
-    keep = magnitude > TERNARY_THRESHOLD * magnitude.mean(dim=1, keepdim=True)
+    keep = magnitude > TERNARY_THRESHOLD * _mean(magnitude)
     kept = keep.sum(dim=1, keepdim=True).clamp_min(1)
-    alpha = (magnitude * keep).sum(dim=1, keepdim=True) / kept
+    alpha = ((magnitude * keep).sum(dim=1, keepdim=True, dtype=torch.float64) / kept).float()
     return (torch.sign(w) * keep * alpha).reshape(weight.shape).to(weight.dtype)
 
 

@@ -1,0 +1,49 @@
+"""``python -m xtc_ds.report``: like ``ds_report``, which fused ops are built, compatible and in use, and with what."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+
+def _version(cmd: list[str]) -> str:
+    if shutil.which(cmd[0]) is None:
+        return "not found"
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"error: {err}"
+    return out[-1] if cmd[0] == "nvcc" and out else (out[0] if out else "unknown")
+
+
+def main() -> None:
+    import torch
+
+    import xtc_ds
+    from xtc_ds import ops
+    from xtc_ds.ops import builder, native
+
+    ops.kernel_for(torch.zeros(1))  # load (or build) the ops so the report says what is in use
+    if torch.cuda.is_available():
+        ops.kernel_for(torch.zeros(1, device="cuda"))
+    print(
+        f"xtc_ds {xtc_ds.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"CUDA available: {torch.cuda.is_available()}"
+    )
+    print(f"c++ compiler: {_version(['c++', '--version'])}")
+    print(f"nvcc: {_version(['nvcc', '--version'])}")
+    print(f"ninja: {_version(['ninja', '--version'])}")
+    print(f"sources: {builder.csrc_dir()}")
+    print(f"{'op set':<10} {'compatible':<11} {'status'}")
+    statuses = native.status()
+    print(f"{'cpu':<10} {'yes (' + builder.cpu_isa() + ')':<11} {statuses['cpu']}")
+    print(f"{'cuda':<10} {'yes' if torch.cuda.is_available() else 'no':<11} {statuses['cuda']}")
+    in_use = {
+        str(dtype): "fused" if ops.kernel_for(torch.zeros(1, dtype=dtype)) else "reference"
+        for dtype in (torch.float32, torch.float16, torch.bfloat16)
+    }
+    print(f"in use on cpu: {in_use}")
+
+
+if __name__ == "__main__":
+    main()
