@@ -2,21 +2,27 @@
 
 Usage: ``python benchmarks/bench_train_step.py [--steps 10] [--rounds 3] [--seq 64] [--batch 32]``
 
-One process, plain PyTorch loops (forward, backward, AdamW step) so only the compression differs. The three
-variants are timed in interleaved rounds and each reported as the median step time and its ratio to fp32.
+One process, plain PyTorch loops (forward, backward, AdamW step) so only the compression differs. QAT runs
+once with the fused quantization ops and once with the pure-PyTorch reference quantizers; all variants are
+timed in interleaved rounds and reported as the median step time and its ratio to fp32.
 Reference point (legacy DeepSpeed library, this machine): its 1-bit-W/8-bit-A step cost 1.08x its fp32 step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 
 import xtc_ds
+import xtc_ds.nn.fake_quant as fake_quant_module
+from xtc_ds.ops import native
+from xtc_ds.quant import reference
 
 W1A8 = {
     "weight_quantization": {
@@ -45,10 +51,26 @@ def _model(path: str, eager: bool) -> torch.nn.Module:
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **kwargs)
 
 
-def _step_fn(model, batch, teacher=None, kd=None):
+@contextlib.contextmanager
+def _reference_quantizers() -> Iterator[None]:
+    """Route the QAT modules to the pure-PyTorch quantizers (benchmark only)."""
+    fused = fake_quant_module.fake_quant_weight, fake_quant_module.fake_quant_activation
+    fake_quant_module.fake_quant_weight = reference.fake_quant_weight
+    fake_quant_module.fake_quant_activation = reference.fake_quant_activation
+    try:
+        yield
+    finally:
+        fake_quant_module.fake_quant_weight, fake_quant_module.fake_quant_activation = fused
+
+
+def _step_fn(model, batch, teacher=None, kd=None, use_reference=False):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def step() -> None:
+        with _reference_quantizers() if use_reference else contextlib.nullcontext():
+            _step()
+
+    def _step() -> None:
         if kd is None:
             loss = model(**batch).loss
         else:
@@ -84,10 +106,14 @@ def main() -> None:
     qat = xtc_ds.init_compression(copy.deepcopy(fp32), W1A8).train()
     teacher = _model(path, eager=True).eval().requires_grad_(False)
     student = xtc_ds.init_compression(_model(path, eager=True), W1A8_KD).train()
+    kd = xtc_ds.DistillationLoss(W1A8_KD)
+    fused = "fused" if native.load_cpu() is not None else "reference (no fused ops)"
     variants = {
         "fp32 fine-tune": _step_fn(fp32, batch),
-        "QAT W1A8, no KD": _step_fn(qat, batch),
-        "QAT W1A8 + KD": _step_fn(student, batch, teacher, xtc_ds.DistillationLoss(W1A8_KD)),
+        "QAT W1A8, reference": _step_fn(qat, batch, use_reference=True),
+        f"QAT W1A8, {fused}": _step_fn(qat, batch),
+        "QAT W1A8 + KD, reference": _step_fn(student, batch, teacher, kd, use_reference=True),
+        f"QAT W1A8 + KD, {fused}": _step_fn(student, batch, teacher, kd),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for step in variants.values():  # warm-up
@@ -102,12 +128,12 @@ def main() -> None:
     base = statistics.median(times["fp32 fine-tune"])
     print(
         f"MiniLM-L6 (22M), batch {args.batch}, seq {args.seq}, {torch.get_num_threads()} threads, "
-        f"{args.rounds}x{args.steps} steps per variant, pure-PyTorch quantizers"
+        f"{args.rounds}x{args.steps} steps per variant"
     )
-    print(f"{'variant':<18} {'median step (ms)':>17} {'vs fp32':>8}")
+    print(f"{'variant':<26} {'median step (ms)':>17} {'vs fp32':>8}")
     for name, samples in times.items():
         median = statistics.median(samples)
-        print(f"{name:<18} {median * 1e3:>17.1f} {median / base:>7.2f}x")
+        print(f"{name:<26} {median * 1e3:>17.1f} {median / base:>7.2f}x")
 
 
 if __name__ == "__main__":

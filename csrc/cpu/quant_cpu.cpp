@@ -16,9 +16,15 @@ constexpr float kTiny = std::numeric_limits<float>::min();  // torch.finfo(torch
 constexpr float kTernaryThreshold = 0.7f;
 constexpr int64_t kGrain = 1 << 15;
 
+// Plain selects (not std::min/std::max, which return references) so the loops below vectorize.
+inline float clamp(float v, float lo, float hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
+
 struct Stats {
   double sum = 0.0;  // of |x|, or of |x| above the threshold
-  int64_t count = 0;
+  double count = 0.0;
   float lo = std::numeric_limits<float>::infinity();
   float hi = -std::numeric_limits<float>::infinity();
 
@@ -37,8 +43,8 @@ Stats segment_stats(const T* p, int64_t n, Pass pass, float threshold) {
 #pragma omp simd reduction(min : lo) reduction(max : hi)
     for (int64_t i = 0; i < n; ++i) {
       const float v = static_cast<float>(p[i]);
-      lo = std::min(lo, v);
-      hi = std::max(hi, v);
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
     }
     s.lo = lo;
     s.hi = hi;
@@ -48,14 +54,13 @@ Stats segment_stats(const T* p, int64_t n, Pass pass, float threshold) {
     for (int64_t i = 0; i < n; ++i) sum += std::fabs(static_cast<float>(p[i]));
     s.sum = sum;
   } else {
-    double sum = 0.0;
-    int64_t count = 0;
+    double sum = 0.0, count = 0.0;  // a double count keeps the loop in one vector type
 #pragma omp simd reduction(+ : sum, count)
     for (int64_t i = 0; i < n; ++i) {
       const float a = std::fabs(static_cast<float>(p[i]));
       const bool keep = a > threshold;
       sum += keep ? a : 0.0f;
-      count += keep ? 1 : 0;
+      count += keep ? 1.0 : 0.0;
     }
     s.sum = sum;
     s.count = count;
@@ -114,7 +119,7 @@ void fake_quant_impl(const T* x, T* out, int64_t numel, int64_t groups, int64_t 
     }
     const auto above = group_stats(x, groups, n, Pass::kAbove, threshold);
     for (int64_t g = 0; g < groups; ++g) {
-      alpha[g] = static_cast<float>(above[g].sum / static_cast<double>(std::max<int64_t>(above[g].count, 1)));
+      alpha[g] = static_cast<float>(above[g].sum / std::max(above[g].count, 1.0));
     }
     for_each_segment(numel, n, [&](int64_t g, int64_t b, int64_t e) {
       const float a = alpha[g], t = threshold[g];
@@ -133,8 +138,7 @@ void fake_quant_impl(const T* x, T* out, int64_t numel, int64_t groups, int64_t 
       const float scale = std::max(std::max(-range[g].lo, range[g].hi) / q_max, kTiny);
 #pragma omp simd
       for (int64_t i = b; i < e; ++i) {
-        const float q = std::nearbyint(static_cast<float>(x[i]) / scale);
-        out[i] = static_cast<T>(std::min(std::max(q, -q_max), q_max) * scale);
+        out[i] = static_cast<T>(clamp(std::rint(static_cast<float>(x[i]) / scale), -q_max, q_max) * scale);
       }
     });
     return;
@@ -143,10 +147,10 @@ void fake_quant_impl(const T* x, T* out, int64_t numel, int64_t groups, int64_t 
   for_each_segment(numel, n, [&](int64_t g, int64_t b, int64_t e) {
     const float lo = std::min(range[g].lo, 0.f), hi = std::max(range[g].hi, 0.f);
     const float scale = std::max((hi - lo) / q_max, kTiny);
-    const float zero_point = std::nearbyint(-lo / scale);
+    const float zero_point = std::rint(-lo / scale);
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) {
-      const float code = std::min(std::max(std::nearbyint(static_cast<float>(x[i]) / scale) + zero_point, 0.f), q_max);
+      const float code = clamp(std::rint(static_cast<float>(x[i]) / scale) + zero_point, 0.f, q_max);
       out[i] = static_cast<T>((code - zero_point) * scale);
     }
   });
