@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from xtc_ds._log import warn_once
+from xtc_ds._log import log_rank_zero, warn_once
 from xtc_ds.ops import builder
 
 __all__ = ["load_cpu", "load_cuda", "disabled", "status"]
@@ -34,6 +35,7 @@ def _load(device: str, name: str, build: Any) -> Optional[Any]:
     if disabled():
         return None
     if device not in _loaded:
+        log_rank_zero(logging.INFO, f"xtc_ds: loading the fused {device.upper()} ops {name} (built on first use)")
         try:
             _loaded[device] = build()
         except Exception as error:  # a missing compiler and a compile error end the same way
