@@ -106,8 +106,10 @@ def _hub_examples(task: GlueTask) -> dict[str, list[GlueExample]]:
     reason = _offline_reason()
     if reason is not None:
         raise GlueDataError(f"{hint}; the datasets hub ({HUB_DATASET}) is not reachable: {reason}")
-    import datasets
-
+    try:
+        import datasets
+    except ImportError as err:
+        raise GlueDataError(f"{hint}; the datasets library cannot be imported: {err}") from err
     try:
         loaded = datasets.load_dataset(HUB_DATASET, task.name)
     except Exception as err:  # any hub failure ends the same way: say where local data would be read from
