@@ -65,6 +65,7 @@ def _reference_quantizers() -> Iterator[None]:
 
 def _step_fn(model, batch, teacher=None, kd=None, use_reference=False):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    scheduler = xtc_ds.CompressionScheduler(model) if hasattr(model, "_xtc_state") else None
 
     def step() -> None:
         with _reference_quantizers() if use_reference else contextlib.nullcontext():
@@ -81,6 +82,8 @@ def _step_fn(model, batch, teacher=None, kd=None, use_reference=False):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
 
     return step
 
