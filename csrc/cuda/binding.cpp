@@ -3,7 +3,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "quant_kernels.cuh"
-#include "xtc_ops.h"
+#include "xtc_binding.h"
 
 namespace xtc {
 namespace {
@@ -69,10 +69,4 @@ torch::Tensor unpack_bits(const torch::Tensor& packed, int64_t bits) { return pa
 
 }  // namespace xtc
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("fake_quant", &xtc::fake_quant, "grouped fake quantization (binary, ternary, 3..8-bit sym/asym)",
-        pybind11::arg("x"), pybind11::arg("bits"), pybind11::arg("num_groups"), pybind11::arg("symmetric"),
-        pybind11::arg("out") = pybind11::none());
-  m.def("pack_bits", &xtc::pack_bits, "pack 1/2/4/8-bit codes along the last dimension");
-  m.def("unpack_bits", &xtc::unpack_bits, "unpack 1/2/4/8-bit codes along the last dimension");
-}
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { xtc::define_ops(m); }
