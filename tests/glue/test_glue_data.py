@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from conftest import GLUE_DIR, glue_task_dir
-from xtc_ds.glue import GlueDataError, GlueExample, encode, get_task, load_examples, read_tsv
+from conftest import GLUE_DIR, glue_task_dir, tiny_bert
+from xtc_ds.glue import GlueDataError, GlueExample, encode, get_task, load_examples, read_tsv, trim_padding
 from xtc_ds.glue.data import resolve_task_dir
 
 # (task, dev rows, first dev example) from the official files in ../shared/data/glue
@@ -119,6 +119,32 @@ def test_encode_pairs_and_regression_labels():
     tensors = encode(examples, tokenizer, 24, task)
     assert tensors["input_ids"].shape == (4, 24) and tensors["labels"].dtype == torch.float32
     assert (tensors["token_type_ids"][0] == 1).any()  # the second sentence is segment B
+
+
+def test_trim_padding_cuts_to_the_longest_row_and_keeps_logits():
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    batch = {
+        "input_ids": torch.randint(1, 96, (2, 6)) * mask,
+        "token_type_ids": torch.zeros(2, 6, dtype=torch.long),
+        "attention_mask": mask,
+        "labels": torch.tensor([0, 1]),
+    }
+    trimmed = trim_padding(batch)
+    assert {k: tuple(v.shape) for k, v in trimmed.items()} == {
+        "input_ids": (2, 3),
+        "token_type_ids": (2, 3),
+        "attention_mask": (2, 3),
+        "labels": (2,),
+    }
+    assert torch.equal(trimmed["input_ids"], batch["input_ids"][:, :3])
+    model = tiny_bert().eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        full = model(**inputs).logits
+        cut = model(**{k: v for k, v in trimmed.items() if k != "labels"}).logits
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-5)
+    unpadded = {k: v[:, :3] for k, v in batch.items() if k != "labels"}
+    assert trim_padding(unpadded) is unpadded
 
 
 def test_hub_datasets_map_to_the_same_examples(monkeypatch):

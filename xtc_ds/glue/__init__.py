@@ -1,6 +1,6 @@
 """GLUE tasks, data readers and metrics used by the pipeline."""
 
-from xtc_ds.glue.data import GlueDataError, GlueExample, encode, load_examples, read_tsv
+from xtc_ds.glue.data import GlueDataError, GlueExample, encode, load_examples, read_tsv, trim_padding
 from xtc_ds.glue.metrics import primary_score, task_metrics
 from xtc_ds.glue.tasks import TASKS, GlueTask, get_task
 
@@ -13,6 +13,7 @@ __all__ = [
     "read_tsv",
     "load_examples",
     "encode",
+    "trim_padding",
     "task_metrics",
     "primary_score",
 ]

@@ -20,7 +20,15 @@ import torch
 
 from xtc_ds.glue.tasks import GlueTask
 
-__all__ = ["GlueExample", "GlueDataError", "read_tsv", "resolve_task_dir", "load_examples", "encode"]
+__all__ = [
+    "GlueExample",
+    "GlueDataError",
+    "read_tsv",
+    "resolve_task_dir",
+    "load_examples",
+    "encode",
+    "trim_padding",
+]
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -153,3 +161,21 @@ def encode(examples: list[GlueExample], tokenizer, max_seq_length: int, task: Gl
     tensors = {key: value for key, value in batch.items()}
     tensors["labels"] = torch.tensor([e.label for e in examples], dtype=dtype)
     return tensors
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the token columns that are padding in every row of ``batch`` (dynamic padding).
+
+    Encoding pads to ``max_seq_length`` so that examples can be indexed as one tensor; cutting each batch back
+    to its longest example saves the work on padding (SST-2 sentences average about a fifth of 64 tokens).
+    Padded positions are masked out of attention, so the result is the same up to float rounding.
+    """
+    mask = batch["attention_mask"]
+    used = mask.any(dim=0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    if length == mask.shape[1]:
+        return batch
+    return {
+        key: value[:, :length] if value.dim() >= 2 and value.shape[1] == mask.shape[1] else value
+        for key, value in batch.items()
+    }

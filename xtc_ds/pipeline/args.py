@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="GLUE TSVs: the task folder or the GLUE root with task folders "
         "(default: $GLUE_DIR, else the datasets hub nyu-mll/glue)",
     )
-    data.add_argument("--max_seq_length", type=int, default=128, help="tokens per example (padded/truncated)")
+    data.add_argument("--max_seq_length", type=int, default=128, help="longest example in tokens (truncated beyond)")
+    data.add_argument(
+        "--pad_to_max_length",
+        action="store_true",
+        help="pad every batch to max_seq_length (default: pad each batch to its longest example)",
+    )
     data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training rows")
     data.add_argument("--max_eval_samples", type=int, default=None, help="use only the first N rows of each dev set")
 

@@ -265,7 +265,9 @@ def _train_student(args, ds_full, compression, data, tokenizer, teacher_path, ou
         teacher=teacher if kd.enabled else None,
         save_extra=save_extra,
     )
-    teacher_metrics = evaluate(teacher, data["dev"], args.task, args.per_device_eval_batch_size)
+    teacher_metrics = evaluate(
+        teacher, data["dev"], args.task, args.per_device_eval_batch_size, args.pad_to_max_length
+    )
     return {"student_best": best, "teacher_dev": teacher_metrics}
 
 
@@ -277,7 +279,7 @@ def _finish(args, compression, data, tokenizer, out: Path) -> dict:
     init_compression(model, compression)
     CompressionScheduler(model).load_state_dict(torch.load(best_dir / SCHEDULER_FILE, weights_only=True))
     redundancy_clean(model, compression)
-    metrics = evaluate(model, data["dev"], args.task, args.per_device_eval_batch_size)
+    metrics = evaluate(model, data["dev"], args.task, args.per_device_eval_batch_size, args.pad_to_max_length)
 
     def fill(folder: Path) -> None:
         model.save_pretrained(folder)

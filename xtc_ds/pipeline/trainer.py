@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xtc_ds._log import is_rank_zero, logger
+from xtc_ds.glue.data import trim_padding
 from xtc_ds.glue.metrics import primary_score, task_metrics
 from xtc_ds.glue.tasks import GlueTask
 from xtc_ds.pipeline.batches import EpochBatches
@@ -66,9 +67,16 @@ def _barrier() -> None:
 
 
 def evaluate(
-    model: nn.Module, dev_sets: dict[str, dict[str, torch.Tensor]], task: GlueTask, batch_size: int
+    model: nn.Module,
+    dev_sets: dict[str, dict[str, torch.Tensor]],
+    task: GlueTask,
+    batch_size: int,
+    pad_to_max_length: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """GLUE metrics per dev split; ``model`` may be a DeepSpeed engine. Restores the model's train/eval mode."""
+    """GLUE metrics per dev split; ``model`` may be a DeepSpeed engine. Restores the model's train/eval mode.
+
+    Each batch is cut to its longest example unless ``pad_to_max_length``.
+    """
     was_training = model.training
     model.eval()
     device = getattr(model, "device", None) or next(model.parameters()).device
@@ -76,10 +84,12 @@ def evaluate(
     with torch.no_grad():
         for split, tensors in dev_sets.items():
             inputs = {k: v for k, v in tensors.items() if k != "labels"}
-            logits = [
-                model(**{k: v[i : i + batch_size].to(device) for k, v in inputs.items()}).logits.float().cpu()
-                for i in range(0, len(tensors["labels"]), batch_size)
-            ]
+            logits = []
+            for i in range(0, len(tensors["labels"]), batch_size):
+                batch = {k: v[i : i + batch_size] for k, v in inputs.items()}
+                if not pad_to_max_length:
+                    batch = trim_padding(batch)
+                logits.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
             results[split] = task_metrics(task, torch.cat(logits), tensors["labels"])
     model.train(was_training)
     return results
@@ -190,7 +200,10 @@ def run_phase(
     for step, micro_batches in batches.iterate(start, phase.total_steps):
         losses = []
         for indices in micro_batches:
-            batch = {key: value[indices].to(device) for key, value in train.items()}
+            batch = {key: value[indices] for key, value in train.items()}
+            if not args.pad_to_max_length:
+                batch = trim_padding(batch)
+            batch = {key: value.to(device) for key, value in batch.items()}
             loss = phase.loss_fn(engine, batch)
             engine.backward(loss)
             engine.step()
@@ -215,7 +228,7 @@ def run_phase(
         elif done % max(1, engine.steps_per_print() or 100) == 0:
             logger.info("xtc_ds %s step %d loss %.4f", phase.name, done, record["loss"])
         if done % args.eval_steps == 0 or done == phase.total_steps:
-            metrics = evaluate(engine, dev_sets, task, args.per_device_eval_batch_size)
+            metrics = evaluate(engine, dev_sets, task, args.per_device_eval_batch_size, args.pad_to_max_length)
             score = primary_score(task, next(iter(metrics.values())))
             if rank_zero:
                 append_jsonl(phase.log_path, {"step": done, "eval": metrics, "score": score})
