@@ -8,6 +8,7 @@ Public API only; the legacy DeepSpeed names are kept so migrating is an import c
 from xtc_ds.compress import init_compression, redundancy_clean
 from xtc_ds.config import CompressionConfig, ConfigError, load_compression_config
 from xtc_ds.distill import DistillationLoss, distillation_loss
+from xtc_ds.export import PackedFormatError, export_packed, load_packed
 from xtc_ds.inject import inject, revert
 from xtc_ds.layer_reduction import build_student
 from xtc_ds.matching import InjectionReport
@@ -29,6 +30,9 @@ __all__ = [
     "CompressionScheduler",
     "inject",
     "revert",
+    "export_packed",
+    "load_packed",
+    "PackedFormatError",
     "InjectionReport",
     "XtcRuntime",
 ]

@@ -1,4 +1,4 @@
-"""inject() and revert(): the only code that replaces submodules.
+"""inject(), revert() and to_packed(): the only code that replaces submodules.
 
 Validate everything first (``matching.plan_injection``), then swap. Replacements share the original
 Parameters, so optimizer state, ``state_dict()`` keys and DeepSpeed checkpoints are unchanged.
@@ -23,11 +23,13 @@ from xtc_ds.config import (
 )
 from xtc_ds.matching import InjectionReport, ModulePlan, is_compressed, plan_injection
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
+from xtc_ds.nn.packed_embedding import XtcPackedEmbedding
+from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.qat_embedding import XtcQATEmbedding
 from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, conv1d_type
 from xtc_ds.schedule import CompressionScheduler, CompressionState, compression_state
 
-__all__ = ["inject", "revert"]
+__all__ = ["inject", "revert", "to_packed"]
 
 
 def _announce(config: CompressionConfig) -> None:
@@ -156,3 +158,27 @@ def revert(model: nn.Module) -> nn.Module:
     state.hook.remove()
     del model._xtc_state
     return model
+
+
+def to_packed(model: nn.Module, specs: dict[str, Any]) -> nn.Module:
+    """Swap the modules named in ``specs`` (name -> :class:`xtc_ds.nn.PackedSpec`) for empty packed modules.
+
+    Weight-quantized modules become :class:`XtcPackedLinear` / :class:`XtcPackedEmbedding` (fill them with
+    ``load_state_dict``); a module that only quantizes its input becomes an :class:`XtcQATLinear` with that
+    activation quantizer switched on. Used by :func:`xtc_ds.load_packed`.
+    """
+    modules = dict(model.named_modules())
+    for name, spec in specs.items():
+        if spec.bits is None:
+            packed = _act_only(modules[name], spec)
+        else:
+            packed = (XtcPackedEmbedding if spec.kind == "embedding" else XtcPackedLinear)(spec)
+        _set_submodule(model, name, packed)
+    return model
+
+
+def _act_only(module: nn.Module, spec: Any) -> nn.Module:
+    act_q = ActFakeQuantizer("export", spec.act_bits, symmetric=spec.act_symmetric, static=spec.act_static)
+    act_q.enabled = True
+    act_q.train(False)
+    return _replacement(module, None, act_q)

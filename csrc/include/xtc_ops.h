@@ -26,4 +26,25 @@ torch::Tensor pack_bits(const torch::Tensor& codes, int64_t bits);
 // Inverse of pack_bits.
 torch::Tensor unpack_bits(const torch::Tensor& packed, int64_t bits);
 
+// Packed inference. A quantized weight's levels are 2c-1 (1 bit), c-1 (2 bits) or c-2^(bits-1) (3..8 bits,
+// symmetric) for its codes c, times one float scale per output row.
+//
+// prepack_weight turns `packed_weight` (uint8 (out_features, bytes), pack_bits layout of the codes along
+// in_features, storage bits 1, 2, 4 or 8) into the device's kernel layout and returns {kernel_weight,
+// row_sum (int32 (out_features,), the sum of each row's levels)}. out_features % 16 == 0, in_features % 4 == 0.
+// CPU kernel layout: uint8 (out_features / 16, in_features / 4, B): block (t, q) covers rows 16t..16t+15 and
+// inputs 4q..4q+3, element (r, j) at index 4r + j of the block (the AVX512-VNNI operand order):
+//   1 bit:     B = 8,  one 64-bit little-endian mask, bit 4r+j set for level +1
+//   2 bits:    B = 16, mask of nonzero levels, then mask of negative levels
+//   3..8 bits: B = 64, int8 levels
+// CUDA kernel layout: the pack_bits rows unchanged.
+std::vector<torch::Tensor> prepack_weight(const torch::Tensor& packed_weight, int64_t bits, int64_t in_features);
+
+// y = (s * q) (row_scale * level)^T + bias for float32 x (..., in_features), where q, s are the symmetric
+// act_bits per-token codes and scales of x (exactly the fake quantizer's) and accumulation is in int32.
+// Returns float32 (..., out_features).
+torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_weight, const torch::Tensor& row_sum,
+                            const torch::Tensor& row_scale, const c10::optional<torch::Tensor>& bias, int64_t bits,
+                            int64_t act_bits);
+
 }  // namespace xtc

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from xtc_ds.quant import reference
 from xtc_ds.quant.reference import (
     binarize,
     fake_quant_activation,
@@ -134,3 +135,33 @@ def test_activation_levels_per_token(bits, symmetric):
         lo, hi = min(orig.min().item(), 0.0), max(orig.max().item(), 0.0)
         step = (2 * orig.abs().max().item() / (2**bits - 2)) if symmetric else (hi - lo) / (2**bits - 1)
         assert (token - orig).abs().max().item() <= step / 2 + 1e-5
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("groups", [1, 4, 64])
+def test_codes_and_scales_dequantize_to_the_fake_quantized_weight(bits, symmetric, groups):
+    w = torch.randn(64, 48)
+    w[0, 0] = 0.0
+    quantized = reference.quantize_weight(w, bits, groups, symmetric)
+    assert quantized.codes.dtype == torch.uint8 and quantized.codes.shape == w.shape
+    assert int(quantized.codes.max()) < 2**bits
+    assert quantized.weight_scale.shape == (groups,)
+    assert (quantized.weight_zero_point is not None) == (bits > 2 and not symmetric)
+    assert torch.equal(
+        reference.dequantize_weight(quantized, bits), reference.fake_quant_weight(w, bits, groups, symmetric)
+    )
+
+
+def test_binary_and_ternary_codes_by_hand():
+    w = torch.tensor([[0.5, -1.5, 0.0, 2.0]])
+    binary = reference.quantize_weight(w, 1, 1)
+    assert binary.codes.tolist() == [[1, 0, 1, 1]] and binary.weight_scale.item() == pytest.approx(1.0)
+    ternary = reference.quantize_weight(w, 2, 1)  # threshold 0.7 * 1.0: keeps -1.5 and 2.0, scale 1.75
+    assert ternary.codes.tolist() == [[1, 0, 1, 2]] and ternary.weight_scale.item() == pytest.approx(1.75)
+
+
+def test_storage_bits():
+    assert [reference.storage_bits(b) for b in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    with pytest.raises(ValueError, match="bits"):
+        reference.storage_bits(9)

@@ -27,6 +27,7 @@ CUDA_EXTENSION_NAME = "xtc_ds_cuda_ops"
 
 STALE_LOCK_SECONDS = 600
 _ISA_FLAGS = {
+    "avx512vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "generic": [],
@@ -42,13 +43,13 @@ def csrc_dir() -> Path:
 
 
 def cpu_isa() -> str:
-    """``avx512``, ``avx2`` or ``generic``: what the CPU kernels are compiled for on this machine."""
+    """``avx512vnni``, ``avx512``, ``avx2`` or ``generic``: what the CPU kernels are compiled for here."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return "generic"
     if {"avx512f", "avx512bw", "avx512vl", "avx2", "fma", "f16c"} <= flags:
-        return "avx512"
+        return "avx512vnni" if "avx512_vnni" in flags else "avx512"
     if {"avx2", "fma", "f16c"} <= flags:
         return "avx2"
     return "generic"
@@ -81,7 +82,7 @@ def build_cpu(verbose: bool = False) -> Any:
     src = csrc_dir()
     return load(
         name=name,
-        sources=[str(src / "cpu" / "quant_cpu.cpp"), str(src / "cpu" / "binding.cpp")],
+        sources=[str(src / "cpu" / file) for file in ("quant_cpu.cpp", "packed_cpu.cpp", "binding.cpp")],
         extra_include_paths=[str(src / "include")],
         # No -ffast-math: results must stay bit-exact. These two only drop errno/FP-exception bookkeeping,
         # which lets rint() vectorize.

@@ -9,6 +9,9 @@ Worked example (pinned by a test)::
     1-bit codes [1, 0, 1, 1, 0, 0, 0, 1] -> one byte 0b10001101 = 0x8D
     2-bit codes [2, 0, 1, 2]             -> one byte 0b10_01_00_10 = 0x92
 
+Rows whose length is not a multiple of ``8 // bits`` are padded with zero codes to
+:func:`padded_length` before packing (packed checkpoints record the true length in their config).
+
 Binary weights store ``1`` for ``w >= 0`` (value +alpha) and ``0`` otherwise; ternary weights store
 ``value + 1`` in ``{0, 1, 2}`` (3 is unused).
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PACK_BITS", "check_pack_args", "pack_bits", "unpack_bits"]
+__all__ = ["PACK_BITS", "check_pack_args", "pack_bits", "unpack_bits", "padded_length"]
 
 PACK_BITS = (1, 2, 4, 8)
 
@@ -36,6 +39,12 @@ def check_pack_args(tensor: torch.Tensor, bits: int, packing: bool) -> int:
             f"the last dimension ({tensor.shape[-1]}) must be a multiple of {per_byte} to pack {bits}-bit codes"
         )
     return per_byte
+
+
+def padded_length(length: int, bits: int) -> int:
+    """``length`` rounded up to whole bytes of ``bits``-bit codes: packed rows are zero-padded to this."""
+    per_byte = 8 // bits
+    return -(-length // per_byte) * per_byte
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:

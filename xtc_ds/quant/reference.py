@@ -19,7 +19,7 @@ by ``2^b`` and wasted a level).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -31,6 +31,10 @@ __all__ = [
     "fake_quant_asymmetric",
     "fake_quant_weight",
     "fake_quant_activation",
+    "QuantizedWeight",
+    "storage_bits",
+    "quantize_weight",
+    "dequantize_weight",
 ]
 
 TERNARY_THRESHOLD = 0.7
@@ -183,3 +187,82 @@ def fake_quant_activation(
     else:
         out = fake_quant_asymmetric(rows, bits, x_min=x_min, x_max=x_max)
     return out.reshape(x.shape).to(x.dtype)
+
+
+class QuantizedWeight(NamedTuple):
+    """Integer codes and scales of a weight: what a packed checkpoint stores.
+
+    ``codes`` is uint8 of the weight's shape; value = ``weight_scale[g] * level(code)`` with level
+    ``2*code - 1`` (binary), ``code - 1`` (ternary), ``code - 2^(bits-1)`` (symmetric) or
+    ``code - weight_zero_point[g]`` (asymmetric). ``weight_scale`` is float32 ``(num_groups,)``;
+    ``weight_zero_point`` is float32 ``(num_groups,)`` for asymmetric weights, else None.
+    """
+
+    codes: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: Optional[torch.Tensor]
+
+
+def storage_bits(bits: int) -> int:
+    """Bits per stored code: 1 and 2 as they are, 3..4 in nibbles, 5..8 in bytes."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be 1..8, got {bits}")
+    return bits if bits <= 2 else (4 if bits <= 4 else 8)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int, num_groups: int, symmetric: bool = True) -> QuantizedWeight:
+    """Codes and scales whose :func:`dequantize_weight` equals :func:`fake_quant_weight` bit for bit.
+
+    Args:
+        weight: any shape, flattened into ``num_groups`` contiguous groups.
+        bits: 1..8 (1 and 2 bits are always symmetric).
+        num_groups: number of scales.
+        symmetric: 3..8-bit grid without zero point.
+    Returns:
+        :class:`QuantizedWeight` with ``codes`` of ``weight``'s shape.
+    """
+    w = _grouped(weight, num_groups)
+    zero_point = None
+    if bits == 1:
+        scale = _mean(w.abs())
+        codes = w >= 0
+    elif bits == 2:
+        magnitude = w.abs()
+        keep = magnitude > TERNARY_THRESHOLD * _mean(magnitude)
+        kept = keep.sum(dim=1, keepdim=True).clamp_min(1)
+        scale = ((magnitude * keep).sum(dim=1, keepdim=True, dtype=torch.float64) / kept).float()
+        codes = (torch.sign(w) * keep).add_(1)
+    elif not 3 <= bits <= 8:
+        raise ValueError(f"bits must be 1..8, got {bits}")
+    elif symmetric:
+        q_max = 2 ** (bits - 1) - 1
+        low, high = torch.aminmax(w, dim=1, keepdim=True)
+        scale = (torch.maximum(-low, high) / q_max).clamp_min(_TINY)
+        codes = (w / scale).round_().clamp_(-q_max, q_max).add_(q_max + 1)
+    else:
+        q_max = 2**bits - 1
+        low, high = torch.aminmax(w, dim=1, keepdim=True)
+        low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
+        scale = ((high - low) / q_max).clamp_min(_TINY)
+        zero_point = torch.round(-low / scale)
+        codes = (w / scale).round_().add_(zero_point).clamp_(0, q_max)
+        zero_point = zero_point.reshape(num_groups)
+    return QuantizedWeight(codes.to(torch.uint8).reshape(weight.shape), scale.reshape(num_groups), zero_point)
+
+
+def dequantize_weight(quantized: QuantizedWeight, bits: int) -> torch.Tensor:
+    """float32 weight of ``quantized.codes``' shape: the inverse of :func:`quantize_weight`."""
+    num_groups = quantized.weight_scale.numel()
+    codes = quantized.codes.reshape(num_groups, -1)
+    scale = quantized.weight_scale.reshape(num_groups, 1).float()
+    if bits == 1:
+        values = torch.where(codes.bool(), scale, -scale)
+    else:
+        if bits == 2:
+            offset = 1.0
+        elif quantized.weight_zero_point is not None:
+            offset = quantized.weight_zero_point.reshape(num_groups, 1).float()
+        else:
+            offset = float(2 ** (bits - 1))
+        values = (codes.float() - offset) * scale
+    return values.reshape(quantized.codes.shape)

@@ -1,0 +1,307 @@
+// Packed W1/W2/W8 x A8 linear on CPU: integer accumulation against the packed weight, never a float weight.
+//
+// prepack_weight rewrites the on-disk rows (pack_bits layout) into the kernel layout documented in xtc_ops.h,
+// once per module. packed_linear quantizes the activations per token exactly as the fake quantizer does
+// (symmetric, ties to even, the same float division), then computes u8 x s8 dot products: with AVX512-VNNI,
+// one vpdpbusd per 4 inputs x 16 outputs, the 1-bit weights expanded from a 64-bit mask by one vpmovm2b.
+// Activation codes are stored as q + 128 (unsigned); the 128 * sum(w) term is removed with the row sums.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define XTC_VNNI 1
+#endif
+
+#include "xtc_ops.h"
+
+namespace xtc {
+namespace {
+
+constexpr int64_t kTileRows = 16;
+constexpr int kTileTokens = 8;
+constexpr float kTiny = std::numeric_limits<float>::min();
+
+int64_t storage_bits(int64_t bits) { return bits <= 2 ? bits : (bits <= 4 ? 4 : 8); }
+
+// Bytes of one (tile, quad) block: 16 rows x 4 inputs.
+int64_t block_bytes(int64_t bits) { return bits == 1 ? 8 : (bits == 2 ? 16 : 64); }
+
+inline int level(uint8_t code, int64_t bits) {
+  if (bits == 1) return code ? 1 : -1;
+  if (bits == 2) return static_cast<int>(code) - 1;
+  return static_cast<int>(code) - (1 << (bits - 1));
+}
+
+inline uint8_t code_at(const uint8_t* row, int64_t k, int64_t sb) {
+  const int64_t per_byte = 8 / sb;
+  return static_cast<uint8_t>((row[k / per_byte] >> ((k % per_byte) * sb)) & ((1 << sb) - 1));
+}
+
+void check_kernel_args(const torch::Tensor& kernel_weight, const torch::Tensor& row_sum, const torch::Tensor& row_scale,
+                       int64_t bits) {
+  TORCH_CHECK(bits == 1 || bits == 2 || (bits >= 3 && bits <= 8), "xtc packed_linear: bits must be 1..8, got ", bits);
+  TORCH_CHECK(kernel_weight.device().is_cpu() && kernel_weight.scalar_type() == torch::kUInt8 &&
+                  kernel_weight.dim() == 3 && kernel_weight.size(2) == block_bytes(bits) && kernel_weight.is_contiguous(),
+              "xtc packed_linear: kernel_weight must come from prepack_weight with the same bits");
+  const int64_t n = kernel_weight.size(0) * kTileRows;
+  TORCH_CHECK(row_sum.scalar_type() == torch::kInt32 && row_sum.numel() == n, "xtc packed_linear: row_sum must be int32 (",
+              n, ",)");
+  TORCH_CHECK(row_scale.scalar_type() == torch::kFloat32 && row_scale.numel() == n,
+              "xtc packed_linear: row_scale must be float32 (", n, ",)");
+}
+
+// Codes of one token: clamp(round_half_even(x / scale)) + 128, the same float division as the fake quantizer.
+inline void quantize_row(const float* row, int64_t k, float scale, float q_max, uint8_t* out) {
+  int64_t i = 0;
+#ifdef XTC_VNNI
+  const __m512 s = _mm512_set1_ps(scale), hi = _mm512_set1_ps(q_max), lo = _mm512_set1_ps(-q_max);
+  const __m512i offset = _mm512_set1_epi32(128);
+  for (; i + 16 <= k; i += 16) {
+    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(row + i), s),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(q), offset)));
+  }
+#endif
+  for (; i < k; ++i) {
+    float q = std::nearbyint(row[i] / scale);
+    q = q < -q_max ? -q_max : q;
+    q = q > q_max ? q_max : q;
+    out[i] = static_cast<uint8_t>(static_cast<int>(q) + 128);
+  }
+}
+
+// Per-token symmetric quantization, identical to reference.fake_quant_symmetric: codes + 128 and scales.
+void quantize_tokens(const float* x, int64_t m, int64_t k, int64_t act_bits, uint8_t* codes, float* scales) {
+  const float q_max = static_cast<float>((1 << (act_bits - 1)) - 1);
+  at::parallel_for(0, m, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* row = x + t * k;
+      float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+      for (int64_t i = 0; i < k; ++i) {
+        lo = row[i] < lo ? row[i] : lo;
+        hi = row[i] > hi ? row[i] : hi;
+      }
+      scales[t] = std::max(std::max(-lo, hi) / q_max, kTiny);
+      quantize_row(row, k, scales[t], q_max, codes + t * k);
+    }
+  });
+}
+
+#ifdef XTC_VNNI
+template <int Bits>
+inline __m512i decode_block(const uint8_t* block) {
+  if constexpr (Bits == 1) {
+    uint64_t bits;
+    std::memcpy(&bits, block, 8);
+    return _mm512_or_si512(_mm512_movm_epi8(~bits), _mm512_set1_epi8(1));
+  } else if constexpr (Bits == 2) {
+    uint64_t nonzero, negative;
+    std::memcpy(&nonzero, block, 8);
+    std::memcpy(&negative, block + 8, 8);
+    const __m512i v = _mm512_maskz_mov_epi8(nonzero, _mm512_set1_epi8(1));
+    return _mm512_mask_mov_epi8(v, negative, _mm512_set1_epi8(-1));
+  } else {
+    return _mm512_loadu_si512(block);
+  }
+}
+
+// acc[MR tokens][NT tiles x 16 outputs] = sum over k of codes[token][k] * level[output][k].
+template <int Bits, int MR, int NT>
+void micro_kernel(const uint8_t* codes, int64_t k, const uint8_t* const* tiles, int64_t quads, int32_t* acc_out,
+                  int64_t acc_stride) {
+  __m512i acc[MR][NT];
+  for (int m = 0; m < MR; ++m)
+    for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_setzero_si512();
+  for (int64_t q = 0; q < quads; ++q) {
+    __m512i w[NT];
+    for (int t = 0; t < NT; ++t) w[t] = decode_block<Bits>(tiles[t] + q * block_bytes(Bits));
+    for (int m = 0; m < MR; ++m) {
+      int32_t four;
+      std::memcpy(&four, codes + m * k + 4 * q, 4);
+      const __m512i a = _mm512_set1_epi32(four);
+      for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_dpbusd_epi32(acc[m][t], a, w[t]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int t = 0; t < NT; ++t) _mm512_storeu_si512(acc_out + m * acc_stride + t * kTileRows, acc[m][t]);
+}
+
+template <int Bits, int NT>
+void tile_rows(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* const* tiles, int32_t* acc, int64_t stride) {
+  const int64_t quads = k / 4;
+  int64_t t0 = 0;
+  for (; t0 + kTileTokens <= m; t0 += kTileTokens)
+    micro_kernel<Bits, kTileTokens, NT>(codes + t0 * k, k, tiles, quads, acc + t0 * stride, stride);
+  for (; t0 < m; ++t0) micro_kernel<Bits, 1, NT>(codes + t0 * k, k, tiles, quads, acc + t0 * stride, stride);
+}
+
+template <int Bits>
+void accumulate(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* const* tiles, int nt, int32_t* acc,
+                int64_t stride) {
+  if (nt == 2)
+    tile_rows<Bits, 2>(codes, m, k, tiles, acc, stride);
+  else
+    tile_rows<Bits, 1>(codes, m, k, tiles, acc, stride);
+}
+#endif
+
+// Portable path: expand one tile to int8 rows, then plain dot products (auto-vectorized).
+void accumulate_portable(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* tile, int64_t bits, int32_t* acc,
+                         int64_t stride) {
+  std::vector<int8_t> rows(kTileRows * k);
+  const int64_t bb = block_bytes(bits);
+  for (int64_t q = 0; q < k / 4; ++q) {
+    const uint8_t* block = tile + q * bb;
+    uint64_t bits_a = 0, bits_b = 0;
+    if (bits <= 2) std::memcpy(&bits_a, block, 8);
+    if (bits == 2) std::memcpy(&bits_b, block + 8, 8);
+    for (int64_t r = 0; r < kTileRows; ++r) {
+      for (int64_t j = 0; j < 4; ++j) {
+        const int64_t bit = 4 * r + j;
+        int v;
+        if (bits == 1)
+          v = ((bits_a >> bit) & 1) ? 1 : -1;
+        else if (bits == 2)
+          v = ((bits_a >> bit) & 1) ? (((bits_b >> bit) & 1) ? -1 : 1) : 0;
+        else
+          v = static_cast<int8_t>(block[bit]);
+        rows[r * k + 4 * q + j] = static_cast<int8_t>(v);
+      }
+    }
+  }
+  for (int64_t t = 0; t < m; ++t) {
+    const uint8_t* a = codes + t * k;
+    for (int64_t r = 0; r < kTileRows; ++r) {
+      const int8_t* w = rows.data() + r * k;
+      int32_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < k; ++i) sum += static_cast<int32_t>(a[i]) * static_cast<int32_t>(w[i]);
+      acc[t * stride + r] = sum;
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> prepack_weight(const torch::Tensor& packed_weight, int64_t bits, int64_t in_features) {
+  TORCH_CHECK(bits >= 1 && bits <= 8, "xtc prepack_weight: bits must be 1..8, got ", bits);
+  TORCH_CHECK(packed_weight.device().is_cpu() && packed_weight.scalar_type() == torch::kUInt8 && packed_weight.dim() == 2,
+              "xtc prepack_weight: expected a 2-D uint8 CPU tensor (out_features, packed bytes)");
+  const int64_t sb = storage_bits(bits), n = packed_weight.size(0), k = in_features;
+  const int64_t row_bytes = packed_weight.size(1);
+  TORCH_CHECK(n % kTileRows == 0 && k % 4 == 0 && k > 0, "xtc prepack_weight: out_features (", n,
+              ") must be a multiple of 16 and in_features (", k, ") a positive multiple of 4");
+  TORCH_CHECK(row_bytes * 8 >= k * sb && (row_bytes - 1) * 8 < k * sb, "xtc prepack_weight: ", row_bytes,
+              " bytes per row do not hold ", k, " codes of ", sb, " bits");
+  auto src_tensor = packed_weight.contiguous();
+  const uint8_t* src = src_tensor.data_ptr<uint8_t>();
+  const int64_t tiles = n / kTileRows, quads = k / 4, bb = block_bytes(bits);
+  auto out = torch::zeros({tiles, quads, bb}, packed_weight.options());
+  auto row_sum = torch::empty({n}, packed_weight.options().dtype(torch::kInt32));
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  int32_t* sums = row_sum.data_ptr<int32_t>();
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t r = 0; r < kTileRows; ++r) {
+        const uint8_t* row = src + (t * kTileRows + r) * row_bytes;
+        int32_t sum = 0;
+        for (int64_t i = 0; i < k; ++i) {
+          const int v = level(code_at(row, i, sb), bits);
+          sum += v;
+          uint8_t* block = dst + (t * quads + i / 4) * bb;
+          const int64_t bit = 4 * r + i % 4;
+          if (bits == 1) {
+            if (v > 0) block[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+          } else if (bits == 2) {
+            if (v != 0) block[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+            if (v < 0) block[8 + bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+          } else {
+            block[bit] = static_cast<uint8_t>(static_cast<int8_t>(v));
+          }
+        }
+        sums[t * kTileRows + r] = sum;
+      }
+    }
+  });
+  return {out, row_sum};
+}
+
+torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_weight, const torch::Tensor& row_sum,
+                            const torch::Tensor& row_scale, const c10::optional<torch::Tensor>& bias, int64_t bits,
+                            int64_t act_bits) {
+  check_kernel_args(kernel_weight, row_sum, row_scale, bits);
+  TORCH_CHECK(act_bits >= 2 && act_bits <= 8, "xtc packed_linear: act_bits must be 2..8, got ", act_bits);
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32, "xtc packed_linear: x must be float32 on CPU");
+  const int64_t k = kernel_weight.size(1) * 4, n = kernel_weight.size(0) * kTileRows;
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k, "xtc packed_linear: x has ", x.size(-1), " features, the weight ", k);
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->numel() == n, "xtc packed_linear: bias must be float32 (",
+                n, ",)");
+  auto input = x.reshape({-1, k}).contiguous();
+  const int64_t m = input.size(0);
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = n;
+  auto out = torch::empty({m, n}, x.options());
+  if (m == 0) return out.reshape(out_sizes);
+  auto codes_tensor = torch::empty({m, k}, x.options().dtype(torch::kUInt8));
+  auto scale_tensor = torch::empty({m}, x.options());
+  uint8_t* codes = codes_tensor.data_ptr<uint8_t>();
+  float* token_scale = scale_tensor.data_ptr<float>();
+  quantize_tokens(input.data_ptr<float>(), m, k, act_bits, codes, token_scale);
+
+  const auto scale_c = row_scale.contiguous();
+  const auto sum_c = row_sum.contiguous();
+  const float* rs = scale_c.data_ptr<float>();
+  const int32_t* sums = sum_c.data_ptr<int32_t>();
+  const auto bias_c = bias.has_value() ? bias->contiguous() : torch::Tensor();
+  const float* b = bias.has_value() ? bias_c.data_ptr<float>() : nullptr;
+  const uint8_t* w = kernel_weight.data_ptr<uint8_t>();
+  float* y = out.data_ptr<float>();
+  const int64_t tiles = kernel_weight.size(0), bb = block_bytes(bits), tile_bytes = (k / 4) * bb;
+  const int64_t pairs = (tiles + 1) / 2;
+  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<int32_t[]> acc_buffer(new int32_t[m * 2 * kTileRows]);
+    int32_t* acc = acc_buffer.get();
+    const int64_t stride = 2 * kTileRows;
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t t0 = 2 * p;
+      const int nt = t0 + 1 < tiles ? 2 : 1;
+      const uint8_t* tile_ptrs[2] = {w + t0 * tile_bytes, w + (t0 + nt - 1) * tile_bytes};
+#ifdef XTC_VNNI
+      if (bits == 1)
+        accumulate<1>(codes, m, k, tile_ptrs, nt, acc, stride);
+      else if (bits == 2)
+        accumulate<2>(codes, m, k, tile_ptrs, nt, acc, stride);
+      else
+        accumulate<8>(codes, m, k, tile_ptrs, nt, acc, stride);
+#else
+      for (int t = 0; t < nt; ++t)
+        accumulate_portable(codes, m, k, tile_ptrs[t], bits, acc + t * kTileRows, stride);
+#endif
+      const int64_t n0 = t0 * kTileRows, width = nt * kTileRows;
+      for (int64_t t = 0; t < m; ++t) {
+        float* row = y + t * n + n0;
+        const int32_t* a = acc + t * stride;
+        const float s = token_scale[t];
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) {
+          const float v = static_cast<float>(a[j] - 128 * sums[n0 + j]) * (s * rs[n0 + j]);
+          row[j] = b ? v + b[n0 + j] : v;
+        }
+      }
+    }
+  });
+  return out.reshape(out_sizes);
+}
+
+}  // namespace xtc

@@ -1,0 +1,365 @@
+"""export_packed() and load_packed(): compressed models as truly packed Hugging Face folders.
+
+An exported folder holds ``config.json`` (the model's config plus a ``quantization_config`` block),
+``model.safetensors`` and the tokenizer files. Each quantized module is stored as ``<name>.packed_weight``
+(uint8 codes in the :mod:`xtc_ds.quant.packing` layout: 8 per byte at 1 bit, 4 at 2 bits, 2 at 3..4 bits,
+1 at 5..8 bits), ``<name>.weight_scale`` (float32, one per group), ``<name>.weight_zero_point`` for asymmetric
+weights and ``<name>.bias``; everything else keeps its name, in float32 or float16. The block records
+``format_version``, the layout, the compression config and one :class:`~xtc_ds.nn.PackedSpec` per module.
+
+``python -m xtc_ds.export --model DIR --deepspeed_config FILE --output_dir DIR`` does the same from a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from xtc_ds.config import QuantizationType, RangeCalibration, load_compression_config
+from xtc_ds.inject import to_packed
+from xtc_ds.matching import plan_injection, weight_shape
+from xtc_ds.nn.packed_linear import packed_shapes, packed_weight_tensors
+from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.nn.qat_linear import conv1d_type
+from xtc_ds.pipeline.io import replace_dir_atomic
+
+__all__ = ["export_packed", "load_packed", "packed_specs", "PackedFormatError", "FORMAT_VERSION", "QUANT_METHOD"]
+
+FORMAT_VERSION = 1
+QUANT_METHOD = "xtc"
+LAYOUT = "rows_lsb_first"
+WEIGHTS_FILE = "model.safetensors"
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+class PackedFormatError(ValueError):
+    """An exported folder that is missing, truncated or inconsistent; the message names the file or tensor."""
+
+
+def packed_specs(model: nn.Module, deepspeed_config: Any) -> dict[str, PackedSpec]:
+    """Module name -> :class:`PackedSpec` for every module the config compresses (final ``target_bits``).
+
+    Works on a plain model, an injected QAT model or a ``redundancy_clean``ed one: the config decides.
+    """
+    config = load_compression_config(deepspeed_config)
+    wq, aq = config.weight_quantization, config.activation_quantization
+    modules = dict(model.named_modules())
+    conv1d = conv1d_type()
+    specs = {}
+    for name, plan in plan_injection(model, config).items():
+        module = modules[name]
+        out_features, in_features = weight_shape(module)
+        if isinstance(module, nn.Embedding):
+            kind = "embedding"
+        else:
+            kind = "conv1d" if conv1d is not None and isinstance(module, conv1d) else "linear"
+        spec: dict[str, Any] = {"kind": kind, "out_features": out_features, "in_features": in_features}
+        spec["bias"] = getattr(module, "bias", None) is not None
+        if kind == "embedding":
+            spec["padding_idx"] = module.padding_idx
+        if plan.weight_group is not None:
+            spec["bits"] = wq.different_groups[plan.weight_group].params.target_bits
+            spec["group"] = plan.weight_group
+            spec["num_groups"] = out_features if plan.num_groups is None else plan.num_groups
+            spec["symmetric"] = wq.shared_parameters.quantization_type is QuantizationType.SYMMETRIC
+        if plan.act_group is not None:
+            spec["act_bits"] = aq.different_groups[plan.act_group].params.bits
+            spec["act_symmetric"] = aq.shared_parameters.quantization_type is QuantizationType.SYMMETRIC
+            spec["act_static"] = aq.shared_parameters.range_calibration is RangeCalibration.STATIC
+        specs[name] = PackedSpec(**spec)
+    return specs
+
+
+def _gathered_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the model's parameters and buffers (persistent or not); gathers ZeRO-3 partitions.
+
+    Under ZeRO-3 every rank must call this (the gather is collective).
+    """
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if params:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return _gathered_state_unpartitioned(model)
+    return _gathered_state_unpartitioned(model)
+
+
+def _gathered_state_unpartitioned(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    for name, buffer in model.named_buffers():
+        state.setdefault(name, buffer.detach().cpu().clone())
+    return state
+
+
+def _static_ranges(model: nn.Module, specs: dict[str, PackedSpec]) -> dict[str, torch.Tensor]:
+    """``<name>.act_range`` of every statically calibrated module; raises if a range was never calibrated."""
+    ranges = {}
+    modules = dict(model.named_modules())
+    for name, spec in specs.items():
+        if not spec.act_static:
+            continue
+        quantizer = getattr(modules[name], "act_quantizer", None)
+        if quantizer is None or not bool(quantizer.calibrated):
+            raise ValueError(
+                f"export_packed: '{name}' uses a static activation range that this model does not hold; export the "
+                "trained model object (its activation quantizers carry the calibrated ranges)"
+            )
+        ranges[f"{name}.act_range"] = torch.stack([quantizer.x_min, quantizer.x_max]).float().cpu()
+    return ranges
+
+
+def _source_model(source: Any) -> nn.Module:
+    if isinstance(source, (str, Path)):
+        return _load_hf(Path(source))
+    module = getattr(source, "module", None)  # a DeepSpeed engine
+    return module if isinstance(module, nn.Module) and not isinstance(source, nn.Sequential) else source
+
+
+def _load_hf(folder: Path) -> nn.Module:
+    import transformers
+
+    if not (folder / "config.json").exists():
+        raise PackedFormatError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+    config = transformers.AutoConfig.from_pretrained(folder)
+    architecture = (config.architectures or [None])[0]
+    cls = getattr(transformers, architecture, None) if architecture else None
+    if cls is None:
+        raise PackedFormatError(f"{folder / 'config.json'}: unknown architectures {config.architectures}")
+    return cls.from_pretrained(folder)
+
+
+def _copy_tokenizer(tokenizer: Any, folder: Path) -> None:
+    if tokenizer is None:
+        return
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(folder)
+        return
+    for name in _TOKENIZER_FILES:
+        if (Path(tokenizer) / name).exists():
+            shutil.copy2(Path(tokenizer) / name, folder / name)
+
+
+def _packed_tensors(
+    state: dict[str, torch.Tensor], specs: dict[str, PackedSpec], skip: list[str], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """The file's tensors: each quantized weight replaced by its packed codes and scales, the rest in ``dtype``."""
+    tensors = {}
+    for key, tensor in state.items():
+        if key in skip:
+            continue
+        owner, _, leaf = key.rpartition(".")
+        spec = specs.get(owner)
+        if spec is not None and spec.bits is not None and leaf == "weight":
+            weight = tensor.t() if spec.kind == "conv1d" else tensor
+            tensors.update({f"{owner}.{name}": value for name, value in packed_weight_tensors(weight, spec).items()})
+        else:
+            tensors[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return tensors
+
+
+def export_packed(
+    model: Any,
+    deepspeed_config: Any,
+    output_dir: Union[str, Path],
+    tokenizer: Any = None,
+    dtype: torch.dtype = torch.float32,
+) -> Optional[Path]:
+    """Write ``model`` compressed as a packed Hugging Face folder, atomically.
+
+    Args:
+        model: a compressed model (QAT or ``redundancy_clean``ed), a DeepSpeed engine (ZeRO-3 weights are
+            gathered; call on every rank) or a Hugging Face folder path of such a model.
+        deepspeed_config: the DeepSpeed config (path or dict) holding ``compression_training``.
+        output_dir: the folder to write (replaced if it exists).
+        tokenizer: a tokenizer or a folder to copy tokenizer files from (default: the model folder, if given).
+        dtype: storage of the tensors that are not quantized (float32 or float16).
+    Returns:
+        ``output_dir`` on rank 0, None on other ranks.
+    """
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    if tokenizer is None and isinstance(model, (str, Path)):
+        tokenizer = model
+    root = _source_model(model)
+    config = load_compression_config(deepspeed_config)
+    specs = packed_specs(root, config)
+    state = _gathered_state(root)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return None
+    persistent = set(root.state_dict())
+    inside_specs = tuple(f"{name}." for name in specs)  # quantizer state is replaced by the packed tensors
+    buffers = sorted(name for name in set(state) - persistent if not name.startswith(inside_specs))
+    state = {name: tensor for name, tensor in state.items() if name in persistent or name in buffers}
+    tensors = _packed_tensors(state, specs, buffers, dtype)
+    tensors.update(_static_ranges(root, specs))
+    tensors.update({name: state[name] for name in buffers})
+    hf_config = copy.deepcopy(root.config)
+    hf_config.architectures = [type(root).__name__]
+    block = {
+        "quant_method": QUANT_METHOD,
+        "format_version": FORMAT_VERSION,
+        "layout": LAYOUT,
+        "dtype": str(dtype).removeprefix("torch."),
+        "compression_training": config.to_dict(),
+        "modules": {name: spec.to_dict() for name, spec in specs.items()},
+        "non_persistent_buffers": buffers,
+    }
+
+    def fill(folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE), metadata={"format": "pt"}
+        )
+        config_dict = hf_config.to_dict()
+        config_dict["quantization_config"] = block
+        (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _copy_tokenizer(tokenizer, folder)
+
+    output_dir = Path(output_dir)
+    replace_dir_atomic(output_dir, fill)
+    return output_dir
+
+
+def read_quantization_config(folder: Union[str, Path]) -> tuple[dict[str, Any], dict[str, PackedSpec]]:
+    """``(config.json as a dict, module name -> PackedSpec)`` of an exported folder; validates the block."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise PackedFormatError(f"{path}: missing (not an exported folder)")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    block = config.get("quantization_config")
+    if not isinstance(block, dict) or block.get("quant_method") != QUANT_METHOD:
+        raise PackedFormatError(
+            f"{path}: quantization_config.quant_method is not '{QUANT_METHOD}' (not an xtc export)"
+        )
+    if block.get("format_version") != FORMAT_VERSION:
+        raise PackedFormatError(
+            f"{path}: quantization_config.format_version {block.get('format_version')!r} is not supported "
+            f"(this xtc_ds reads version {FORMAT_VERSION})"
+        )
+    specs = {}
+    for name, data in block.get("modules", {}).items():
+        try:
+            specs[name] = PackedSpec.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise PackedFormatError(f"{path}: quantization_config.modules.{name}: {err}") from err
+    return config, specs
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = folder / WEIGHTS_FILE
+    if not path.exists():
+        raise PackedFormatError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
+        raise PackedFormatError(f"{path}: unreadable ({err})") from err
+
+
+def _check_packed(specs: dict[str, PackedSpec], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    for name, spec in specs.items():
+        if spec.bits is None:
+            continue
+        for leaf, shape in packed_shapes(spec).items():
+            key = f"{name}.{leaf}"
+            if key not in tensors:
+                raise PackedFormatError(f"{path}: tensor '{key}' is missing")
+            if tuple(tensors[key].shape) != shape:
+                raise PackedFormatError(
+                    f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape} "
+                    f"({spec.out_features}x{spec.in_features} codes of {spec.bits} bits)"
+                )
+
+
+def load_packed(folder: Union[str, Path], model_class: Optional[type] = None) -> nn.Module:
+    """A ready ``transformers`` model (eval mode) whose quantized layers stay packed in memory.
+
+    Args:
+        folder: a folder written by :func:`export_packed`.
+        model_class: the ``transformers`` class to build (default: ``config.json``'s ``architectures``).
+    Raises:
+        PackedFormatError: missing or unreadable files, a missing tensor, or a tensor of the wrong shape.
+    """
+    import transformers
+
+    folder = Path(folder)
+    config_dict, specs = read_quantization_config(folder)
+    block = config_dict["quantization_config"]
+    tensors = _read_tensors(folder)
+    path = folder / WEIGHTS_FILE
+    _check_packed(specs, tensors, path)
+    if model_class is None:
+        architecture = (config_dict.get("architectures") or [None])[0]
+        model_class = getattr(transformers, architecture or "", None)
+        if model_class is None:
+            raise PackedFormatError(
+                f"{folder / 'config.json'}: unknown architectures {config_dict.get('architectures')}"
+            )
+    hf_config = transformers.AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = model_class(hf_config)
+    to_packed(model, specs)
+    buffers = {name: tensors.pop(name) for name in block.get("non_persistent_buffers", []) if name in tensors}
+    ranges = {name: tensors.pop(name) for name in list(tensors) if name.endswith(".act_range")}
+    tensors = {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
+    tensors.update({k: v for k, v in ranges.items() if _is_packed_range(k, specs)})
+    result = model.load_state_dict(tensors, strict=False, assign=True)
+    if result.missing_keys:
+        raise PackedFormatError(f"{path}: tensor '{result.missing_keys[0]}' is missing")
+    if result.unexpected_keys:
+        raise PackedFormatError(f"{path}: unexpected tensor '{result.unexpected_keys[0]}'")
+    modules = dict(model.named_modules())
+    for name, tensor in buffers.items():
+        owner, _, leaf = name.rpartition(".")
+        modules[owner]._buffers[leaf] = tensor
+    for key, value in ranges.items():
+        if not _is_packed_range(key, specs):
+            quantizer = modules[key.removesuffix(".act_range")].act_quantizer
+            quantizer.x_min, quantizer.x_max = value[0].clone(), value[1].clone()
+            quantizer.calibrated = torch.ones((), dtype=torch.bool)
+    leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise PackedFormatError(f"{path}: tensor '{leftover[0]}' is missing")
+    model.config.quantization_config = block
+    return model.eval()
+
+
+def _is_packed_range(key: str, specs: dict[str, PackedSpec]) -> bool:
+    spec = specs.get(key.removesuffix(".act_range"))
+    return spec is not None and spec.bits is not None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m xtc_ds.export``: export a compressed Hugging Face folder."""
+    parser = argparse.ArgumentParser(prog="python -m xtc_ds.export", description=main.__doc__)
+    parser.add_argument("--model", required=True, help="Hugging Face folder of the compressed (or cleaned) model")
+    parser.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON with compression_training")
+    parser.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="unquantized tensors")
+    args = parser.parse_args(argv)
+    out = export_packed(args.model, args.deepspeed_config, args.output_dir, dtype=getattr(torch, args.dtype))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""XtcPackedLinear: a Linear (or GPT-2 Conv1D) whose weight stays packed in memory.
+
+The forward pass is the QAT module's forward, evaluated from the packed codes: the input is quantized by the
+same activation quantizer and multiplied by the quantized weight. With the native kernel (CPU: AVX512-VNNI
+integer dot products) the weight is never expanded to float; the reference path (any device, any setting)
+dequantizes the weight and gives exactly the QAT module's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xtc_ds import ops
+from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.quant.packing import padded_length
+from xtc_ds.quant.reference import QuantizedWeight, dequantize_weight, quantize_weight, storage_bits
+
+__all__ = [
+    "XtcPackedLinear",
+    "packed_weight_tensors",
+    "packed_shapes",
+    "unpacked_codes",
+    "register_packed_buffers",
+]
+
+_TILE_ROWS = 16  # the kernels' output tile (csrc/include/xtc_ops.h)
+
+
+def packed_weight_tensors(weight: torch.Tensor, spec: PackedSpec) -> dict[str, torch.Tensor]:
+    """``packed_weight``, ``weight_scale`` (and ``weight_zero_point``) of a ``(out_features, in_features)`` weight."""
+    quantized = quantize_weight(weight.detach().float(), spec.bits, spec.num_groups, spec.symmetric)
+    bits = storage_bits(spec.bits)
+    codes = quantized.codes
+    padding = padded_length(spec.in_features, bits) - spec.in_features
+    if padding:
+        codes = F.pad(codes, (0, padding))
+    tensors = {"packed_weight": ops.pack_bits(codes.contiguous(), bits), "weight_scale": quantized.weight_scale}
+    if quantized.weight_zero_point is not None:
+        tensors["weight_zero_point"] = quantized.weight_zero_point
+    return tensors
+
+
+def unpacked_codes(packed_weight: torch.Tensor, spec: PackedSpec) -> torch.Tensor:
+    """uint8 codes ``(rows, in_features)`` of packed rows (padding dropped)."""
+    return ops.unpack_bits(packed_weight, storage_bits(spec.bits))[:, : spec.in_features]
+
+
+def packed_shapes(spec: PackedSpec) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor a packed module of ``spec`` holds (what a checkpoint must contain)."""
+    bits = storage_bits(spec.bits)
+    shapes = {
+        "packed_weight": (spec.out_features, padded_length(spec.in_features, bits) * bits // 8),
+        "weight_scale": (spec.num_groups,),
+    }
+    if not spec.symmetric and spec.bits > 2:
+        shapes["weight_zero_point"] = (spec.num_groups,)
+    return shapes
+
+
+def register_packed_buffers(module: nn.Module, spec: PackedSpec) -> None:
+    """Empty ``packed_weight``/``weight_scale``/``weight_zero_point`` buffers of ``spec``'s shapes on ``module``."""
+    shapes = packed_shapes(spec)
+    for name in ("packed_weight", "weight_scale", "weight_zero_point"):
+        dtype = torch.uint8 if name == "packed_weight" else torch.float32
+        module.register_buffer(name, torch.zeros(shapes[name], dtype=dtype) if name in shapes else None)
+
+
+class XtcPackedLinear(nn.Module):
+    """Inference-only linear layer holding ``packed_weight`` (uint8), ``weight_scale`` and ``bias`` buffers.
+
+    Build empty from a :class:`PackedSpec` (then ``load_state_dict``), or with :meth:`from_qat`.
+    """
+
+    def __init__(self, spec: PackedSpec) -> None:
+        super().__init__()
+        if spec.bits is None:
+            raise ValueError("XtcPackedLinear needs a quantized weight (spec.bits is None)")
+        self.spec = spec
+        self.in_features, self.out_features = spec.in_features, spec.out_features
+        register_packed_buffers(self, spec)
+        self.register_buffer("bias", torch.zeros(spec.out_features) if spec.bias else None)
+        self.register_buffer("act_range", torch.zeros(2) if spec.act_static else None)
+        self._kernel_cache: Optional[tuple[Any, ...]] = None
+
+    @classmethod
+    def from_qat(cls, module: nn.Module, spec: PackedSpec, weight: Optional[torch.Tensor] = None) -> XtcPackedLinear:
+        """Quantize and pack ``module``'s weight (or ``weight``, in the module's layout, e.g. gathered)."""
+        packed = cls(spec)
+        weight = module.weight if weight is None else weight
+        if spec.kind == "conv1d":
+            weight = weight.t()
+        with torch.no_grad():
+            for name, tensor in packed_weight_tensors(weight, spec).items():
+                setattr(packed, name, tensor)
+            if spec.bias:
+                packed.bias.copy_(module.bias.detach().float())
+            quantizer = getattr(module, "act_quantizer", None)
+            if spec.act_static and quantizer is not None:
+                packed.act_range.copy_(torch.stack([quantizer.x_min, quantizer.x_max]).float())
+        return packed
+
+    def quantized_weight(self) -> QuantizedWeight:
+        codes = unpacked_codes(self.packed_weight, self.spec)
+        return QuantizedWeight(codes, self.weight_scale, self.weight_zero_point)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight the QAT model used, ``(out_features, in_features)`` (reference path only)."""
+        return dequantize_weight(self.quantized_weight(), self.spec.bits)
+
+    def _native_ready(self, x: torch.Tensor) -> bool:
+        spec = self.spec
+        return (
+            x.dtype == torch.float32
+            and spec.act_bits is not None
+            and spec.act_symmetric
+            and not spec.act_static
+            and (spec.bits <= 2 or spec.symmetric)
+            and spec.in_features % 4 == 0
+            and spec.out_features % _TILE_ROWS == 0
+            and spec.out_features % spec.num_groups == 0
+        )
+
+    def _kernel_weight(self, kernel: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The device kernel's layout of the weight, rebuilt only when ``packed_weight`` changed."""
+        key = (kernel, self.packed_weight.data_ptr(), self.packed_weight._version, self.weight_scale._version)
+        if self._kernel_cache is None or self._kernel_cache[0] != key:
+            kernel_weight, row_sum = kernel.prepack_weight(self.packed_weight, self.spec.bits, self.in_features)
+            row_scale = self.weight_scale.repeat_interleave(self.out_features // self.spec.num_groups).contiguous()
+            self._kernel_cache = (key, kernel_weight, row_sum, row_scale)
+        return self._kernel_cache[1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = ops.kernel_for(x) if self._native_ready(x) else None
+        if kernel is not None and hasattr(kernel, "packed_linear"):
+            kernel_weight, row_sum, row_scale = self._kernel_weight(kernel)
+            return kernel.packed_linear(
+                x, kernel_weight, row_sum, row_scale, self.bias, self.spec.bits, self.spec.act_bits
+            )
+        spec = self.spec
+        if spec.act_bits is not None:
+            low, high = (self.act_range[0], self.act_range[1]) if spec.act_static else (None, None)
+            x = ops.fake_quant_activation(x, spec.act_bits, spec.act_symmetric, low, high)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        spec = self.spec
+        act = f", act_bits={spec.act_bits}" if spec.act_bits else ""
+        return (
+            f"in_features={spec.in_features}, out_features={spec.out_features}, bits={spec.bits}, "
+            f"num_groups={spec.num_groups}{act}, bias={spec.bias}"
+        )
