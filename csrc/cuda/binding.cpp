@@ -64,6 +64,58 @@ torch::Tensor fake_quant(const torch::Tensor& x, int64_t bits, int64_t num_group
   return out;
 }
 
+std::vector<torch::Tensor> prepack_weight(const torch::Tensor& packed_weight, int64_t bits, int64_t in_features) {
+  TORCH_CHECK(bits >= 1 && bits <= 8, "xtc prepack_weight: bits must be 1..8, got ", bits);
+  TORCH_CHECK(packed_weight.is_cuda() && packed_weight.scalar_type() == torch::kUInt8 && packed_weight.dim() == 2,
+              "xtc prepack_weight: expected a 2-D uint8 CUDA tensor (out_features, packed bytes)");
+  const int64_t storage = bits <= 2 ? bits : (bits <= 4 ? 4 : 8), row_bytes = packed_weight.size(1);
+  TORCH_CHECK(in_features > 0 && in_features % 4 == 0, "xtc prepack_weight: in_features (", in_features,
+              ") must be a positive multiple of 4");
+  TORCH_CHECK(row_bytes * 8 >= in_features * storage && (row_bytes - 1) * 8 < in_features * storage,
+              "xtc prepack_weight: ", row_bytes, " bytes per row do not hold ", in_features, " codes of ", storage,
+              " bits");
+  const c10::cuda::CUDAGuard guard(packed_weight.device());
+  auto kernel_weight = packed_weight.contiguous();  // the CUDA kernel reads the stored rows directly
+  auto row_sum = torch::empty({packed_weight.size(0)}, packed_weight.options().dtype(torch::kInt32));
+  check(cuda::packed_row_sum(kernel_weight.data_ptr<uint8_t>(), row_sum.data_ptr<int32_t>(), packed_weight.size(0),
+                             in_features, row_bytes, static_cast<int>(bits), c10::cuda::getCurrentCUDAStream()),
+        "prepack_weight");
+  return {kernel_weight, row_sum};
+}
+
+torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_weight, const torch::Tensor& row_sum,
+                            const torch::Tensor& row_scale, const c10::optional<torch::Tensor>& bias, int64_t bits,
+                            int64_t act_bits) {
+  TORCH_CHECK(bits >= 1 && bits <= 8 && act_bits >= 2 && act_bits <= 8, "xtc packed_linear: bits 1..8, act_bits 2..8");
+  TORCH_CHECK(x.is_cuda() && x.scalar_type() == torch::kFloat32, "xtc packed_linear: x must be float32 on CUDA");
+  TORCH_CHECK(kernel_weight.is_cuda() && kernel_weight.scalar_type() == torch::kUInt8 && kernel_weight.dim() == 2,
+              "xtc packed_linear: kernel_weight must come from prepack_weight");
+  const int64_t k = x.size(-1), n = kernel_weight.size(0);
+  TORCH_CHECK(k % 4 == 0, "xtc packed_linear: in_features (", k, ") must be a multiple of 4");
+  TORCH_CHECK(row_sum.numel() == n && row_scale.numel() == n && row_scale.scalar_type() == torch::kFloat32 &&
+                  row_scale.is_cuda(),
+              "xtc packed_linear: row_scale must be float32 (", n, ",) on the weight's device");
+  if (bias.has_value())
+    TORCH_CHECK(bias->is_cuda() && bias->scalar_type() == torch::kFloat32 && bias->numel() == n,
+                "xtc packed_linear: bias must be float32 (", n, ",) on CUDA");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto input = x.reshape({-1, k}).contiguous();
+  const int64_t m = input.size(0);
+  auto out = torch::empty({m, n}, input.options());
+  auto codes = torch::empty({m, k}, input.options().dtype(torch::kInt8));
+  auto token_scale = torch::empty({m}, input.options());
+  auto scales = row_scale.contiguous();
+  auto bias_c = bias.has_value() ? bias->contiguous() : torch::Tensor();
+  check(cuda::packed_linear(input.data_ptr<float>(), kernel_weight.data_ptr<uint8_t>(), scales.data_ptr<float>(),
+                            bias.has_value() ? bias_c.data_ptr<float>() : nullptr, out.data_ptr<float>(),
+                            codes.data_ptr<int8_t>(), token_scale.data_ptr<float>(), m, n, k, kernel_weight.size(1),
+                            static_cast<int>(bits), static_cast<int>(act_bits), c10::cuda::getCurrentCUDAStream()),
+        "packed_linear");
+  auto sizes = x.sizes().vec();
+  sizes.back() = n;
+  return out.reshape(sizes);
+}
+
 torch::Tensor pack_bits(const torch::Tensor& codes, int64_t bits) { return packer(codes, bits, true); }
 torch::Tensor unpack_bits(const torch::Tensor& packed, int64_t bits) { return packer(packed, bits, false); }
 

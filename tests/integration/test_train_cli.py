@@ -80,6 +80,14 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     assert max(row.unique().numel() for row in embeddings[:500]) == 2
     assert (out / "final" / "xtc_compression.json").exists() and (out / "final" / "tokenizer.json").exists()
     assert (out / "student" / "checkpoints" / "latest").read_text().strip() == "global_step6"
+    packed_bytes = (out / "packed" / "model.safetensors").stat().st_size
+    assert packed_bytes * 10 < (out / "final" / "model.safetensors").stat().st_size
+    assert abs(results["packed_dev"]["dev"]["accuracy"] - results["final_dev"]["dev"]["accuracy"]) <= 2 / 128
+    alone = _run(
+        [sys.executable, TRAIN, "--eval_packed", str(out / "packed"), "--data_dir", str(GLUE_DIR)]
+        + ["--max_eval_samples", "128", "--max_seq_length", "32"]
+    )
+    assert json.loads(alone.stdout.strip().splitlines()[-1])["packed_dev"] == results["packed_dev"]
 
     _run(launcher + common + ["--resume_from_checkpoint", "latest"])  # both phases complete: resumes at the end
     log = read_jsonl(out / "student" / "train_log.jsonl")

@@ -24,13 +24,14 @@ def _cuda_include() -> Path:
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
-def test_kernels_compile_for_sm80_and_sm90(tmp_path):
+@pytest.mark.parametrize("source", ["quant_kernels.cu", "packed_kernels.cu"])
+def test_kernels_compile_for_sm80_and_sm90(tmp_path, source):
     cmd = [
         "nvcc",
         "-std=c++17",
         "-O3",
         "-c",
-        str(CSRC / "cuda" / "quant_kernels.cu"),
+        str(CSRC / "cuda" / source),
         "-o",
         str(tmp_path / "k.o"),
         "-gencode",
@@ -96,3 +97,20 @@ def test_cuda_activation_and_packing(cuda_ops):
         packed = ops.pack_bits(codes, bits)
         assert torch.equal(packed.cpu(), packing.pack_bits(codes.cpu(), bits))
         assert torch.equal(ops.unpack_bits(packed, bits), codes)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_cuda_packed_linear_matches_reference(cuda_ops, bits):
+    import torch.nn.functional as F
+
+    n, k = 96, 200
+    w, x, bias = torch.randn(n, k), torch.randn(2, 37, k) * 3, torch.randn(n)
+    quantized = reference.quantize_weight(w, bits, n)
+    storage = reference.storage_bits(bits)
+    codes = F.pad(quantized.codes, (0, packing.padded_length(k, storage) - k))
+    kernel_weight, row_sum = cuda_ops.prepack_weight(packing.pack_bits(codes, storage).cuda(), bits, k)
+    out = cuda_ops.packed_linear(x.cuda(), kernel_weight, row_sum, quantized.weight_scale.cuda(), bias.cuda(), bits, 8)
+    expected = F.linear(reference.fake_quant_activation(x, 8), reference.dequantize_weight(quantized, bits), bias)
+    levels = reference.dequantize_weight(quantized, bits) / quantized.weight_scale[:, None]
+    assert torch.equal(row_sum.cpu(), levels.round().sum(dim=1).to(torch.int32))
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())

@@ -100,7 +100,7 @@ def build_cuda(verbose: bool = False) -> Any:
     src = csrc_dir()
     return load(
         name=CUDA_EXTENSION_NAME,
-        sources=[str(src / "cuda" / "binding.cpp"), str(src / "cuda" / "quant_kernels.cu")],
+        sources=[str(src / "cuda" / file) for file in ("binding.cpp", "quant_kernels.cu", "packed_kernels.cu")],
         extra_include_paths=[str(src / "include"), str(src / "cuda")],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3"],

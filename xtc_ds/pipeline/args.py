@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--teacher_model", default=None, help="a fine-tuned teacher folder; if absent the teacher is fine-tuned first"
     )
+    models.add_argument(
+        "--eval_packed",
+        default=None,
+        metavar="DIR",
+        help="only evaluate the packed model exported to DIR (by a run or python -m xtc_ds.export) on the dev set",
+    )
+    models.add_argument(
+        "--packed_dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="storage of the unquantized tensors in the packed export",
+    )
     models.add_argument("--output_dir", default="out/xtc", help="where checkpoints, models and results go")
     models.add_argument("--overwrite_output_dir", action="store_true", help="replace an existing output_dir")
 
@@ -83,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse and check flags; a missing ``--deepspeed_config`` is an error."""
+    """Parse and check flags; a missing ``--deepspeed_config`` is an error (except with ``--eval_packed``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.deepspeed_config:
+    if not args.deepspeed_config and not args.eval_packed:
         parser.error("--deepspeed_config is required (e.g. ds_configs/ds_xtc.json)")
     for name in ("max_seq_length", "per_device_eval_batch_size", "eval_steps", "save_steps"):
         if getattr(args, name) < 1:

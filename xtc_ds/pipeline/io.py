@@ -43,6 +43,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def replace_dir_atomic(path: Path, fill: Callable[[Path], None]) -> None:
     """Build a folder with ``fill(tmp_dir)`` beside ``path``, then swap it in for ``path``.
 
@@ -51,6 +57,7 @@ def replace_dir_atomic(path: Path, fill: Callable[[Path], None]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         fill(tmp)
     except BaseException:

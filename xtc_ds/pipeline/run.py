@@ -21,6 +21,7 @@ import torch.distributed as dist
 from xtc_ds._log import is_rank_zero, logger
 from xtc_ds.compress import init_compression, redundancy_clean
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
+from xtc_ds.export import export_packed, load_packed
 from xtc_ds.glue.data import GlueDataError, encode, load_examples
 from xtc_ds.glue.tasks import GlueTask, get_task
 from xtc_ds.layer_reduction import build_student
@@ -272,7 +273,11 @@ def _train_student(args, ds_full, compression, data, tokenizer, teacher_path, ou
 
 
 def _finish(args, compression, data, tokenizer, out: Path) -> dict:
-    """Rebuild the best student, bake its quantized weights (redundancy_clean), evaluate and save it."""
+    """Rebuild the best student, bake its quantized weights (redundancy_clean), evaluate and save it.
+
+    Then export it packed (``packed/``), load that back and evaluate it: the packed model's score is reported
+    beside the fake-quant one.
+    """
     best_dir = out / "student" / "best"
     kd = compression.knowledge_distillation
     model = _load_model(str(best_dir), args.task, eager=kd.enabled and kd.attention_weight > 0)
@@ -287,7 +292,26 @@ def _finish(args, compression, data, tokenizer, out: Path) -> dict:
         write_json_atomic(folder / COMPRESSION_FILE, {SECTION: compression.to_dict()})
 
     replace_dir_atomic(out / "final", fill)
-    return metrics
+    packed_dir = export_packed(model, compression, out / "packed", tokenizer, dtype=getattr(torch, args.packed_dtype))
+    packed = evaluate(load_packed(packed_dir), data["dev"], args.task, args.per_device_eval_batch_size)
+    return {"final_dev": metrics, "packed_dev": packed}
+
+
+def _eval_packed(args: Any, examples: dict[str, list]) -> dict[str, Any]:
+    """``--eval_packed DIR``: dev metrics of an exported folder, printed and returned."""
+    from transformers import AutoTokenizer
+
+    model = load_packed(args.eval_packed)
+    tokenizer = AutoTokenizer.from_pretrained(args.eval_packed)
+    dev = {
+        split: encode(rows, tokenizer, args.max_seq_length, args.task)
+        for split, rows in examples.items()
+        if split != "train"
+    }
+    metrics = evaluate(model, dev, args.task, args.per_device_eval_batch_size)
+    results = {"task": args.task.name, "packed_model": str(args.eval_packed), "packed_dev": metrics}
+    print(json.dumps(results))
+    return results
 
 
 def _select(examples: dict[str, list], args: Any) -> dict[str, list]:
@@ -318,6 +342,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     started = time.time()
     task = args.task = get_task(args.task_name)
+    if args.eval_packed:
+        return _eval_packed(args, _select(load_examples(task, args.data_dir), args))
     ds_full = load_deepspeed_config(args.deepspeed_config)
     compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
@@ -344,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         teacher_path = args.teacher_model
     results.update(_train_student(args, ds_full, compression, data, tokenizer, teacher_path, out))
     if is_rank_zero():
-        results["final_dev"] = _finish(args, compression, data, tokenizer, out)
+        results.update(_finish(args, compression, data, tokenizer, out))
         results["wall_time_s"] = time.time() - started
         write_json_atomic(out / "eval_results.json", results)
         logger.info("xtc_ds: results %s", results)
