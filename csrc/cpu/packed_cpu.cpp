@@ -98,6 +98,10 @@ void quantize_tokens(const float* x, int64_t m, int64_t k, int64_t act_bits, uin
 }
 
 #ifdef XTC_VNNI
+// acc += u8 a . s8 b in place. Through the intrinsic, GCC copies every accumulator to a scratch register and
+// back around each vpdpbusd (two extra moves per product); the asm keeps the accumulators where they are.
+inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
+
 template <int Bits>
 inline __m512i decode_block(const uint8_t* block) {
   if constexpr (Bits == 1) {
@@ -115,25 +119,42 @@ inline __m512i decode_block(const uint8_t* block) {
   }
 }
 
-// acc[MR tokens][NT tiles x 16 outputs] = sum over k of codes[token][k] * level[output][k].
+inline __m512i broadcast4(const uint8_t* p) {
+  int32_t four;
+  std::memcpy(&four, p, 4);
+  return _mm512_set1_epi32(four);
+}
+
+// acc[MR tokens][NT tiles x 16 outputs] = sum over k of codes[token][k] * level[output][k]. Named accumulators
+// (no arrays) so that all 2 * MR stay in registers across the loop.
 template <int Bits, int MR, int NT>
 void micro_kernel(const uint8_t* codes, int64_t k, const uint8_t* const* tiles, int64_t quads, int32_t* acc_out,
                   int64_t acc_stride) {
-  __m512i acc[MR][NT];
-  for (int m = 0; m < MR; ++m)
-    for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_setzero_si512();
+  static_assert(MR == 1 || MR == 8, "token blocks of 8, and single tokens for the tail");
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i c00 = zero, c01 = zero, c10 = zero, c11 = zero, c20 = zero, c21 = zero, c30 = zero, c31 = zero;
+  __m512i c40 = zero, c41 = zero, c50 = zero, c51 = zero, c60 = zero, c61 = zero, c70 = zero, c71 = zero;
+  const uint8_t* r[8];
+  for (int m = 0; m < MR; ++m) r[m] = codes + m * k;
   for (int64_t q = 0; q < quads; ++q) {
-    __m512i w[NT];
-    for (int t = 0; t < NT; ++t) w[t] = decode_block<Bits>(tiles[t] + q * block_bytes(Bits));
-    for (int m = 0; m < MR; ++m) {
-      int32_t four;
-      std::memcpy(&four, codes + m * k + 4 * q, 4);
-      const __m512i a = _mm512_set1_epi32(four);
-      for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_dpbusd_epi32(acc[m][t], a, w[t]);
-    }
+    const __m512i w0 = decode_block<Bits>(tiles[0] + q * block_bytes(Bits));
+    const __m512i w1 = NT == 2 ? decode_block<Bits>(tiles[1] + q * block_bytes(Bits)) : w0;
+#define XTC_ROW(m)                            \
+  {                                           \
+    const __m512i a = broadcast4(r[m] + 4 * q); \
+    dpbusd(c##m##0, a, w0);                   \
+    if (NT == 2) dpbusd(c##m##1, a, w1);      \
   }
+    XTC_ROW(0)
+    if constexpr (MR == 8) {
+      XTC_ROW(1) XTC_ROW(2) XTC_ROW(3) XTC_ROW(4) XTC_ROW(5) XTC_ROW(6) XTC_ROW(7)
+    }
+#undef XTC_ROW
+  }
+  const __m512i results[8][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
+                                 {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
   for (int m = 0; m < MR; ++m)
-    for (int t = 0; t < NT; ++t) _mm512_storeu_si512(acc_out + m * acc_stride + t * kTileRows, acc[m][t]);
+    for (int t = 0; t < NT; ++t) _mm512_storeu_si512(acc_out + m * acc_stride + t * kTileRows, results[m][t]);
 }
 
 template <int Bits, int NT>
@@ -145,9 +166,25 @@ void tile_rows(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* const*
   for (; t0 < m; ++t0) micro_kernel<Bits, 1, NT>(codes + t0 * k, k, tiles, quads, acc + t0 * stride, stride);
 }
 
+// Expands 1/2-bit tiles to int8 once into `scratch` (2 tiles x quads x 64 bytes) when more than one token block
+// will read them: the inner loop then feeds vpdpbusd straight from memory instead of decoding per block.
 template <int Bits>
 void accumulate(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* const* tiles, int nt, int32_t* acc,
-                int64_t stride) {
+                int64_t stride, uint8_t* scratch) {
+  const int64_t quads = k / 4;
+  if constexpr (Bits != 8) {
+    if (m > kTileTokens) {
+      const uint8_t* expanded[2] = {scratch, scratch + quads * 64};
+      for (int t = 0; t < nt; ++t)
+        for (int64_t q = 0; q < quads; ++q)
+          _mm512_storeu_si512(scratch + (t * quads + q) * 64, decode_block<Bits>(tiles[t] + q * block_bytes(Bits)));
+      if (nt == 2)
+        tile_rows<8, 2>(codes, m, k, expanded, acc, stride);
+      else
+        tile_rows<8, 1>(codes, m, k, expanded, acc, stride);
+      return;
+    }
+  }
   if (nt == 2)
     tile_rows<Bits, 2>(codes, m, k, tiles, acc, stride);
   else
@@ -272,6 +309,7 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_
   at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
     std::unique_ptr<int32_t[]> acc_buffer(new int32_t[m * 2 * kTileRows]);
     int32_t* acc = acc_buffer.get();
+    std::unique_ptr<uint8_t[]> scratch(new uint8_t[2 * (k / 4) * 64]);
     const int64_t stride = 2 * kTileRows;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t t0 = 2 * p;
@@ -279,11 +317,11 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_
       const uint8_t* tile_ptrs[2] = {w + t0 * tile_bytes, w + (t0 + nt - 1) * tile_bytes};
 #ifdef XTC_VNNI
       if (bits == 1)
-        accumulate<1>(codes, m, k, tile_ptrs, nt, acc, stride);
+        accumulate<1>(codes, m, k, tile_ptrs, nt, acc, stride, scratch.get());
       else if (bits == 2)
-        accumulate<2>(codes, m, k, tile_ptrs, nt, acc, stride);
+        accumulate<2>(codes, m, k, tile_ptrs, nt, acc, stride, scratch.get());
       else
-        accumulate<8>(codes, m, k, tile_ptrs, nt, acc, stride);
+        accumulate<8>(codes, m, k, tile_ptrs, nt, acc, stride, scratch.get());
 #else
       for (int t = 0; t < nt; ++t)
         accumulate_portable(codes, m, k, tile_ptrs[t], bits, acc + t * kTileRows, stride);
