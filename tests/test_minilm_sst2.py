@@ -53,7 +53,24 @@ def _sst2_rows(n):
         return [(sentence, int(label)) for sentence, label, *_ in (next(reader) for _ in range(n))]
 
 
-def test_minilm_1bit_loss_goes_down_on_sst2():
+def _dev_rows(n):
+    with open(glue_task_dir("SST-2") / "dev.tsv", encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader)
+        return [(sentence, int(label)) for sentence, label in (next(reader) for _ in range(n))]
+
+
+def _logits(model, encoded):
+    with torch.no_grad():
+        return torch.cat(
+            [
+                model(**{k: v[i : i + 64] for k, v in encoded.items()}).logits
+                for i in range(0, len(encoded["input_ids"]), 64)
+            ]
+        )
+
+
+def test_minilm_1bit_loss_goes_down_on_sst2(tmp_path, monkeypatch):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     path = minilm_path()
@@ -102,3 +119,21 @@ def test_minilm_1bit_loss_goes_down_on_sst2():
     redundancy_clean(engine, XTC_W1A8)
     query = model.bert.encoder.layer[0].attention.self.query.weight
     assert query.unique().numel() == 2
+
+    # Export packed: the reference path reproduces the cleaned model exactly; the integer kernel agrees up to
+    # float summation order (which can move an 8-bit activation code by one step, as any reordering can).
+    from xtc_ds import export_packed, load_packed, ops
+
+    model.eval()
+    packed = load_packed(export_packed(model, XTC_W1A8, tmp_path / "packed", tokenizer))
+    dev = _dev_rows(256)
+    encoded = dict(tokenizer([s for s, _ in dev], padding=True, truncation=True, max_length=64, return_tensors="pt"))
+    dev_labels = torch.tensor([label for _, label in dev])
+    qat, native = _logits(model, encoded), _logits(packed, encoded)
+    assert (native - qat).norm() < 1e-2 * qat.norm()
+    accuracy = [(logits.argmax(1) == dev_labels).float().mean().item() for logits in (qat, native)]
+    print(f"MiniLM W1A8 dev accuracy fake-quant {accuracy[0]:.4f}, packed kernel {accuracy[1]:.4f}")
+    assert abs(accuracy[0] - accuracy[1]) <= 1 / 256
+    with monkeypatch.context() as patch:
+        patch.setattr(ops, "kernel_for", lambda tensor: None)
+        assert torch.equal(_logits(packed, encoded), _logits(model, encoded))

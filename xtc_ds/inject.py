@@ -46,9 +46,11 @@ def _announce(config: CompressionConfig) -> None:
             "full-precision master weights instead, which gives the same forward numerics in fp32, bf16 and fp16",
         )
     if shared.quantizer_kernel:
-        warn_once(
-            f"xtc_ds: {SECTION}.weight_quantization.shared_parameters.quantizer_kernel is true, but fused "
-            "quantization kernels are not part of this version; the pure-PyTorch quantizers are used"
+        log_rank_zero(
+            logging.INFO,
+            f"xtc_ds: {SECTION}.weight_quantization.shared_parameters.quantizer_kernel is true; the fused "
+            "quantization ops are used wherever they build for the device, whatever this flag says "
+            "(python -m xtc_ds.report)",
         )
     for kind, section in (("weight_quantization", wq), ("activation_quantization", config.activation_quantization)):
         for name, group in section.different_groups.items():
