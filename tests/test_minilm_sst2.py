@@ -125,7 +125,8 @@ def test_minilm_1bit_loss_goes_down_on_sst2(tmp_path, monkeypatch):
     from xtc_ds import export_packed, load_packed, ops
 
     model.eval()
-    packed = load_packed(export_packed(model, XTC_W1A8, tmp_path / "packed", tokenizer))
+    folder = export_packed(model, XTC_W1A8, tmp_path / "packed", tokenizer)
+    packed = load_packed(folder, attn_implementation=model.config._attn_implementation)
     dev = _dev_rows(256)
     encoded = dict(tokenizer([s for s, _ in dev], padding=True, truncation=True, max_length=64, return_tensors="pt"))
     dev_labels = torch.tensor([label for _, label in dev])

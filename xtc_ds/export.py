@@ -291,12 +291,15 @@ def _check_packed(specs: dict[str, PackedSpec], tensors: dict[str, torch.Tensor]
                 )
 
 
-def load_packed(folder: Union[str, Path], model_class: Optional[type] = None) -> nn.Module:
+def load_packed(
+    folder: Union[str, Path], model_class: Optional[type] = None, attn_implementation: Optional[str] = None
+) -> nn.Module:
     """A ready ``transformers`` model (eval mode) whose quantized layers stay packed in memory.
 
     Args:
         folder: a folder written by :func:`export_packed`.
         model_class: the ``transformers`` class to build (default: ``config.json``'s ``architectures``).
+        attn_implementation: ``"eager"``, ``"sdpa"``, ... (default: what ``transformers`` picks).
     Raises:
         PackedFormatError: missing or unreadable files, a missing tensor, or a tensor of the wrong shape.
     """
@@ -316,6 +319,8 @@ def load_packed(folder: Union[str, Path], model_class: Optional[type] = None) ->
                 f"{folder / 'config.json'}: unknown architectures {config_dict.get('architectures')}"
             )
     hf_config = transformers.AutoConfig.from_pretrained(folder)
+    if attn_implementation is not None:
+        hf_config._attn_implementation = attn_implementation
     with torch.device("meta"):
         model = model_class(hf_config)
     to_packed(model, specs)
