@@ -223,3 +223,27 @@ def test_initialize_takes_args_deepspeed_config_like_deepspeed(tmp_path):
     assert engine.xtc.config.weight_quantization.enabled
     with pytest.raises(ValueError, match="config twice"):
         initialize(args=args, model=tiny_bert(), config=str(path))
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_export_from_engine_and_from_its_checkpoint_agree(tmp_path, stage):
+    from safetensors.torch import load_file
+
+    from xtc_ds import export_packed, load_packed
+
+    config = _xtc_config(zero_optimization={"stage": stage})
+    section = config["compression_training"]
+    section["weight_quantization"]["shared_parameters"]["schedule_offset"] = 0
+    section["activation_quantization"]["shared_parameters"]["range_calibration"] = "dynamic"
+    model = tiny_bert()
+    engine, *_ = initialize(model=model, config=config, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    _train(engine, 3)
+    live = export_packed(engine, config, tmp_path / "live")
+    engine.save_checkpoint(str(tmp_path / "ckpt"))
+    from_checkpoint = export_packed(tiny_bert(), config, tmp_path / "from_ckpt", checkpoint=tmp_path / "ckpt")
+    first, second = (load_file(str(folder / "model.safetensors")) for folder in (live, from_checkpoint))
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=0, atol=0, msg=name)
+    ids, _ = _batch(4)
+    assert load_packed(live)(input_ids=ids).logits.shape == (4, 2)

@@ -191,3 +191,18 @@ def test_export_leaves_the_live_model_unchanged(tmp_path):
     export_packed(model, config, tmp_path / "packed")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.bert.encoder.layer[0].intermediate.dense.weight_quantizer is not None
+
+
+def test_size_report_counts_packed_groups(tmp_path, capsys):
+    from xtc_ds import size
+
+    config = _config()
+    out = export_packed(_compressed(config), config, tmp_path / "packed")
+    report = size.size_report(out)
+    assert set(report.groups) == {"wq1", "other"}
+    stored, full = report.groups["wq1"]
+    assert 20 < full / stored < 32  # 1-bit codes plus float32 scales (one per token for the 96-row embedding)
+    assert report.file_bytes == (out / "model.safetensors").stat().st_size
+    assert report.fp32_bytes > report.file_bytes
+    size.main([str(out)])
+    assert "quantized tensors only" in capsys.readouterr().out

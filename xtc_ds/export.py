@@ -7,7 +7,8 @@ An exported folder holds ``config.json`` (the model's config plus a ``quantizati
 weights and ``<name>.bias``; everything else keeps its name, in float32 or float16. The block records
 ``format_version``, the layout, the compression config and one :class:`~xtc_ds.nn.PackedSpec` per module.
 
-``python -m xtc_ds.export --model DIR --deepspeed_config FILE --output_dir DIR`` does the same from a folder.
+``python -m xtc_ds.export --model DIR --deepspeed_config FILE --output_dir DIR [--checkpoint CKPT]`` does the
+same from a Hugging Face folder (and, with ``--checkpoint``, the weights of a DeepSpeed training checkpoint).
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.nn.qat_linear import conv1d_type
 from xtc_ds.pipeline.io import replace_dir_atomic
 
-__all__ = ["export_packed", "load_packed", "packed_specs", "PackedFormatError", "FORMAT_VERSION", "QUANT_METHOD"]
+__all__ = [
+    "export_packed",
+    "load_packed",
+    "packed_specs",
+    "checkpoint_state_dict",
+    "PackedFormatError",
+    "FORMAT_VERSION",
+    "QUANT_METHOD",
+]
 
 FORMAT_VERSION = 1
 QUANT_METHOD = "xtc"
@@ -109,6 +118,27 @@ def _gathered_state_unpartitioned(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def checkpoint_state_dict(checkpoint: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """Full model weights saved by ``engine.save_checkpoint``, on CPU.
+
+    Args:
+        checkpoint: the save directory (its ``latest`` file names the tag) or one tag folder (``global_stepN``).
+            ZeRO 1–3 checkpoints are consolidated from the optimizer's fp32 partitions (DeepSpeed's
+            ``zero_to_fp32``); stage 0 ones are read from the model states file.
+    """
+    checkpoint = Path(checkpoint)
+    tag_dir = (
+        checkpoint / (checkpoint / "latest").read_text().strip() if (checkpoint / "latest").exists() else checkpoint
+    )
+    if not any(tag_dir.glob("*model_states.pt")):
+        raise PackedFormatError(f"{checkpoint}: not a DeepSpeed checkpoint (no *model_states.pt in {tag_dir})")
+    if any(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
+    return torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+
+
 def _static_ranges(model: nn.Module, specs: dict[str, PackedSpec]) -> dict[str, torch.Tensor]:
     """``<name>.act_range`` of every statically calibrated module; raises if a range was never calibrated."""
     ranges = {}
@@ -157,6 +187,22 @@ def _copy_tokenizer(tokenizer: Any, folder: Path) -> None:
             shutil.copy2(Path(tokenizer) / name, folder / name)
 
 
+def _checked_checkpoint(checkpoint: Union[str, Path], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights, which must cover every persistent tensor of ``model`` with the same shapes."""
+    saved = checkpoint_state_dict(checkpoint)
+    for name, tensor in model.state_dict().items():
+        shape = tuple(getattr(tensor, "ds_shape", tensor.shape))
+        if name not in saved:
+            raise PackedFormatError(f"{checkpoint}: tensor '{name}' of the model is not in the checkpoint")
+        if tuple(saved[name].shape) != shape:
+            raise PackedFormatError(
+                f"{checkpoint}: tensor '{name}' has shape {tuple(saved[name].shape)}, the model {shape}"
+            )
+    return {
+        name: tensor.detach().cpu().float() if tensor.is_floating_point() else tensor for name, tensor in saved.items()
+    }
+
+
 def _packed_tensors(
     state: dict[str, torch.Tensor], specs: dict[str, PackedSpec], skip: list[str], dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
@@ -181,6 +227,7 @@ def export_packed(
     output_dir: Union[str, Path],
     tokenizer: Any = None,
     dtype: torch.dtype = torch.float32,
+    checkpoint: Optional[Union[str, Path]] = None,
 ) -> Optional[Path]:
     """Write ``model`` compressed as a packed Hugging Face folder, atomically.
 
@@ -191,6 +238,9 @@ def export_packed(
         output_dir: the folder to write (replaced if it exists).
         tokenizer: a tokenizer or a folder to copy tokenizer files from (default: the model folder, if given).
         dtype: storage of the tensors that are not quantized (float32 or float16).
+        checkpoint: a DeepSpeed checkpoint (``save_checkpoint`` directory or one tag folder) whose weights are
+            exported instead of ``model``'s; ``model`` then only supplies the architecture (e.g. the run's
+            ``student/best`` folder with ``student/checkpoints``).
     Returns:
         ``output_dir`` on rank 0, None on other ranks.
     """
@@ -204,6 +254,8 @@ def export_packed(
     state = _gathered_state(root)
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return None
+    if checkpoint is not None:
+        state.update(_checked_checkpoint(checkpoint, root))
     persistent = set(root.state_dict())
     inside_specs = tuple(f"{name}." for name in specs)  # quantizer state is replaced by the packed tensors
     buffers = sorted(name for name in set(state) - persistent if not name.startswith(inside_specs))
@@ -361,8 +413,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON with compression_training")
     parser.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="unquantized tensors")
+    parser.add_argument(
+        "--checkpoint", help="DeepSpeed checkpoint directory (or global_stepN folder) whose weights to export"
+    )
     args = parser.parse_args(argv)
-    out = export_packed(args.model, args.deepspeed_config, args.output_dir, dtype=getattr(torch, args.dtype))
+    out = export_packed(
+        args.model,
+        args.deepspeed_config,
+        args.output_dir,
+        dtype=getattr(torch, args.dtype),
+        checkpoint=args.checkpoint,
+    )
     print(f"wrote {out}")
 
 
