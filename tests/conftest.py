@@ -36,6 +36,17 @@ for _key, _value in {
 os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 
+def job_env(**extra: str) -> dict[str, str]:
+    """Environment of a launched job (its own ranks and port, loopback only, the repository importable)."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"))
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT"):
+        env.pop(key, None)  # each run is its own job
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: trains a real model or runs DeepSpeed (seconds to a minute)")
     try:

@@ -11,24 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import GLUE_DIR, REPO_ROOT, _free_port, glue_task_dir, minilm_path
+from conftest import GLUE_DIR, REPO_ROOT, _free_port, glue_task_dir, job_env, minilm_path
 from xtc_ds.pipeline.io import read_jsonl
 
 pytestmark = pytest.mark.slow
 TRAIN = str(REPO_ROOT / "launch" / "train.py")
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"))
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT"):
-        env.pop(key, None)  # each run is its own job
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _run(cmd, timeout=600):
-    result = subprocess.run(cmd, env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, env=job_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -191,7 +182,7 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         cmd(out),
-        env=_env(),
+        env=job_env(),
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

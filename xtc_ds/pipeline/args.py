@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="'latest' (the newest complete checkpoint in output_dir) or a checkpoint directory",
     )
+    train.add_argument(
+        "--dist_timeout_s",
+        type=float,
+        default=1800.0,
+        help="seconds a collective waits for the other ranks before the job fails (a dead or stuck rank)",
+    )
     train.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     return deepspeed.add_config_arguments(parser)
 

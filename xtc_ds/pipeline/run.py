@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -348,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
     _single_process_defaults()
-    deepspeed.init_distributed()
+    deepspeed.init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))
     _, world = _rank_world()
     ds_full = _batch_config(ds_full, args, world)
     ds_teacher = {key: value for key, value in ds_full.items() if key != SECTION}

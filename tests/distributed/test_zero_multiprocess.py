@@ -1,0 +1,70 @@
+"""Two processes through the deepspeed launcher (CPU, gloo): XTC under ZeRO 0-3, and a rank dying mid-run."""
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, _free_port, job_env
+
+pytestmark = pytest.mark.slow
+WORKER = str(Path(__file__).with_name("xtc_worker.py"))
+# One OpenMP thread per rank: two ranks with default threading on two shared cores run 20x slower.
+ENV = {"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def _launch(out: Path, *worker_args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    if shutil.which("deepspeed") is None:
+        pytest.skip("the deepspeed launcher is not on PATH")
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), WORKER, "--out", str(out)]
+    return subprocess.run(
+        cmd + list(worker_args), env=job_env(**ENV), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _records(out: Path, stages) -> dict:
+    return {
+        (rank, stage): json.loads((out / f"rank{rank}_stage{stage}.json").read_text())
+        for rank in (0, 1)
+        for stage in stages
+    }
+
+
+def test_xtc_under_zero_0_to_3_on_two_ranks(tmp_path):
+    result = _launch(tmp_path, "--stages", "0,1,2,3", "--steps", "10")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path, range(4))
+    reference = records[(0, 0)]["losses"]
+    assert reference[-1] < reference[0] - 0.01, reference  # the 1-bit student learns from its teacher
+    for (rank, stage), record in records.items():
+        assert record["world"] == 2
+        # the same losses on both ranks and at every stage, to fp32 rounding
+        assert record["losses"] == pytest.approx(reference, rel=1e-5), (rank, stage)
+        # the quantizer sees the whole weight, also when ZeRO-3 holds only a partition of it locally
+        assert record["quantizer_saw"] == [[64, 32]], (rank, stage)
+        assert record["local_numel"] == (0 if stage == 3 else 64 * 32), (rank, stage)
+        for name, weight in record["weights"].items():
+            assert weight["levels"] == 2, (rank, stage, name)  # binary on every rank
+
+
+def test_ternary_bf16_under_zero_1_and_3(tmp_path):
+    result = _launch(tmp_path, "--stages", "1,3", "--steps", "3", "--bits", "2", "--bf16")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for (rank, stage), record in _records(tmp_path, (1, 3)).items():
+        assert all(loss == loss for loss in record["losses"]), (rank, stage)  # finite, no NaN
+        for name, weight in record["weights"].items():
+            assert weight["levels"] <= 3 and weight["shape"][1] == 32, (rank, stage, name)
+
+
+def test_a_dying_rank_ends_the_job(tmp_path):
+    started = time.monotonic()
+    result = _launch(
+        tmp_path, "--stages", "2", "--steps", "50", "--die_rank", "1", "--die_step", "3", "--timeout_s", "30"
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 120, f"the job took {elapsed:.0f} s to end after a rank died"

@@ -1,0 +1,146 @@
+"""One rank of a multi-process XTC job (tests/distributed): tiny BERT teacher -> 1-bit student with KD.
+
+Runs the same fixed-seed job once per ZeRO stage in one process group and writes
+``<out>/rank<R>_stage<S>.json`` with the step losses (averaged over ranks), what the weight quantizer saw and
+the number of distinct values per quantized weight. ``--die_rank/--die_step`` kill one rank mid-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (conftest helpers)
+
+from conftest import tiny_bert  # noqa: E402
+
+MICRO_BATCH = 8
+
+
+def xtc_config(stage: int, world: int, bits: int = 1, bf16: bool = False) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": MICRO_BATCH,
+        "train_batch_size": MICRO_BATCH * world,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},  # partition every tensor
+        "bf16": {"enabled": bf16},
+        "compression_training": {
+            "layer_reduction": {
+                "enabled": True,
+                "keep_number_layer": 2,
+                "module_name_prefix": "bert.encoder.layer",
+                "teacher_layer": [1, 3],
+                "other_module_name": ["bert.pooler", "bert.embeddings", "classifier"],
+            },
+            "weight_quantization": {
+                "shared_parameters": {"enabled": True, "schedule_offset": 0},
+                "different_groups": {
+                    "wq1": {
+                        "params": {"start_bits": bits, "target_bits": bits},
+                        "modules": ["attention.self", "intermediate", "output.dense", "word_embeddings"],
+                    }
+                },
+            },
+            "activation_quantization": {
+                "shared_parameters": {"enabled": True, "schedule_offset": 0},
+                "different_groups": {
+                    "aq1": {"params": {"bits": 8}, "modules": ["attention.self", "intermediate", "output.dense"]}
+                },
+            },
+            "knowledge_distillation": {"enabled": True},
+        },
+    }
+
+
+def _weight_record(module: torch.nn.Module) -> dict:
+    """Shape and distinct values of the weight the forward pass uses (gathered under ZeRO-3)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([module.weight]), torch.no_grad():
+        weight = module.quantized_weight()
+        return {"shape": list(weight.shape), "levels": weight.float().unique().numel()}
+
+
+def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
+    from xtc_ds import build_student, initialize
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    teacher = tiny_bert(layers=4)
+    config = xtc_config(stage, world, args.bits, args.bf16)
+    student = build_student(teacher, config)
+    for module in student.modules():  # no dropout: a fixed-seed job must give the same losses on every stage
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    engine, *_ = initialize(
+        model=student,
+        config=config,
+        teacher_model=teacher,
+        optimizer=torch.optim.AdamW(student.parameters(), lr=args.lr),
+    )
+    dense = student.bert.encoder.layer[0].intermediate.dense
+    seen = []
+    dense.weight_quantizer.register_forward_pre_hook(lambda module, inputs: seen.append(list(inputs[0].shape)))
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 96, (world, MICRO_BATCH, 16), generator=generator)  # one batch per rank, revisited
+    losses = []
+    for step in range(steps):
+        if rank == args.die_rank and step == args.die_step:
+            os._exit(3)
+        batch = {"input_ids": ids[rank].to(engine.device)}
+        outputs = engine(**batch, **engine.xtc.distillation.model_kwargs)
+        loss = engine.xtc.distillation_loss(outputs, engine.xtc.teacher_outputs(**batch))
+        engine.backward(loss)
+        engine.step()
+        mean = loss.detach().float().clone()
+        dist.all_reduce(mean)
+        losses.append(mean.item() / world)
+    return {
+        "stage": stage,
+        "rank": rank,
+        "world": world,
+        "losses": losses,
+        "quantizer_saw": sorted({tuple(shape) for shape in seen}),
+        "local_numel": dense.weight.numel(),
+        "weights": {
+            name: _weight_record(student.get_submodule(name))
+            for name in ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.1.attention.self.query")
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--stages", default="0,1,2,3")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--bits", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--timeout_s", type=float, default=60.0)
+    parser.add_argument("--die_rank", type=int, default=-1)
+    parser.add_argument("--die_step", type=int, default=-1)
+    parser.add_argument("--local_rank", type=int, default=-1)
+    args = parser.parse_args()
+
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip its 100 s first-use build
+    deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=args.timeout_s))
+    out = Path(args.out)
+    for stage in (int(s) for s in args.stages.split(",")):
+        record = run_stage(stage, args.steps, args)
+        (out / f"rank{record['rank']}_stage{stage}.json").write_text(json.dumps(record))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
