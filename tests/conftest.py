@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from models import tiny_bert, tiny_model  # noqa: F401  (re-exported for the tests)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LEGACY_CONFIG_DIR = REPO_ROOT.parent / "shared" / "legacy_configs"
 GLUE_DIR = REPO_ROOT.parent / "shared" / "data" / "glue"
@@ -69,60 +71,6 @@ def legacy_config_paths() -> list[Path]:
 def read_json(path: Path) -> dict:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
-
-
-def tiny_bert(layers: int = 2, hidden: int = 32, num_labels: int = 2, eager: bool = True):
-    """A random-init BertForSequenceClassification small enough to run in milliseconds."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=96,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=32,
-        num_labels=num_labels,
-    )
-    if eager:
-        config._attn_implementation = "eager"
-    return BertForSequenceClassification(config)
-
-
-def tiny_model(arch: str):
-    """Tiny random-init classifier of each supported family, with its natural layer prefix."""
-    import transformers as tf
-
-    if arch == "bert":
-        return tiny_bert()
-    if arch == "roberta":
-        config = tf.RobertaConfig(
-            vocab_size=96,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=40,
-        )
-        return tf.RobertaForSequenceClassification(config)
-    if arch == "distilbert":
-        config = tf.DistilBertConfig(
-            vocab_size=96, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=32
-        )
-        return tf.DistilBertForSequenceClassification(config)
-    if arch == "gpt2":
-        config = tf.GPT2Config(
-            vocab_size=96,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_positions=32,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
-        return tf.GPT2ForSequenceClassification(config)
-    raise ValueError(arch)
 
 
 def minilm_path() -> str:

@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,3 +69,35 @@ def test_a_dying_rank_ends_the_job(tmp_path):
     elapsed = time.monotonic() - started
     assert result.returncode != 0
     assert elapsed < 120, f"the job took {elapsed:.0f} s to end after a rank died"
+
+
+def _mpirun() -> str:
+    path = shutil.which("mpirun")
+    if path is None:
+        pytest.skip("no mpirun (pip install mpich mpi4py, or .[mpi])")
+    pytest.importorskip("mpi4py")
+    return path
+
+
+def test_mpirun_with_mpi_discovery(tmp_path):
+    """A plain ``mpirun -np 2``: ranks come from MPI's variables, the master address is loopback (one host)."""
+    env = job_env(**ENV, MASTER_PORT=str(_free_port()))
+    env.pop("MASTER_ADDR")
+    cmd = [_mpirun(), "-np", "2", sys.executable, WORKER, "--out", str(tmp_path), "--stages", "2", "--steps", "3"]
+    result = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path, (2,))
+    assert records[(0, 2)]["world"] == 2 and records[(0, 2)]["losses"] == records[(1, 2)]["losses"]
+
+
+def test_deepspeed_launcher_mpich(tmp_path):
+    """``deepspeed --launcher mpich`` with a hostfile (the ssh check skipped: this host has no sshd)."""
+    _mpirun()
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    cmd = ["deepspeed", "--hostfile", str(hostfile), "--launcher", "mpich", "--no_ssh_check", "--force_multi"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd += [WORKER, "--out", str(tmp_path), "--stages", "1", "--steps", "3"]
+    result = subprocess.run(cmd, env=job_env(**ENV), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _records(tmp_path, (1,))[(1, 1)]["world"] == 2

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (conftest helpers)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (the tiny models)
 
-from conftest import tiny_bert  # noqa: E402
+from models import tiny_bert  # noqa: E402
 
 MICRO_BATCH = 8
 
@@ -132,8 +132,10 @@ def main() -> None:
 
     import deepspeed
 
+    from xtc_ds.distributed import init_distributed
+
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip its 100 s first-use build
-    deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=args.timeout_s))
+    init_distributed(timedelta(seconds=args.timeout_s), dist_backend="gloo")
     out = Path(args.out)
     for stage in (int(s) for s in args.stages.split(",")):
         record = run_stage(stage, args.steps, args)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from xtc_ds._log import is_rank_zero, logger
 from xtc_ds.compress import init_compression, redundancy_clean
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
+from xtc_ds.distributed import init_distributed
 from xtc_ds.export import export_packed, load_packed
 from xtc_ds.glue.data import GlueDataError, encode, load_examples
 from xtc_ds.glue.tasks import GlueTask, get_task
@@ -336,7 +337,6 @@ def _encode_all(task: GlueTask, examples: dict[str, list], args: Any, tokenizer:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Run the whole recipe; returns what it writes to ``eval_results.json`` (on rank 0)."""
-    import deepspeed
     from transformers import AutoTokenizer
 
     args = parse_args(argv)
@@ -349,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
     _single_process_defaults()
-    deepspeed.init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))
+    init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))
     _, world = _rank_world()
     ds_full = _batch_config(ds_full, args, world)
     ds_teacher = {key: value for key, value in ds_full.items() if key != SECTION}
