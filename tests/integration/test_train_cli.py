@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 TRAIN = str(REPO_ROOT / "launch" / "train.py")
 
 
-def _run(cmd, timeout=600):
-    result = subprocess.run(cmd, env=job_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+def _run(cmd, timeout=600, env=None):
+    env = job_env() if env is None else env
+    result = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -102,9 +103,10 @@ def _tiny_teacher(folder):
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
 
 
-def _tiny_config(path, monitor_dir):
+def _tiny_config(path, monitor_dir, stage=0):
     config = {
         "train_micro_batch_size_per_gpu": 8,
+        "zero_optimization": {"stage": stage},
         "csv_monitor": {"enabled": True, "output_path": str(monitor_dir), "job_name": "tiny"},
         "gradient_clipping": 1.0,
         "compression_training": {
@@ -137,16 +139,26 @@ def _losses(log):
     return {r["step"]: r["loss"] for r in log if "loss" in r}
 
 
-def test_sigkill_then_resume_continues_step_for_step(tmp_path):
+@pytest.mark.parametrize(
+    "ranks, stage, total",
+    [(1, 0, 200), (2, 2, 100)],
+    ids=["one-process", "two-ranks-zero2"],
+)
+def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, total):
+    """Kill the whole job (all ranks) with SIGKILL, resume: same step, data, RNG, optimizer and schedule."""
     glue_task_dir("SST-2")
     teacher, config = tmp_path / "teacher", tmp_path / "ds.json"
     _tiny_teacher(teacher)
-    _tiny_config(config, tmp_path / "monitor")
-    total = 200
+    _tiny_config(config, tmp_path / "monitor", stage)
+    launcher = [sys.executable]
+    env = job_env()
+    if ranks > 1:  # the deepspeed launcher, one OpenMP thread per rank
+        launcher = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(_free_port())]
+        env = job_env(OMP_NUM_THREADS="1")
 
     def cmd(out, *extra):
         return [
-            sys.executable,
+            *launcher,
             TRAIN,
             "--deepspeed_config",
             str(config),
@@ -173,7 +185,7 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path):
             *extra,
         ]
 
-    _run(cmd(tmp_path / "reference"))
+    _run(cmd(tmp_path / "reference"), env=env)
     reference = _losses(read_jsonl(tmp_path / "reference" / "student" / "train_log.jsonl"))
     assert sorted(reference) == list(range(1, total + 1))
     monitor = {p.name for p in (tmp_path / "monitor").rglob("*.csv")}
@@ -182,7 +194,7 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         cmd(out),
-        env=job_env(),
+        env=env,
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -201,7 +213,7 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path):
     logged_before = max(_losses(read_jsonl(out / "student" / "train_log.jsonl")))
     assert 10 <= checkpoint_step <= logged_before < total
 
-    _run(cmd(out, "--resume_from_checkpoint", "latest"))
+    _run(cmd(out, "--resume_from_checkpoint", "latest"), env=env)
     log = read_jsonl(out / "student" / "train_log.jsonl")
     resumed_at = [r for r in log if "resumed_from" in r]
     assert resumed_at == [

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from xtc_ds._log import warn_once
@@ -72,7 +73,8 @@ class ActFakeQuantizer(nn.Module):
         group: config group name.
         bits: 4 or 8.
         symmetric: symmetric grid, else asymmetric with a zero point.
-        static: keep one range, updated as an EMA (momentum 0.95) of batch min/max in training mode only.
+        static: keep one range, updated as an EMA (momentum 0.95) of batch min/max in training mode only
+            (the batch extremes are all-reduced over data-parallel ranks, so every rank keeps the same range).
     """
 
     def __init__(self, group: str, bits: int, symmetric: bool = True, static: bool = False) -> None:
@@ -89,6 +91,12 @@ class ActFakeQuantizer(nn.Module):
     @torch.no_grad()
     def _update_range(self, x: torch.Tensor) -> None:
         lo, hi = x.min().float(), x.max().float()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Data-parallel ranks see different batches; one range for all keeps their forwards (and the
+            # range saved by rank 0 in checkpoints) identical.
+            extremes = torch.stack([-lo, hi])
+            dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+            lo, hi = -extremes[0], extremes[1]
         if bool(self.calibrated):
             lo = STATIC_RANGE_MOMENTUM * self.x_min + (1.0 - STATIC_RANGE_MOMENTUM) * lo
             hi = STATIC_RANGE_MOMENTUM * self.x_max + (1.0 - STATIC_RANGE_MOMENTUM) * hi
