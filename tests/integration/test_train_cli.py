@@ -228,3 +228,8 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, tot
         assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
     results = json.loads((out / "eval_results.json").read_text())
     assert results["student_best"]["steps"] == total
+    if ranks > 1:  # ZeRO-2 partitions written by 2 ranks cannot be resumed by 1: a clear error, not DeepSpeed's
+        alone = [sys.executable, *cmd(out, "--resume_from_checkpoint", "latest")[len(launcher) :]]
+        result = subprocess.run(alone, env=job_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "written with ZeRO stage 2 on 2 process(es)" in result.stderr

@@ -103,3 +103,25 @@ def test_parse_rejects_bad_values():
         with pytest.raises(SystemExit):
             parse_args(["--deepspeed_config", CONFIG, *flags])
     assert isinstance(_args(), argparse.Namespace)
+
+
+@pytest.mark.parametrize(
+    "saved, here, ok",
+    [
+        ((0, 2), (0, 1), True),  # one full optimizer state: any world size
+        ((1, 2), (2, 2), True),  # stages 1 and 2 share the partition format
+        ((2, 2), (1, 2), True),
+        ((3, 2), (3, 2), True),
+        ((2, 2), (2, 1), False),  # partitions are per world size
+        ((0, 1), (2, 1), False),
+        ((2, 1), (0, 1), False),
+        ((2, 2), (3, 2), False),
+    ],
+)
+def test_resume_layouts(saved, here, ok):
+    from xtc_ds.pipeline.trainer import resume_problem
+
+    problem = resume_problem({"zero_stage": saved[0], "world_size": saved[1]}, *here)
+    assert (problem is None) == ok
+    if not ok:
+        assert f"ZeRO stage {saved[0]} on {saved[1]}" in problem and "zero_to_fp32" in problem

@@ -30,7 +30,7 @@ from xtc_ds.layer_reduction import build_student
 from xtc_ds.pipeline.args import parse_args
 from xtc_ds.pipeline.batches import EpochBatches
 from xtc_ds.pipeline.io import append_jsonl, replace_dir_atomic, write_json_atomic
-from xtc_ds.pipeline.trainer import Phase, evaluate, run_phase
+from xtc_ds.pipeline.trainer import CheckpointLayoutError, Phase, evaluate, run_phase
 from xtc_ds.runtime import initialize
 from xtc_ds.schedule import CompressionScheduler
 
@@ -384,6 +384,6 @@ def cli() -> None:
     """Entry point of ``launch/train.py``: configuration and data errors end with one clear line, exit code 2."""
     try:
         main()
-    except (ConfigError, GlueDataError) as err:
+    except (ConfigError, GlueDataError, CheckpointLayoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -31,6 +31,7 @@ __all__ = ["Phase", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_
 
 PIPELINE_STATE_KEY = "xtc_pipeline"
 BEST_META = "xtc_best.json"
+LAYOUT_FILE = "xtc_layout.json"  # in each checkpoint tag folder: the ZeRO stage and world size that wrote it
 
 
 @dataclass
@@ -59,6 +60,10 @@ class Phase:
     @property
     def log_path(self) -> Path:
         return self.directory / "train_log.jsonl"
+
+
+class CheckpointLayoutError(ValueError):
+    """A checkpoint that DeepSpeed cannot load under this run's ZeRO stage or world size."""
 
 
 def _barrier() -> None:
@@ -134,6 +139,8 @@ def _save_checkpoint(engine: Any, phase: Phase, batches: EpochBatches, step: int
     }
     engine.save_checkpoint(str(phase.checkpoints), tag=f"global_step{step}", client_state=client_state)
     if is_rank_zero():
+        layout = {"zero_stage": engine.zero_optimization_stage(), "world_size": _world_size()}
+        write_json_atomic(phase.checkpoints / f"global_step{step}" / LAYOUT_FILE, layout)
         tags = sorted(
             (p for p in phase.checkpoints.glob("global_step*") if p.is_dir()), key=lambda p: int(p.name[11:])
         )
@@ -142,8 +149,38 @@ def _save_checkpoint(engine: Any, phase: Phase, batches: EpochBatches, step: int
     _barrier()
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def resume_problem(saved: dict[str, int], zero_stage: int, world_size: int) -> Optional[str]:
+    """Why DeepSpeed cannot resume a checkpoint written under ``saved`` layout here, or None if it can.
+
+    Stage 0 keeps one full optimizer state (any world size); stages 1 and 2 store the same partitions (each
+    loads the other) but only for the same world size; stage 3 only for the same stage and world size.
+    """
+    old_stage, old_world = saved["zero_stage"], saved["world_size"]
+    if old_stage == zero_stage == 0 or (old_stage, old_world) == (zero_stage, world_size):
+        return None
+    if {old_stage, zero_stage} <= {1, 2} and old_world == world_size:
+        return None
+    return (
+        f"it was written with ZeRO stage {old_stage} on {old_world} process(es) and this run uses stage "
+        f"{zero_stage} on {world_size}; DeepSpeed cannot load partitioned optimizer state across that change. "
+        "Resume with the original stage and process count, or start a new run from its weights "
+        "(python -m xtc_ds.export --checkpoint ..., or DeepSpeed's zero_to_fp32.py)"
+    )
+
+
 def _resume(engine: Any, phase: Phase, source: Path, batches: EpochBatches) -> int:
     """Load a checkpoint (a folder with ``latest``, or one tag folder) and return the step to continue from."""
+    tag_dir = source / (source / "latest").read_text().strip() if (source / "latest").exists() else source
+    if (tag_dir / LAYOUT_FILE).exists():
+        problem = resume_problem(
+            json.loads((tag_dir / LAYOUT_FILE).read_text()), engine.zero_optimization_stage(), _world_size()
+        )
+        if problem:
+            raise CheckpointLayoutError(f"--resume_from_checkpoint {tag_dir}: {problem}")
     if (source / "latest").exists():
         load_path, client_state = engine.load_checkpoint(str(source))
     else:
@@ -157,7 +194,7 @@ def _resume(engine: Any, phase: Phase, source: Path, batches: EpochBatches) -> i
     phase.best = dict(saved.get("best", {}))
     rng = client_state.get("rng", [])
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if len(rng) == (dist.get_world_size() if dist.is_initialized() else 1):
+    if len(rng) == _world_size():
         torch.set_rng_state(rng[rank])
     if is_rank_zero():
         folder = Path(load_path).parent if Path(load_path).is_file() else Path(load_path)  # DeepSpeed names a file
