@@ -392,10 +392,13 @@ class DistillationConfig(_Checked):
 
     ``hidden_layer_map[j]`` is the teacher ``hidden_states`` index matched to student ``hidden_states[j]``;
     ``attention_layer_map[i]`` the teacher layer matched to student layer ``i``. Unset maps are derived from
-    ``layer_reduction.teacher_layer`` (identity without layer reduction).
+    ``layer_reduction.teacher_layer`` (identity without layer reduction). ``teacher_zero3`` partitions the
+    frozen teacher's parameters over the data-parallel ranks (ZeRO-3, gathered layer by layer in its forward)
+    for teachers too large to replicate on every device.
     """
 
     enabled: bool = False
+    teacher_zero3: bool = False
     temperature: float = 1.0
     logits_weight: float = 1.0
     hidden_weight: float = 1.0

@@ -102,6 +102,28 @@ def _attach(engine: Any, runtime: XtcRuntime) -> None:
     engine.step, engine.save_checkpoint, engine.load_checkpoint = step, save_checkpoint, load_checkpoint
 
 
+def _partitioned_teacher(teacher: nn.Module, ds_config: dict[str, Any], engine: Any) -> nn.Module:
+    """``teacher`` with its parameters partitioned by ZeRO-3 (no optimizer: DeepSpeed's inference mode).
+
+    The returned module gathers each layer's parameters for its forward and releases them after, like the
+    student under ZeRO-3; precision follows the student's config.
+    """
+    import deepspeed
+
+    student_zero = ds_config.get("zero_optimization", {})
+    zero = {key: value for key, value in student_zero.items() if key.startswith("stage3_")} | {"stage": 3}
+    teacher_config = {
+        "train_micro_batch_size_per_gpu": engine.train_micro_batch_size_per_gpu(),
+        "gradient_accumulation_steps": engine.gradient_accumulation_steps(),
+        "zero_optimization": zero,
+    }
+    for precision in ("bf16", "fp16"):
+        if precision in ds_config:
+            teacher_config[precision] = ds_config[precision]
+    teacher_engine, *_ = deepspeed.initialize(model=teacher, config=teacher_config)
+    return teacher_engine.module.eval()
+
+
 def initialize(
     args: Any = None,
     model: Optional[nn.Module] = None,
@@ -122,7 +144,8 @@ def initialize(
             from ``teacher_model`` when ``layer_reduction`` is enabled).
         config: DeepSpeed config path or dict (instead of ``args.deepspeed_config``).
         teacher_model: frozen teacher for KD and layer-reduction initialization; put in eval mode,
-            gradients off, moved to the engine's device. Not wrapped by DeepSpeed.
+            gradients off, moved to the engine's device; its parameters are partitioned by ZeRO-3 when
+            ``knowledge_distillation.teacher_zero3`` is set, else it is not wrapped by DeepSpeed.
     Example:
         >>> engine, _, _, _ = xtc_ds.initialize(model=student, config="ds_configs/ds_xtc.json",
         ...                                     teacher_model=teacher, model_parameters=student.parameters())
@@ -151,6 +174,9 @@ def initialize(
         args=ds_args, model=model, config=ds_config, **kwargs
     )
     if teacher_model is not None:
-        teacher_model.to(engine.device)
+        if compression.knowledge_distillation.teacher_zero3:
+            teacher_model = _partitioned_teacher(teacher_model, ds_config, engine)
+        else:
+            teacher_model.to(engine.device)
     _attach(engine, XtcRuntime(compression, CompressionScheduler(model), teacher_model, distillation))
     return engine, optimizer, dataloader, lr_scheduler

@@ -52,6 +52,17 @@ def test_xtc_under_zero_0_to_3_on_two_ranks(tmp_path):
             assert weight["levels"] == 2, (rank, stage, name)  # binary on every rank
 
 
+def test_zero3_partitioned_teacher_gives_the_same_losses(tmp_path):
+    result = _launch(tmp_path / "replicated", "--stages", "3", "--steps", "4")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _launch(tmp_path / "partitioned", "--stages", "3", "--steps", "4", "--teacher_zero3")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    replicated, partitioned = _records(tmp_path / "replicated", (3,)), _records(tmp_path / "partitioned", (3,))
+    for key in replicated:
+        assert partitioned[key]["losses"] == pytest.approx(replicated[key]["losses"], rel=1e-5)
+        assert replicated[key]["teacher_local_numel"] > 0 and partitioned[key]["teacher_local_numel"] == 0
+
+
 def test_ternary_bf16_under_zero_1_and_3(tmp_path):
     result = _launch(tmp_path, "--stages", "1,3", "--steps", "3", "--bits", "2", "--bf16")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -101,3 +112,15 @@ def test_deepspeed_launcher_mpich(tmp_path):
     result = subprocess.run(cmd, env=job_env(**ENV), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert _records(tmp_path, (1,))[(1, 1)]["world"] == 2
+
+
+def test_torchrun_environment(tmp_path):
+    """``torchrun`` (and SLURM-style wrappers) set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR themselves."""
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    cmd = ["torchrun", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), WORKER, "--out", str(tmp_path), "--stages", "3", "--steps", "3"]
+    result = subprocess.run(cmd, env=job_env(**ENV), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path, (3,))
+    assert records[(1, 3)]["world"] == 2 and records[(1, 3)]["local_numel"] == 0

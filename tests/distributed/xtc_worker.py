@@ -24,7 +24,7 @@ from models import tiny_bert  # noqa: E402
 MICRO_BATCH = 8
 
 
-def xtc_config(stage: int, world: int, bits: int = 1, bf16: bool = False) -> dict:
+def xtc_config(stage: int, world: int, bits: int = 1, bf16: bool = False, teacher_zero3: bool = False) -> dict:
     return {
         "train_micro_batch_size_per_gpu": MICRO_BATCH,
         "train_batch_size": MICRO_BATCH * world,
@@ -54,7 +54,7 @@ def xtc_config(stage: int, world: int, bits: int = 1, bf16: bool = False) -> dic
                     "aq1": {"params": {"bits": 8}, "modules": ["attention.self", "intermediate", "output.dense"]}
                 },
             },
-            "knowledge_distillation": {"enabled": True},
+            "knowledge_distillation": {"enabled": True, "teacher_zero3": teacher_zero3},
         },
     }
 
@@ -74,7 +74,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     teacher = tiny_bert(layers=4)
-    config = xtc_config(stage, world, args.bits, args.bf16)
+    config = xtc_config(stage, world, args.bits, args.bf16, args.teacher_zero3)
     student = build_student(teacher, config)
     for module in student.modules():  # no dropout: a fixed-seed job must give the same losses on every stage
         if isinstance(module, torch.nn.Dropout):
@@ -109,6 +109,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         "losses": losses,
         "quantizer_saw": sorted({tuple(shape) for shape in seen}),
         "local_numel": dense.weight.numel(),
+        "teacher_local_numel": sum(p.numel() for p in engine.xtc.teacher.parameters()),
         "weights": {
             name: _weight_record(student.get_submodule(name))
             for name in ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.1.attention.self.query")
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--teacher_zero3", action="store_true")
     parser.add_argument("--timeout_s", type=float, default=60.0)
     parser.add_argument("--die_rank", type=int, default=-1)
     parser.add_argument("--die_step", type=int, default=-1)
