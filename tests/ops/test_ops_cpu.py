@@ -9,14 +9,6 @@ from xtc_ds.quant import packing, reference
 from xtc_ds.quant.ste import straight_through
 
 
-@pytest.fixture(scope="module")
-def cpu_ops():
-    module = native.load_cpu()
-    if module is None:
-        pytest.skip(f"CPU ops did not build: {native.status()['cpu']}")
-    return module
-
-
 def _poisoned(like):
     return torch.full_like(like, float("nan"))
 

@@ -5,16 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from xtc_ds import ops
-from xtc_ds.ops import native
 from xtc_ds.quant import packing, reference
-
-
-@pytest.fixture(scope="module")
-def cpu_ops():
-    module = native.load_cpu()
-    if module is None:
-        pytest.skip(f"CPU ops did not build: {native.status()['cpu']}")
-    return module
 
 
 def _packed_rows(codes, bits):
