@@ -97,12 +97,16 @@ def packed_specs(model: nn.Module, deepspeed_config: Any) -> dict[str, PackedSpe
     return specs
 
 
+def _partitioned_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if hasattr(p, "ds_id")]
+
+
 def _gathered_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full CPU copies of the model's parameters and buffers (persistent or not); gathers ZeRO-3 partitions.
 
     Under ZeRO-3 every rank must call this (the gather is collective).
     """
-    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    params = _partitioned_parameters(model)
     if params:
         import deepspeed
 
@@ -159,8 +163,7 @@ def _static_ranges(model: nn.Module, specs: dict[str, PackedSpec]) -> dict[str, 
 def _source_model(source: Any) -> nn.Module:
     if isinstance(source, (str, Path)):
         return _load_hf(Path(source))
-    module = getattr(source, "module", None)  # a DeepSpeed engine
-    return module if isinstance(module, nn.Module) and not isinstance(source, nn.Sequential) else source
+    return source.module if hasattr(source, "zero_optimization_stage") else source  # a DeepSpeed engine
 
 
 def _load_hf(folder: Path) -> nn.Module:
@@ -232,8 +235,9 @@ def export_packed(
     """Write ``model`` compressed as a packed Hugging Face folder, atomically.
 
     Args:
-        model: a compressed model (QAT or ``redundancy_clean``ed), a DeepSpeed engine (ZeRO-3 weights are
-            gathered; call on every rank) or a Hugging Face folder path of such a model.
+        model: a compressed model (QAT or ``redundancy_clean``ed), a DeepSpeed engine or a Hugging Face
+            folder path of such a model. With ZeRO-3 partitioned weights every rank must call this: they are
+            gathered, rank 0 writes, the others wait for it.
         deepspeed_config: the DeepSpeed config (path or dict) holding ``compression_training``.
         output_dir: the folder to write (replaced if it exists).
         tokenizer: a tokenizer or a folder to copy tokenizer files from (default: the model folder, if given).
@@ -251,8 +255,11 @@ def export_packed(
     root = _source_model(model)
     config = load_compression_config(deepspeed_config)
     specs = packed_specs(root, config)
+    collective = bool(_partitioned_parameters(root)) and torch.distributed.is_initialized()
     state = _gathered_state(root)
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if collective:
+            torch.distributed.barrier()  # wait until rank 0 has written the folder
         return None
     if checkpoint is not None:
         state.update(_checked_checkpoint(checkpoint, root))
@@ -288,6 +295,8 @@ def export_packed(
 
     output_dir = Path(output_dir)
     replace_dir_atomic(output_dir, fill)
+    if collective:
+        torch.distributed.barrier()
     return output_dir
 
 

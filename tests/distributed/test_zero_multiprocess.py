@@ -50,6 +50,8 @@ def test_xtc_under_zero_0_to_3_on_two_ranks(tmp_path):
         assert record["local_numel"] == (0 if stage == 3 else 64 * 32), (rank, stage)
         for name, weight in record["weights"].items():
             assert weight["levels"] == 2, (rank, stage, name)  # binary on every rank
+        if stage == 3:  # export_packed gathered the partitions; every rank sees rank 0's complete file
+            assert record["exported_packed_shape"] == [64, 4], rank
 
 
 def test_zero3_partitioned_teacher_gives_the_same_losses(tmp_path):

@@ -102,7 +102,17 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         mean = loss.detach().float().clone()
         dist.all_reduce(mean)
         losses.append(mean.item() / world)
+    exported = None
+    if stage == 3:  # gathered on every rank, written by rank 0, visible to all when the call returns
+        from safetensors.torch import load_file
+
+        from xtc_ds import export_packed
+
+        export_packed(engine, config, Path(args.out) / "packed_stage3")
+        tensors = load_file(str(Path(args.out) / "packed_stage3" / "model.safetensors"))
+        exported = list(tensors["bert.encoder.layer.0.intermediate.dense.packed_weight"].shape)
     return {
+        "exported_packed_shape": exported,
         "stage": stage,
         "rank": rank,
         "world": world,
