@@ -206,3 +206,20 @@ def test_size_report_counts_packed_groups(tmp_path, capsys):
     assert report.fp32_bytes > report.file_bytes
     size.main([str(out)])
     assert "quantized tensors only" in capsys.readouterr().out
+
+
+def test_from_qat_packs_single_modules_in_memory(reference_only):
+    from xtc_ds.nn import XtcPackedEmbedding, XtcPackedLinear
+
+    config = _config()
+    model = _compressed(config)
+    specs = packed_specs(model, config)
+    name = "bert.encoder.layer.0.intermediate.dense"
+    qat, x = model.get_submodule(name), torch.randn(3, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(XtcPackedLinear.from_qat(qat, specs[name])(x), qat(x))
+    table = model.bert.embeddings.word_embeddings
+    ids = torch.randint(0, 96, (2, 7))
+    packed = XtcPackedEmbedding.from_qat(table, specs["bert.embeddings.word_embeddings"])
+    with torch.no_grad():
+        assert torch.equal(packed(ids), table(ids))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -29,7 +31,9 @@ class XtcPackedEmbedding(nn.Module):
         register_packed_buffers(self, spec)
 
     @classmethod
-    def from_qat(cls, module: nn.Module, spec: PackedSpec, weight: torch.Tensor = None) -> XtcPackedEmbedding:
+    def from_qat(
+        cls, module: nn.Module, spec: PackedSpec, weight: Optional[torch.Tensor] = None
+    ) -> XtcPackedEmbedding:
         """Quantize and pack ``module``'s table (or ``weight``, e.g. gathered from ZeRO-3 partitions)."""
         packed = cls(spec)
         with torch.no_grad():
