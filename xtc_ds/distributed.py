@@ -52,10 +52,15 @@ def init_distributed(timeout: timedelta = timedelta(minutes=30), dist_backend: O
     """``deepspeed.init_distributed`` after :func:`map_mpi_environment`; a no-op when already initialized.
 
     Args:
-        timeout: how long a collective waits for a dead or stuck rank before the job fails.
+        timeout: how long a collective waits for a dead or stuck rank before the job fails; also the default
+            of process groups created later (DeepSpeed's data-parallel and ZeRO groups).
         dist_backend: ``gloo``, ``nccl``, ... (default: the accelerator's).
     """
     import deepspeed
+    import torch.distributed.distributed_c10d as c10d
 
     map_mpi_environment()
+    # DeepSpeed creates its data-parallel and ZeRO groups with new_group() and no timeout, which falls back to
+    # torch's module default (30 minutes); without this a stuck rank would hold the others that long.
+    c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
     deepspeed.init_distributed(dist_backend=dist_backend, auto_mpi_discovery=True, timeout=timeout)

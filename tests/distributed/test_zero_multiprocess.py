@@ -84,6 +84,17 @@ def test_a_dying_rank_ends_the_job(tmp_path):
     assert elapsed < 120, f"the job took {elapsed:.0f} s to end after a rank died"
 
 
+def test_a_stuck_rank_ends_the_job_after_the_timeout(tmp_path):
+    """A rank that stops answering (alive, so no launcher notices) fails the others' next collective."""
+    started = time.monotonic()
+    result = _launch(
+        tmp_path, "--stages", "0", "--steps", "50", "--hang_rank", "1", "--hang_step", "3", "--timeout_s", "10"
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 90, f"the job took {elapsed:.0f} s to end after a rank stalled (timeout 10 s)"
+
+
 def _mpirun() -> str:
     path = shutil.which("mpirun")
     if path is None:

@@ -2,7 +2,8 @@
 
 Runs the same fixed-seed job once per ZeRO stage in one process group and writes
 ``<out>/rank<R>_stage<S>.json`` with the step losses (averaged over ranks), what the weight quantizer saw and
-the number of distinct values per quantized weight. ``--die_rank/--die_step`` kill one rank mid-run.
+the number of distinct values per quantized weight. ``--die_rank/--die_step`` kill one rank mid-run,
+``--hang_rank/--hang_step`` stall one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -94,6 +96,8 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
     for step in range(steps):
         if rank == args.die_rank and step == args.die_step:
             os._exit(3)
+        if rank == args.hang_rank and step == args.hang_step:
+            time.sleep(3600)  # stuck, not dead: only the process-group timeout ends the job
         batch = {"input_ids": ids[rank].to(engine.device)}
         outputs = engine(**batch, **engine.xtc.distillation.model_kwargs)
         loss = engine.xtc.distillation_loss(outputs, engine.xtc.teacher_outputs(**batch))
@@ -139,6 +143,8 @@ def main() -> None:
     parser.add_argument("--timeout_s", type=float, default=60.0)
     parser.add_argument("--die_rank", type=int, default=-1)
     parser.add_argument("--die_step", type=int, default=-1)
+    parser.add_argument("--hang_rank", type=int, default=-1)
+    parser.add_argument("--hang_step", type=int, default=-1)
     parser.add_argument("--local_rank", type=int, default=-1)
     args = parser.parse_args()
 
