@@ -26,6 +26,7 @@ namespace {
 
 constexpr int64_t kTileRows = 16;
 constexpr int kTileTokens = 8;
+constexpr int64_t kChunkTokens = 256;  // token rows whose int8 codes (256 x in_features) stay in L2
 constexpr float kTiny = std::numeric_limits<float>::min();
 
 int64_t storage_bits(int64_t bits) { return bits <= 2 ? bits : (bits <= 4 ? 4 : 8); }
@@ -306,39 +307,44 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_
   float* y = out.data_ptr<float>();
   const int64_t tiles = kernel_weight.size(0), bb = block_bytes(bits), tile_bytes = (k / 4) * bb;
   const int64_t pairs = (tiles + 1) / 2;
-  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<int32_t[]> acc_buffer(new int32_t[m * 2 * kTileRows]);
-    int32_t* acc = acc_buffer.get();
-    std::unique_ptr<uint8_t[]> scratch(new uint8_t[2 * (k / 4) * 64]);
-    const int64_t stride = 2 * kTileRows;
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t t0 = 2 * p;
-      const int nt = t0 + 1 < tiles ? 2 : 1;
-      const uint8_t* tile_ptrs[2] = {w + t0 * tile_bytes, w + (t0 + nt - 1) * tile_bytes};
+  // Token chunks outermost: one chunk's activation codes stay in L2 while every tile pair passes over them.
+  for (int64_t c0 = 0; c0 < m; c0 += kChunkTokens) {
+    const int64_t mc = std::min(kChunkTokens, m - c0);
+    const uint8_t* chunk_codes = codes + c0 * k;
+    at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+      std::unique_ptr<int32_t[]> acc_buffer(new int32_t[mc * 2 * kTileRows]);
+      int32_t* acc = acc_buffer.get();
+      std::unique_ptr<uint8_t[]> scratch(new uint8_t[2 * (k / 4) * 64]);
+      const int64_t stride = 2 * kTileRows;
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t t0 = 2 * p;
+        const int nt = t0 + 1 < tiles ? 2 : 1;
+        const uint8_t* tile_ptrs[2] = {w + t0 * tile_bytes, w + (t0 + nt - 1) * tile_bytes};
 #ifdef XTC_VNNI
-      if (bits == 1)
-        accumulate<1>(codes, m, k, tile_ptrs, nt, acc, stride, scratch.get());
-      else if (bits == 2)
-        accumulate<2>(codes, m, k, tile_ptrs, nt, acc, stride, scratch.get());
-      else
-        accumulate<8>(codes, m, k, tile_ptrs, nt, acc, stride, scratch.get());
+        if (bits == 1)
+          accumulate<1>(chunk_codes, mc, k, tile_ptrs, nt, acc, stride, scratch.get());
+        else if (bits == 2)
+          accumulate<2>(chunk_codes, mc, k, tile_ptrs, nt, acc, stride, scratch.get());
+        else
+          accumulate<8>(chunk_codes, mc, k, tile_ptrs, nt, acc, stride, scratch.get());
 #else
-      for (int t = 0; t < nt; ++t)
-        accumulate_portable(codes, m, k, tile_ptrs[t], bits, acc + t * kTileRows, stride);
+        for (int t = 0; t < nt; ++t)
+          accumulate_portable(chunk_codes, mc, k, tile_ptrs[t], bits, acc + t * kTileRows, stride);
 #endif
-      const int64_t n0 = t0 * kTileRows, width = nt * kTileRows;
-      for (int64_t t = 0; t < m; ++t) {
-        float* row = y + t * n + n0;
-        const int32_t* a = acc + t * stride;
-        const float s = token_scale[t];
+        const int64_t n0 = t0 * kTileRows, width = nt * kTileRows;
+        for (int64_t t = 0; t < mc; ++t) {
+          float* row = y + (c0 + t) * n + n0;
+          const int32_t* a = acc + t * stride;
+          const float s = token_scale[c0 + t];
 #pragma omp simd
-        for (int64_t j = 0; j < width; ++j) {
-          const float v = static_cast<float>(a[j] - 128 * sums[n0 + j]) * (s * rs[n0 + j]);
-          row[j] = b ? v + b[n0 + j] : v;
+          for (int64_t j = 0; j < width; ++j) {
+            const float v = static_cast<float>(a[j] - 128 * sums[n0 + j]) * (s * rs[n0 + j]);
+            row[j] = b ? v + b[n0 + j] : v;
+          }
         }
       }
-    }
-  });
+    });
+  }
   return out.reshape(out_sizes);
 }
 
