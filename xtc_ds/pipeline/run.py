@@ -295,7 +295,8 @@ def _finish(args, compression, data, tokenizer, out: Path) -> dict:
 
     replace_dir_atomic(out / "final", fill)
     packed_dir = export_packed(model, compression, out / "packed", tokenizer, dtype=getattr(torch, args.packed_dtype))
-    packed = evaluate(load_packed(packed_dir), data["dev"], args.task, args.per_device_eval_batch_size)
+    packed_model = load_packed(packed_dir)
+    packed = evaluate(packed_model, data["dev"], args.task, args.per_device_eval_batch_size, args.pad_to_max_length)
     return {"final_dev": metrics, "packed_dev": packed}
 
 
@@ -310,7 +311,7 @@ def _eval_packed(args: Any, examples: dict[str, list]) -> dict[str, Any]:
         for split, rows in examples.items()
         if split != "train"
     }
-    metrics = evaluate(model, dev, args.task, args.per_device_eval_batch_size)
+    metrics = evaluate(model, dev, args.task, args.per_device_eval_batch_size, args.pad_to_max_length)
     results = {"task": args.task.name, "packed_model": str(args.eval_packed), "packed_dev": metrics}
     print(json.dumps(results))
     return results
