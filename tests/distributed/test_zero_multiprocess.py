@@ -1,6 +1,7 @@
 """Two processes through the deepspeed launcher (CPU, gloo): XTC under ZeRO 0-3, and a rank dying mid-run."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def test_mpirun_with_mpi_discovery(tmp_path):
     result = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = _records(tmp_path, (2,))
+    assert records[(0, 2)]["mpi"] is not None  # the ranks came from MPI's own variables
     assert records[(0, 2)]["world"] == 2 and records[(0, 2)]["losses"] == records[(1, 2)]["losses"]
 
 
@@ -121,7 +123,38 @@ def test_deepspeed_launcher_mpich(tmp_path):
     cmd += [WORKER, "--out", str(tmp_path), "--stages", "1", "--steps", "3"]
     result = subprocess.run(cmd, env=job_env(**ENV), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert _records(tmp_path, (1,))[(1, 1)]["world"] == 2
+    record = _records(tmp_path, (1,))[(1, 1)]
+    assert record["world"] == 2 and record["mpi"] == "mpich"
+
+
+def _open_mpi(tmp_path: Path) -> dict[str, str]:
+    """PATH and mpi4py settings that select Open MPI (Debian's openmpi-bin) next to the venv's MPICH."""
+    mpirun = shutil.which("mpirun.openmpi") or shutil.which("mpirun.openmpi", path="/usr/bin")
+    libmpi = Path("/usr/lib/x86_64-linux-gnu/libmpi.so.40")
+    if mpirun is None or shutil.which("ompi_info", path=str(Path(mpirun).parent)) is None or not libmpi.exists():
+        pytest.skip("no Open MPI (apt-get install openmpi-bin; .ci/run installs it where it runs as root)")
+    pytest.importorskip("mpi4py")
+    bin_dir = tmp_path / "openmpi_bin"  # `mpirun` is what DeepSpeed calls; the venv's is MPICH's
+    bin_dir.mkdir()
+    (bin_dir / "mpirun").symlink_to(mpirun)
+    (bin_dir / "ompi_info").symlink_to(Path(mpirun).parent / "ompi_info")
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "MPI4PY_LIBMPI": str(libmpi)}
+
+
+def test_deepspeed_launcher_openmpi(tmp_path):
+    """``deepspeed --launcher openmpi``: ranks from Open MPI's ``OMPI_COMM_WORLD_*`` variables."""
+    env = job_env(**ENV, **_open_mpi(tmp_path))
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    cmd = ["deepspeed", "--hostfile", str(hostfile), "--launcher", "openmpi", "--no_ssh_check", "--force_multi"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd += ["--launcher_args", "--allow-run-as-root --oversubscribe --mca btl_tcp_if_include lo"]
+    cmd += [WORKER, "--out", str(tmp_path), "--stages", "2", "--steps", "3"]
+    result = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path, (2,))
+    assert [records[(rank, 2)]["mpi"] for rank in (0, 1)] == ["openmpi", "openmpi"]
+    assert records[(0, 2)]["world"] == 2 and records[(0, 2)]["losses"] == records[(1, 2)]["losses"]
 
 
 def test_torchrun_environment(tmp_path):

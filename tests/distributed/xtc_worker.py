@@ -116,6 +116,8 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         tensors = load_file(str(Path(args.out) / "packed_stage3" / "model.safetensors"))
         exported = list(tensors["bert.encoder.layer.0.intermediate.dense.packed_weight"].shape)
     return {
+        "mpi": "openmpi" if "OMPI_COMM_WORLD_RANK" in os.environ else "mpich" if "PMI_RANK" in os.environ else None,
+        "netns": os.readlink("/proc/self/ns/net"),  # distinct per simulated node
         "exported_packed_shape": exported,
         "stage": stage,
         "rank": rank,

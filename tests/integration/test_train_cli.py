@@ -86,7 +86,7 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     assert log[-1] == {"resumed_from": str(out / "student" / "checkpoints" / "global_step6"), "step": 6}
 
 
-def _tiny_teacher(folder):
+def _tiny_teacher(folder, dropout=0.1):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     config = BertConfig(
@@ -96,6 +96,8 @@ def _tiny_teacher(folder):
         intermediate_size=64,
         max_position_embeddings=64,
         num_labels=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     config._attn_implementation = "eager"
     torch.manual_seed(0)
@@ -103,9 +105,10 @@ def _tiny_teacher(folder):
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
 
 
-def _tiny_config(path, monitor_dir, stage=0):
+def _tiny_config(path, monitor_dir, stage=0, grad_accum=1, act_range="static"):
     config = {
         "train_micro_batch_size_per_gpu": 8,
+        "gradient_accumulation_steps": grad_accum,
         "zero_optimization": {"stage": stage},
         "csv_monitor": {"enabled": True, "output_path": str(monitor_dir), "job_name": "tiny"},
         "gradient_clipping": 1.0,
@@ -126,7 +129,7 @@ def _tiny_config(path, monitor_dir, stage=0):
                 },
             },
             "activation_quantization": {
-                "shared_parameters": {"enabled": True, "schedule_offset": 0, "range_calibration": "static"},
+                "shared_parameters": {"enabled": True, "schedule_offset": 0, "range_calibration": act_range},
                 "different_groups": {"aq1": {"params": {"bits": 8}, "modules": ["intermediate"]}},
             },
             "knowledge_distillation": {"enabled": True},
@@ -137,6 +140,22 @@ def _tiny_config(path, monitor_dir, stage=0):
 
 def _losses(log):
     return {r["step"]: r["loss"] for r in log if "loss" in r}
+
+
+def _tiny_run(config, out, teacher, total, *extra):
+    """launch/train.py flags of a tiny-teacher run on 400 SST-2 rows, a checkpoint every 5 steps."""
+    return [
+        TRAIN,
+        *("--deepspeed_config", str(config), "--data_dir", str(GLUE_DIR), "--output_dir", str(out)),
+        *("--teacher_model", str(teacher), "--max_train_samples", "400", "--max_eval_samples", "64"),
+        *("--max_seq_length", "16", "--max_train_steps", str(total), "--eval_steps", "50", "--save_steps", "5"),
+        *("--learning_rate", "1e-3", *extra),
+    ]
+
+
+def _two_ranks():
+    """The deepspeed launcher with 2 ranks, one OpenMP thread each (two ranks on two shared cores)."""
+    return ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port())], job_env(OMP_NUM_THREADS="1")
 
 
 @pytest.mark.parametrize(
@@ -150,40 +169,10 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, tot
     teacher, config = tmp_path / "teacher", tmp_path / "ds.json"
     _tiny_teacher(teacher)
     _tiny_config(config, tmp_path / "monitor", stage)
-    launcher = [sys.executable]
-    env = job_env()
-    if ranks > 1:  # the deepspeed launcher, one OpenMP thread per rank
-        launcher = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(_free_port())]
-        env = job_env(OMP_NUM_THREADS="1")
+    launcher, env = _two_ranks() if ranks > 1 else ([sys.executable], job_env())
 
     def cmd(out, *extra):
-        return [
-            *launcher,
-            TRAIN,
-            "--deepspeed_config",
-            str(config),
-            "--data_dir",
-            str(GLUE_DIR),
-            "--output_dir",
-            str(out),
-            "--teacher_model",
-            str(teacher),
-            "--max_train_samples",
-            "400",
-            "--max_eval_samples",
-            "64",
-            "--max_seq_length",
-            "16",
-            "--max_train_steps",
-            str(total),
-            "--eval_steps",
-            "50",
-            "--save_steps",
-            "5",
-            "--learning_rate",
-            "1e-3",
-            *extra,
-        ]
+        return launcher + _tiny_run(config, out, teacher, total, *extra)
 
     _run(cmd(tmp_path / "reference"), env=env)
     reference = _losses(read_jsonl(tmp_path / "reference" / "student" / "train_log.jsonl"))
@@ -228,8 +217,38 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, tot
         assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
     results = json.loads((out / "eval_results.json").read_text())
     assert results["student_best"]["steps"] == total
-    if ranks > 1:  # ZeRO-2 partitions written by 2 ranks cannot be resumed by 1: a clear error, not DeepSpeed's
-        alone = [sys.executable, *cmd(out, "--resume_from_checkpoint", "latest")[len(launcher) :]]
-        result = subprocess.run(alone, env=job_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2, result.stderr[-3000:]
-        assert "written with ZeRO stage 2 on 2 process(es)" in result.stderr
+
+
+def test_two_rank_checkpoint_resharded_to_one_process(tmp_path):
+    """2 ranks at ZeRO-2, continued by 1 process at ZeRO-1 with 2 accumulation steps (the same global batch):
+    DeepSpeed's universal checkpoint reshards the optimizer state and the losses go on as if never stopped.
+    Dropout off and per-token activation ranges: the only randomness and batch statistics a different
+    process count cannot reproduce."""
+    glue_task_dir("SST-2")
+    teacher, total = tmp_path / "teacher", 30
+    _tiny_teacher(teacher, dropout=0.0)
+    for name, stage, accum in (("two_ranks", 2, 1), ("one_process", 1, 2), ("zero3", 3, 1)):
+        _tiny_config(tmp_path / f"{name}.json", tmp_path / "monitor", stage, accum, act_range="dynamic")
+    out = tmp_path / "run"
+    launcher, env = _two_ranks()
+    _run(launcher + _tiny_run(tmp_path / "two_ranks.json", out, teacher, total), env=env)
+    reference = _losses(read_jsonl(out / "student" / "train_log.jsonl"))
+
+    last_but_one = out / "student" / "checkpoints" / f"global_step{total - 5}"
+    alone = [sys.executable, *_tiny_run(tmp_path / "one_process.json", out, teacher, total)]
+    _run(alone + ["--resume_from_checkpoint", str(last_but_one)])
+    log = read_jsonl(out / "student" / "train_log.jsonl")
+    universal = out / "student" / "checkpoints" / "universal" / last_but_one.name
+    after = _losses(log[log.index({"resumed_from": str(universal), "step": total - 5}) :])
+    assert sorted(after) == list(range(total - 4, total + 1))
+    for step, loss in after.items():
+        assert loss == pytest.approx(reference[step], rel=1e-5), step
+    assert not universal.parent.exists()  # superseded by the checkpoint the resumed run wrote
+
+    # Across ZeRO-3's boundary DeepSpeed cannot carry the optimizer state: a clear error before any training.
+    zero3 = [sys.executable, *_tiny_run(tmp_path / "zero3.json", out, teacher, total)]
+    result = subprocess.run(
+        zero3 + ["--resume_from_checkpoint", "latest"], env=job_env(), cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "written with ZeRO stage 1 on 1 process(es) and this run uses stage 3 on 1" in result.stderr

@@ -36,3 +36,17 @@ def test_epochs_reshuffle():
 def test_too_small_dataset_is_a_clear_error():
     with pytest.raises(ValueError, match="10 training examples cannot fill one global batch of 32"):
         EpochBatches(10, 16, 1, 0, 2, seed=0)
+
+
+def test_micro_batches_do_not_depend_on_how_ranks_and_accumulation_split_them():
+    """2 ranks x 2 steps, 4 ranks x 1 and 1 process x 4 see the same micro-batches: a checkpoint resharded to
+    another world size continues on the same data."""
+
+    def micro_batches(accum: int, world: int) -> list[set]:
+        per_step: dict[int, list] = {}
+        for rank in range(world):
+            for step, micro in EpochBatches(100, 4, accum, rank, world, seed=5).iterate(0, 12):
+                per_step.setdefault(step, []).extend(frozenset(b.tolist()) for b in micro)
+        return [set(per_step[step]) for step in sorted(per_step)]
+
+    assert micro_batches(2, 2) == micro_batches(1, 4) == micro_batches(4, 1)

@@ -106,22 +106,28 @@ def test_parse_rejects_bad_values():
 
 
 @pytest.mark.parametrize(
-    "saved, here, ok",
+    "saved, partitioned, here, route",
     [
-        ((0, 2), (0, 1), True),  # one full optimizer state: any world size
-        ((1, 2), (2, 2), True),  # stages 1 and 2 share the partition format
-        ((2, 2), (1, 2), True),
-        ((3, 2), (3, 2), True),
-        ((2, 2), (2, 1), False),  # partitions are per world size
-        ((0, 1), (2, 1), False),
-        ((2, 1), (0, 1), False),
-        ((2, 2), (3, 2), False),
+        ((0, 2), False, (0, 1), "native"),  # one full optimizer state: any world size
+        ((1, 2), True, (2, 2), "native"),  # stages 1 and 2 share the partition format
+        ((2, 2), True, (1, 2), "native"),
+        ((3, 2), True, (3, 2), "native"),
+        ((0, 2), True, (0, 2), "native"),  # DeepSpeed's bf16 optimizer partitions at stage 0
+        ((2, 2), True, (2, 1), "universal"),  # partitions are per world size: resharded
+        ((1, 1), True, (2, 2), "universal"),
+        ((3, 2), True, (3, 1), "universal"),
+        ((0, 1), False, (2, 1), None),  # into ZeRO: no partitions to load
+        ((2, 1), True, (0, 1), None),  # out of ZeRO
+        ((2, 2), True, (3, 2), None),  # across stage 3's boundary
+        ((0, 2), True, (0, 1), None),
     ],
 )
-def test_resume_layouts(saved, here, ok):
-    from xtc_ds.pipeline.trainer import resume_problem
+def test_resume_routes(saved, partitioned, here, route):
+    from xtc_ds.pipeline.checkpoint_layout import CheckpointLayoutError, resume_route
 
-    problem = resume_problem({"zero_stage": saved[0], "world_size": saved[1]}, *here)
-    assert (problem is None) == ok
-    if not ok:
-        assert f"ZeRO stage {saved[0]} on {saved[1]}" in problem and "zero_to_fp32" in problem
+    if route is not None:
+        assert resume_route(*saved, partitioned, *here) == route
+        return
+    with pytest.raises(CheckpointLayoutError) as err:
+        resume_route(*saved, partitioned, *here)
+    assert f"ZeRO stage {saved[0]} on {saved[1]}" in str(err.value) and "zero_to_fp32" in str(err.value)

@@ -1,9 +1,11 @@
 """Deterministic, resumable micro-batches: the data position is a function of the optimizer step.
 
-Epoch ``e`` shuffles with seed ``seed + e``; every rank takes an equal strided share (the tail that does not
-fill a whole global batch is dropped, so ranks never disagree on the number of steps and hang). Resuming at
-optimizer step ``s`` starts at epoch ``s // steps_per_epoch``, batch ``s % steps_per_epoch`` of that epoch:
-nothing is re-read or skipped.
+Epoch ``e`` shuffles with seed ``seed + e`` and cuts the order into global batches (the tail that does not fill
+one is dropped, so ranks never disagree on the number of steps and hang). Micro-batch ``m`` of a global batch
+takes every ``M``-th example from the ``m``-th (``M`` micro-batches per global batch, numbered accumulation step
+major, rank minor): the micro-batches depend only on the micro-batch size, so 2 ranks and 1 process with 2
+accumulation steps see the same ones. Resuming at optimizer step ``s`` starts at epoch ``s // steps_per_epoch``,
+batch ``s % steps_per_epoch`` of that epoch: nothing is re-read or skipped.
 """
 
 from __future__ import annotations
@@ -44,25 +46,17 @@ class EpochBatches:
         """``(epoch, step_in_epoch)`` of optimizer step ``step``."""
         return divmod(step, self.steps_per_epoch)
 
-    def _shard(self, epoch: int) -> torch.Tensor:
+    def _order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(self.num_examples, generator=generator)
-        used = self.steps_per_epoch * self.micro_batch * self.grad_accum * self.world_size
-        return order[:used][self.rank :: self.world_size]
+        return torch.randperm(self.num_examples, generator=generator)
 
     def iterate(self, start_step: int, total_steps: int) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """``(step, micro_batches)`` for optimizer steps ``start_step .. total_steps-1``, one shuffle per epoch."""
-        cached_epoch, shard = None, None
-        per_step = self.micro_batch * self.grad_accum
+        cached_epoch, order = None, None
+        groups = self.grad_accum * self.world_size  # micro-batches per global batch
         for step in range(start_step, total_steps):
             epoch, in_epoch = self.position(step)
             if epoch != cached_epoch:
-                cached_epoch, shard = epoch, self._shard(epoch)
-            start = in_epoch * per_step
-            yield (
-                step,
-                [
-                    shard[start + a * self.micro_batch : start + (a + 1) * self.micro_batch]
-                    for a in range(self.grad_accum)
-                ],
-            )
+                cached_epoch, order = epoch, self._order(epoch)
+            batch = order[in_epoch * groups * self.micro_batch : (in_epoch + 1) * groups * self.micro_batch]
+            yield step, [batch[a * self.world_size + self.rank :: groups] for a in range(self.grad_accum)]

@@ -5,7 +5,7 @@ Layout of ``--output_dir``::
     args.json                 the flags of the first run (resumes append to run_log.jsonl)
     run_log.jsonl             one line per start/resume
     teacher/                  only when the teacher is fine-tuned here
-      checkpoints/            DeepSpeed checkpoints (global_stepN/, latest)
+      checkpoints/            DeepSpeed checkpoints (global_stepN/, latest; universal/ while resharding)
       best/                   best dev checkpoint as a Hugging Face folder
       train_log.jsonl         step, loss, lr per optimizer step; eval results
       eval_results.json       written when the phase is complete

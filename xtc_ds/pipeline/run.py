@@ -29,8 +29,9 @@ from xtc_ds.glue.tasks import GlueTask, get_task
 from xtc_ds.layer_reduction import build_student
 from xtc_ds.pipeline.args import parse_args
 from xtc_ds.pipeline.batches import EpochBatches
+from xtc_ds.pipeline.checkpoint_layout import CheckpointLayoutError, prepare_resume
 from xtc_ds.pipeline.io import append_jsonl, replace_dir_atomic, write_json_atomic
-from xtc_ds.pipeline.trainer import CheckpointLayoutError, Phase, evaluate, run_phase
+from xtc_ds.pipeline.trainer import Phase, evaluate, run_phase
 from xtc_ds.runtime import initialize
 from xtc_ds.schedule import CompressionScheduler
 
@@ -200,6 +201,11 @@ def _train(
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, seed)
     total = _total_steps(epochs, max_steps, batches)
+    resume = _resume_source(args, out / name)
+    if resume is not None:  # before the engine exists: a universal checkpoint is a config setting
+        resume, universal = prepare_resume(resume, ds_config.get("zero_optimization", {}).get("stage", 0), world)
+        if universal:
+            ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     optimizer = _optimizer(model, lr, args.weight_decay)
     engine, *_ = initialize(
         model=model,
@@ -210,7 +216,6 @@ def _train(
     )
     extra = None if save_extra is None else (lambda folder: save_extra(engine, folder))
     phase = Phase(name, out / name, total, loss_fn, save_extra=extra)
-    resume = _resume_source(args, phase.directory)
     return run_phase(engine, phase, args.task, data["train"], data["dev"], batches, tokenizer, args, resume=resume)
 
 

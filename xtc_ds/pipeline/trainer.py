@@ -25,13 +25,13 @@ from xtc_ds.glue.data import trim_padding
 from xtc_ds.glue.metrics import primary_score, task_metrics
 from xtc_ds.glue.tasks import GlueTask
 from xtc_ds.pipeline.batches import EpochBatches
+from xtc_ds.pipeline.checkpoint_layout import LAYOUT_FILE, UNIVERSAL_DIR
 from xtc_ds.pipeline.io import append_jsonl, replace_dir_atomic, write_json_atomic
 
 __all__ = ["Phase", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
 
 PIPELINE_STATE_KEY = "xtc_pipeline"
 BEST_META = "xtc_best.json"
-LAYOUT_FILE = "xtc_layout.json"  # in each checkpoint tag folder: the ZeRO stage and world size that wrote it
 
 
 @dataclass
@@ -60,10 +60,6 @@ class Phase:
     @property
     def log_path(self) -> Path:
         return self.directory / "train_log.jsonl"
-
-
-class CheckpointLayoutError(ValueError):
-    """A checkpoint that DeepSpeed cannot load under this run's ZeRO stage or world size."""
 
 
 def _barrier() -> None:
@@ -146,6 +142,7 @@ def _save_checkpoint(engine: Any, phase: Phase, batches: EpochBatches, step: int
         )
         for stale in tags[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(phase.checkpoints / UNIVERSAL_DIR, ignore_errors=True)  # resumed from, now superseded
     _barrier()
 
 
@@ -153,34 +150,17 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def resume_problem(saved: dict[str, int], zero_stage: int, world_size: int) -> Optional[str]:
-    """Why DeepSpeed cannot resume a checkpoint written under ``saved`` layout here, or None if it can.
-
-    Stage 0 keeps one full optimizer state (any world size); stages 1 and 2 store the same partitions (each
-    loads the other) but only for the same world size; stage 3 only for the same stage and world size.
-    """
-    old_stage, old_world = saved["zero_stage"], saved["world_size"]
-    if old_stage == zero_stage == 0 or (old_stage, old_world) == (zero_stage, world_size):
-        return None
-    if {old_stage, zero_stage} <= {1, 2} and old_world == world_size:
-        return None
-    return (
-        f"it was written with ZeRO stage {old_stage} on {old_world} process(es) and this run uses stage "
-        f"{zero_stage} on {world_size}; DeepSpeed cannot load partitioned optimizer state across that change. "
-        "Resume with the original stage and process count, or start a new run from its weights "
-        "(python -m xtc_ds.export --checkpoint ..., or DeepSpeed's zero_to_fp32.py)"
-    )
+def _global_mean(value: float, device: torch.device) -> float:
+    """The mean of a per-rank number over all ranks: the logged loss is the whole global batch's."""
+    if _world_size() == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / _world_size()
 
 
 def _resume(engine: Any, phase: Phase, source: Path, batches: EpochBatches) -> int:
     """Load a checkpoint (a folder with ``latest``, or one tag folder) and return the step to continue from."""
-    tag_dir = source / (source / "latest").read_text().strip() if (source / "latest").exists() else source
-    if (tag_dir / LAYOUT_FILE).exists():
-        problem = resume_problem(
-            json.loads((tag_dir / LAYOUT_FILE).read_text()), engine.zero_optimization_stage(), _world_size()
-        )
-        if problem:
-            raise CheckpointLayoutError(f"--resume_from_checkpoint {tag_dir}: {problem}")
     if (source / "latest").exists():
         load_path, client_state = engine.load_checkpoint(str(source))
     else:
@@ -249,7 +229,7 @@ def run_phase(
         now = time.time()
         record = {
             "step": done,
-            "loss": sum(losses) / len(losses),
+            "loss": _global_mean(sum(losses) / len(losses), device),
             "lr": engine.get_lr()[0],
             "samples_per_s": samples_per_step / max(now - last_time, 1e-9),
         }
