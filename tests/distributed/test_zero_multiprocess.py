@@ -1,5 +1,6 @@
 """Two processes through the deepspeed launcher (CPU, gloo): XTC under ZeRO 0-3, and a rank dying mid-run."""
 
+import inspect
 import json
 import os
 import shutil
@@ -143,6 +144,13 @@ def _open_mpi(tmp_path: Path) -> dict[str, str]:
 
 def test_deepspeed_launcher_openmpi(tmp_path):
     """``deepspeed --launcher openmpi``: ranks from Open MPI's ``OMPI_COMM_WORLD_*`` variables."""
+    from deepspeed.launcher.multinode_runner import OpenMPIRunner
+
+    if "_setup_mpi_environment" in inspect.getsource(OpenMPIRunner.validate_args):
+        pytest.skip(
+            "this DeepSpeed's --launcher openmpi requires OMPI_* variables in the launcher itself "
+            "(deepspeedai/DeepSpeed#7711, fixed by #7751); run mpirun directly instead"
+        )
     env = job_env(**ENV, **_open_mpi(tmp_path))
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
