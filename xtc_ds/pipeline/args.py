@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         "DeepSpeed config, or is taken from it (default 32 if neither sets it)",
     )
     train.add_argument("--per_device_eval_batch_size", type=int, default=128, help="eval batch per process")
-    train.add_argument("--learning_rate", type=float, default=5e-5, help="peak AdamW learning rate (student)")
+    train.add_argument(
+        "--learning_rate",
+        type=float,
+        default=5e-5,
+        help="peak AdamW learning rate (student); 1-bit students recover faster at 2e-4 (docs/RESULTS.md)",
+    )
     train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
     train.add_argument("--num_train_epochs", type=float, default=3.0, help="student epochs")
     train.add_argument("--max_train_steps", type=int, default=None, help="student optimizer steps (overrides epochs)")
