@@ -6,8 +6,14 @@ import json
 import pytest
 
 from conftest import REPO_ROOT
-from xtc_ds import ConfigError
-from xtc_ds.pipeline.args import build_parser, parse_args
+from xtc_ds import ConfigError, load_compression_config
+from xtc_ds.pipeline.args import (
+    FINE_TUNE_LEARNING_RATE,
+    LOW_BIT_LEARNING_RATE,
+    build_parser,
+    parse_args,
+    resolve_learning_rates,
+)
 from xtc_ds.pipeline.io import read_jsonl, replace_dir_atomic, write_json_atomic
 from xtc_ds.pipeline.run import _batch_config, _prepare_output_dir
 
@@ -99,10 +105,38 @@ def test_atomic_writes_keep_the_old_version_on_failure(tmp_path):
 
 
 def test_parse_rejects_bad_values():
-    for flags in (["--eval_steps", "0"], ["--warmup_ratio", "1.5"], ["--task_name", "squad"]):
+    bad = (["--eval_steps", "0"], ["--warmup_ratio", "1.5"], ["--task_name", "squad"], ["--learning_rate", "0"])
+    for flags in bad:
         with pytest.raises(SystemExit):
             parse_args(["--deepspeed_config", CONFIG, *flags])
     assert isinstance(_args(), argparse.Namespace)
+
+
+@pytest.mark.parametrize(
+    "config, student",
+    [
+        ("ds_xtc.json", LOW_BIT_LEARNING_RATE),
+        ("ds_xtc_1bit.json", LOW_BIT_LEARNING_RATE),
+        ("ds_xtc_zero3.json", LOW_BIT_LEARNING_RATE),
+        ("ds_xtc_2bit.json", LOW_BIT_LEARNING_RATE),
+        ("ds_layer_reduction.json", FINE_TUNE_LEARNING_RATE),
+    ],
+)
+def test_default_learning_rates_follow_the_weight_bits(config, student):
+    path = str(REPO_ROOT / "ds_configs" / config)
+    args = parse_args(["--deepspeed_config", path])
+    resolve_learning_rates(args, load_compression_config(path))
+    assert (args.learning_rate, args.teacher_learning_rate) == (student, FINE_TUNE_LEARNING_RATE)
+
+
+def test_given_learning_rates_are_kept():
+    compression = load_compression_config(CONFIG)
+    args = _args("--learning_rate", "1e-4")
+    resolve_learning_rates(args, compression)
+    assert (args.learning_rate, args.teacher_learning_rate) == (1e-4, 1e-4)  # the teacher follows a given rate
+    args = _args("--teacher_learning_rate", "3e-5")
+    resolve_learning_rates(args, compression)
+    assert (args.learning_rate, args.teacher_learning_rate) == (LOW_BIT_LEARNING_RATE, 3e-5)
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,17 @@ import argparse
 from collections.abc import Sequence
 from typing import Optional
 
+from xtc_ds.config import CompressionConfig
 from xtc_ds.glue.tasks import TASKS
 
-__all__ = ["build_parser", "parse_args"]
+__all__ = ["FINE_TUNE_LEARNING_RATE", "LOW_BIT_LEARNING_RATE", "build_parser", "parse_args", "resolve_learning_rates"]
+
+FINE_TUNE_LEARNING_RATE = 5e-5
+"""Teacher fine-tuning and students whose weights keep 4 or more bits."""
+LOW_BIT_LEARNING_RATE = 5e-4
+"""Students with 1- or 2-bit weights: a quantized weight only changes when its latent weight crosses zero (or
+the ternary threshold), which at 5e-5 takes far longer than a GLUE budget; 5e-4 was the best of 5e-5, 2e-4,
+5e-4 and 1e-3 for binary students and beat 5e-5 for ternary ones (docs/RESULTS.md)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,14 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--learning_rate",
         type=float,
-        default=5e-5,
-        help="peak AdamW learning rate (student); 1-bit students recover faster at 2e-4 (docs/RESULTS.md)",
+        default=None,
+        help=f"peak AdamW learning rate of the student (default: {LOW_BIT_LEARNING_RATE:g} when the config "
+        f"quantizes weights to 1 or 2 bits, else {FINE_TUNE_LEARNING_RATE:g}; docs/RESULTS.md)",
     )
     train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
     train.add_argument("--num_train_epochs", type=float, default=3.0, help="student epochs")
     train.add_argument("--max_train_steps", type=int, default=None, help="student optimizer steps (overrides epochs)")
     train.add_argument("--warmup_ratio", type=float, default=0.1, help="linear warm-up share of the steps")
-    train.add_argument("--teacher_learning_rate", type=float, default=None, help="teacher LR (default: learning_rate)")
+    train.add_argument(
+        "--teacher_learning_rate",
+        type=float,
+        default=None,
+        help=f"peak learning rate of teacher fine-tuning (default: --learning_rate if given, else "
+        f"{FINE_TUNE_LEARNING_RATE:g})",
+    )
     train.add_argument(
         "--teacher_num_train_epochs", type=float, default=None, help="teacher epochs (default: num_train_epochs)"
     )
@@ -116,6 +131,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1")
     if args.per_device_train_batch_size is not None and args.per_device_train_batch_size < 1:
         parser.error("--per_device_train_batch_size must be >= 1")
+    for name in ("learning_rate", "teacher_learning_rate"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be > 0")
     if not 0.0 <= args.warmup_ratio < 1.0:
         parser.error("--warmup_ratio must be in [0, 1)")
     return args
+
+
+def resolve_learning_rates(args: argparse.Namespace, compression: CompressionConfig) -> None:
+    """Fill ``learning_rate`` and ``teacher_learning_rate`` left unset, so ``args.json`` records what ran."""
+    if args.teacher_learning_rate is None:
+        args.teacher_learning_rate = args.learning_rate or FINE_TUNE_LEARNING_RATE
+    if args.learning_rate is None:
+        weights = compression.weight_quantization
+        low_bit = weights.enabled and any(g.params.target_bits <= 2 for g in weights.different_groups.values())
+        args.learning_rate = LOW_BIT_LEARNING_RATE if low_bit else FINE_TUNE_LEARNING_RATE

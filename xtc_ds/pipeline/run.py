@@ -27,7 +27,7 @@ from xtc_ds.export import export_packed, load_packed
 from xtc_ds.glue.data import GlueDataError, encode, load_examples
 from xtc_ds.glue.tasks import GlueTask, get_task
 from xtc_ds.layer_reduction import build_student
-from xtc_ds.pipeline.args import parse_args
+from xtc_ds.pipeline.args import parse_args, resolve_learning_rates
 from xtc_ds.pipeline.batches import EpochBatches
 from xtc_ds.pipeline.checkpoint_layout import CheckpointLayoutError, prepare_resume
 from xtc_ds.pipeline.io import append_jsonl, replace_dir_atomic, write_json_atomic
@@ -238,7 +238,7 @@ def _train_teacher(args, ds_config, data, tokenizer, model_path, out: Path) -> t
         out,
         epochs=epochs,
         max_steps=args.teacher_max_train_steps,
-        lr=args.teacher_learning_rate or args.learning_rate,
+        lr=args.teacher_learning_rate,
         seed=args.seed,
         loss_fn=lambda engine, batch: engine(**batch).loss,
     )
@@ -353,6 +353,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return _eval_packed(args, _select(load_examples(task, args.data_dir), args))
     ds_full = load_deepspeed_config(args.deepspeed_config)
     compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
+    resolve_learning_rates(args, compression)
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
     _single_process_defaults()
     init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))
