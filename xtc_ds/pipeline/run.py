@@ -199,7 +199,8 @@ def _train(
     """Set up the engine (optimizer, warm-up + linear decay, compression) for one phase and run it."""
     rank, world = _rank_world()
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
-    batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, seed)
+    lengths = data["train"]["attention_mask"].sum(dim=1) if args.group_by_length else None
+    batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, seed, lengths)
     total = _total_steps(epochs, max_steps, batches)
     resume = _resume_source(args, out / name)
     if resume is not None:  # before the engine exists: a universal checkpoint is a config setting

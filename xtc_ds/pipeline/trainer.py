@@ -130,7 +130,12 @@ def _save_best(engine: Any, phase: Phase, tokenizer: Any, step: int, score: floa
 def _save_checkpoint(engine: Any, phase: Phase, batches: EpochBatches, step: int, keep: int) -> None:
     epoch, in_epoch = batches.position(step)
     client_state = {
-        PIPELINE_STATE_KEY: {"epoch": epoch, "step_in_epoch": in_epoch, "best": phase.best},
+        PIPELINE_STATE_KEY: {
+            "epoch": epoch,
+            "step_in_epoch": in_epoch,
+            "group_by_length": batches.lengths is not None,
+            "best": phase.best,
+        },
         "rng": _rng_states(),
     }
     engine.save_checkpoint(str(phase.checkpoints), tag=f"global_step{step}", client_state=client_state)
@@ -169,8 +174,11 @@ def _resume(engine: Any, phase: Phase, source: Path, batches: EpochBatches) -> i
         raise FileNotFoundError(f"--resume_from_checkpoint: no loadable DeepSpeed checkpoint in {source}")
     step = engine.global_steps
     saved = client_state.get(PIPELINE_STATE_KEY, {})
-    if (saved.get("epoch"), saved.get("step_in_epoch")) != batches.position(step):
-        logger.warning("xtc_ds: batch size or world size changed since the checkpoint; the data order differs")
+    position = (saved.get("epoch"), saved.get("step_in_epoch"), saved.get("group_by_length", False))
+    if position != (*batches.position(step), batches.lengths is not None):
+        logger.warning(
+            "xtc_ds: batch size, world size or --group_by_length changed since the checkpoint; the data order differs"
+        )
     phase.best = dict(saved.get("best", {}))
     rng = client_state.get("rng", [])
     rank = dist.get_rank() if dist.is_initialized() else 0
