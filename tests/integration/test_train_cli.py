@@ -161,11 +161,11 @@ def _two_ranks():
 
 
 @pytest.mark.parametrize(
-    "ranks, stage, total",
-    [(1, 0, 200), (2, 2, 100)],
-    ids=["one-process", "two-ranks-zero2"],
+    "ranks, stage, total, batching",
+    [(1, 0, 200, ()), (2, 2, 100, ("--group_by_length",))],
+    ids=["one-process", "two-ranks-zero2-grouped"],
 )
-def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, total):
+def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, total, batching):
     """Kill the whole job (all ranks) with SIGKILL, resume: same step, data, RNG, optimizer and schedule."""
     glue_task_dir("SST-2")
     teacher, config = tmp_path / "teacher", tmp_path / "ds.json"
@@ -174,7 +174,7 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, tot
     launcher, env = _two_ranks() if ranks > 1 else ([sys.executable], job_env())
 
     def cmd(out, *extra):
-        return launcher + _tiny_run(config, out, teacher, total, *extra)
+        return launcher + _tiny_run(config, out, teacher, total, *batching, *extra)
 
     _run(cmd(tmp_path / "reference"), env=env)
     reference = _losses(read_jsonl(tmp_path / "reference" / "student" / "train_log.jsonl"))

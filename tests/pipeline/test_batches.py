@@ -50,3 +50,55 @@ def test_micro_batches_do_not_depend_on_how_ranks_and_accumulation_split_them():
         return [set(per_step[step]) for step in sorted(per_step)]
 
     assert micro_batches(2, 2) == micro_batches(1, 4) == micro_batches(4, 1)
+
+
+def _padded_over_real(batches: EpochBatches, lengths: torch.Tensor, steps: int) -> float:
+    """Tokens after padding each micro-batch to its longest example, over the real tokens."""
+    micro = [b for _, m in batches.iterate(0, steps) for b in m]
+    return sum(int(lengths[b].max()) * len(b) for b in micro) / sum(int(lengths[b].sum()) for b in micro)
+
+
+def test_grouped_batches_pad_little_and_still_cover_each_epoch_once():
+    lengths = torch.randint(1, 64, (2000,), generator=torch.Generator().manual_seed(0))
+    grouped = EpochBatches(2000, 8, 1, 0, 2, seed=4, lengths=lengths)
+    steps = grouped.steps_per_epoch
+    assert _padded_over_real(grouped, lengths, steps) < 1.1
+    assert _padded_over_real(EpochBatches(2000, 8, 1, 0, 2, seed=4), lengths, steps) > 1.5
+    for epoch in range(2):
+        seen = [
+            int(i)
+            for rank in range(2)
+            for _, micro in EpochBatches(2000, 8, 1, rank, 2, seed=4, lengths=lengths).iterate(
+                epoch * steps, (epoch + 1) * steps
+            )
+            for b in micro
+            for i in b
+        ]
+        assert len(seen) == len(set(seen)) == steps * 16
+
+
+def test_grouped_batches_come_in_shuffled_order_and_resume_reproduces_them():
+    lengths = torch.randint(1, 64, (800,), generator=torch.Generator().manual_seed(1))
+    full = dict(EpochBatches(800, 4, 2, 0, 1, seed=9, lengths=lengths).iterate(0, 150))
+    longest = [int(lengths[torch.cat(full[s])].max()) for s in range(100)]
+    assert longest != sorted(longest, reverse=True)  # not longest-first through the epoch
+    resumed = dict(EpochBatches(800, 4, 2, 0, 1, seed=9, lengths=lengths).iterate(117, 150))
+    assert all(torch.equal(a, b) for s in resumed for a, b in zip(full[s], resumed[s]))
+
+
+def test_grouped_micro_batches_do_not_depend_on_how_ranks_and_accumulation_split_them():
+    lengths = torch.randint(1, 64, (100,), generator=torch.Generator().manual_seed(2))
+
+    def micro_batches(accum: int, world: int) -> list[set]:
+        per_step: dict[int, list] = {}
+        for rank in range(world):
+            for step, micro in EpochBatches(100, 4, accum, rank, world, 5, lengths).iterate(0, 12):
+                per_step.setdefault(step, []).extend(frozenset(b.tolist()) for b in micro)
+        return [set(per_step[step]) for step in sorted(per_step)]
+
+    assert micro_batches(2, 2) == micro_batches(1, 4) == micro_batches(4, 1)
+
+
+def test_lengths_of_another_dataset_are_refused():
+    with pytest.raises(ValueError, match="99 example lengths given for 100 training examples"):
+        EpochBatches(100, 4, 1, 0, 1, seed=0, lengths=torch.ones(99))
