@@ -15,7 +15,7 @@ import contextlib
 import copy
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -44,7 +44,7 @@ W1A8 = {
 W1A8_KD = {**W1A8, "knowledge_distillation": {"enabled": True}}
 
 
-def _model(path: str, eager: bool) -> torch.nn.Module:
+def classifier(path: str, eager: bool) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {"attn_implementation": "eager"} if eager else {}
@@ -63,15 +63,18 @@ def _reference_quantizers() -> Iterator[None]:
         fake_quant_module.fake_quant_weight, fake_quant_module.fake_quant_activation = fused
 
 
-def _step_fn(model, batch, teacher=None, kd=None, use_reference=False):
+def train_step(
+    model: torch.nn.Module, teacher: torch.nn.Module | None = None, kd=None, use_reference: bool = False
+) -> Callable[[dict[str, torch.Tensor]], None]:
+    """One AdamW training step of ``model`` on a batch (KD from ``teacher`` when ``kd`` is given)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     scheduler = xtc_ds.CompressionScheduler(model) if hasattr(model, "_xtc_state") else None
 
-    def step() -> None:
+    def step(batch: dict[str, torch.Tensor]) -> None:
         with _reference_quantizers() if use_reference else contextlib.nullcontext():
-            _step()
+            _step(batch)
 
-    def _step() -> None:
+    def _step(batch: dict[str, torch.Tensor]) -> None:
         if kd is None:
             loss = model(**batch).loss
         else:
@@ -105,28 +108,28 @@ def main() -> None:
         "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
         "labels": torch.randint(0, 2, (args.batch,)),
     }
-    fp32 = _model(path, eager=False).train()
+    fp32 = classifier(path, eager=False).train()
     qat = xtc_ds.init_compression(copy.deepcopy(fp32), W1A8).train()
-    teacher = _model(path, eager=True).eval().requires_grad_(False)
-    student = xtc_ds.init_compression(_model(path, eager=True), W1A8_KD).train()
+    teacher = classifier(path, eager=True).eval().requires_grad_(False)
+    student = xtc_ds.init_compression(classifier(path, eager=True), W1A8_KD).train()
     kd = xtc_ds.DistillationLoss(W1A8_KD)
     fused = "fused" if native.load_cpu() is not None else "reference (no fused ops)"
     variants = {
-        "fp32 fine-tune": _step_fn(fp32, batch),
-        "QAT W1A8, reference": _step_fn(qat, batch, use_reference=True),
-        f"QAT W1A8, {fused}": _step_fn(qat, batch),
-        "QAT W1A8 + KD, reference": _step_fn(student, batch, teacher, kd, use_reference=True),
-        f"QAT W1A8 + KD, {fused}": _step_fn(student, batch, teacher, kd),
+        "fp32 fine-tune": train_step(fp32),
+        "QAT W1A8, reference": train_step(qat, use_reference=True),
+        f"QAT W1A8, {fused}": train_step(qat),
+        "QAT W1A8 + KD, reference": train_step(student, teacher, kd, use_reference=True),
+        f"QAT W1A8 + KD, {fused}": train_step(student, teacher, kd),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for step in variants.values():  # warm-up
         for _ in range(2):
-            step()
+            step(batch)
     for _ in range(args.rounds):
         for name, step in variants.items():
             for _ in range(args.steps):
                 start = time.perf_counter()
-                step()
+                step(batch)
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["fp32 fine-tune"])
     print(

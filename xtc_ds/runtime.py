@@ -21,6 +21,7 @@ from xtc_ds._log import log_rank_zero
 from xtc_ds.compress import init_compression
 from xtc_ds.config import CompressionConfig, split_deepspeed_config
 from xtc_ds.distill import DistillationLoss, require_eager_attention
+from xtc_ds.distributed import release_shm_workspace
 from xtc_ds.schedule import CompressionScheduler
 
 __all__ = ["initialize", "XtcRuntime", "CHECKPOINT_KEY"]
@@ -173,6 +174,7 @@ def initialize(
     engine, optimizer, dataloader, lr_scheduler = deepspeed.initialize(
         args=ds_args, model=model, config=ds_config, **kwargs
     )
+    release_shm_workspace()  # when deepspeed.initialize started the process group itself
     if teacher_model is not None:
         if compression.knowledge_distillation.teacher_zero3:
             teacher_model = _partitioned_teacher(teacher_model, ds_config, engine)

@@ -14,6 +14,7 @@ from packaging.version import Version
 from safetensors.torch import load_file
 
 from conftest import GLUE_DIR, REPO_ROOT, _free_port, glue_task_dir, job_env, minilm_path
+from xtc_ds.distributed import SHM_DIR
 from xtc_ds.pipeline.io import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,8 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
         "--save_steps",
         "3",
     ]
-    launcher = ["deepspeed", "--master_port", str(_free_port()), TRAIN]
+    port = _free_port()
+    launcher = ["deepspeed", "--master_port", str(port), TRAIN]
     _run(launcher + common)
 
     results = json.loads((out / "eval_results.json").read_text())
@@ -86,6 +88,12 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     _run(launcher + common + ["--resume_from_checkpoint", "latest"])  # both phases complete: resumes at the end
     log = read_jsonl(out / "student" / "train_log.jsonl")
     assert log[-1] == {"resumed_from": str(out / "student" / "checkpoints" / "global_step6"), "step": 6}
+    assert _leaked_shm(port) == []
+
+
+def _leaked_shm(port: int) -> list:
+    """DeepSpeed's CPU all-reduce workspaces of the job on ``port`` still in /dev/shm (xtc_ds releases them)."""
+    return sorted(SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
 
 
 def _tiny_teacher(folder, dropout=0.1):
@@ -219,6 +227,8 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, tot
         assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
     results = json.loads((out / "eval_results.json").read_text())
     assert results["student_best"]["steps"] == total
+    if ranks > 1:  # released even by the ranks killed with SIGKILL
+        assert _leaked_shm(int(launcher[launcher.index("--master_port") + 1])) == []
 
 
 @pytest.mark.parametrize("stage, resumed_stage", [(2, 1), (3, 3)], ids=["zero2-to-zero1", "zero3-to-zero3"])
