@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--group_by_length",
         action="store_true",
         help="batch training examples of similar length together, so dynamic padding pads little "
-        "(about 2.5x fewer tokens per SST-2 batch); the order stays seeded and resumable",
+        "(SST-2: 14 instead of 40 tokens per batch on average); the order stays seeded and resumable",
     )
     data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training rows")
     data.add_argument("--max_eval_samples", type=int, default=None, help="use only the first N rows of each dev set")
