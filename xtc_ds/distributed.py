@@ -70,7 +70,7 @@ def init_distributed(timeout: timedelta = timedelta(minutes=30), dist_backend: O
     release_shm_workspace()
 
 
-def shm_workspace_path(rank: int) -> Path:
+def _shm_workspace_path(rank: int) -> Path:
     """Where DeepSpeed's CPU shared-memory all-reduce keeps rank ``rank``'s workspace (its ``shm.cpp`` naming)."""
     address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
     return SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{rank}"
@@ -81,10 +81,11 @@ def release_shm_workspace() -> None:
 
     On the CPU accelerator DeepSpeed (0.16 to 0.19 at least) gives each process a 66 MB POSIX shared-memory
     segment in ``/dev/shm`` and never unlinks it, so every run leaves 66 MB per rank of RAM-backed files
-    behind (200 runs had filled 14 GB of a 24 GB machine's ``/dev/shm``). The ranks map each other's segments
-    while DeepSpeed initializes; after a barrier the names are no longer needed and the mappings outlive the
-    unlink, so the memory goes back to the system when the process ends, even if it is killed. Collective:
-    every rank must call it (``init_distributed`` and ``xtc_ds.initialize`` do); later calls do nothing.
+    behind (207 leftover segments had filled 14 GB of a 24 GB machine's ``/dev/shm``). The ranks map each
+    other's segments while DeepSpeed initializes; after a barrier the names are no longer needed and the
+    mappings outlive the unlink, so the memory goes back to the system when the process ends, even if it is
+    killed. Collective: every rank must call it (``init_distributed`` and ``xtc_ds.initialize`` do); later
+    calls do nothing.
     """
     global _shm_released
     import deepspeed.comm.comm as ds_comm
@@ -94,5 +95,5 @@ def release_shm_workspace() -> None:
     if _shm_released or getattr(backend, "shm_comm_op", None) is None or not dist.is_initialized():
         return
     dist.barrier()
-    shm_workspace_path(dist.get_rank()).unlink(missing_ok=True)
+    _shm_workspace_path(dist.get_rank()).unlink(missing_ok=True)
     _shm_released = True
