@@ -38,14 +38,16 @@ def test_too_small_dataset_is_a_clear_error():
         EpochBatches(10, 16, 1, 0, 2, seed=0)
 
 
-def test_micro_batches_do_not_depend_on_how_ranks_and_accumulation_split_them():
+@pytest.mark.parametrize("grouped", [False, True], ids=["random", "grouped-by-length"])
+def test_micro_batches_do_not_depend_on_how_ranks_and_accumulation_split_them(grouped):
     """2 ranks x 2 steps, 4 ranks x 1 and 1 process x 4 see the same micro-batches: a checkpoint resharded to
     another world size continues on the same data."""
+    lengths = torch.randint(1, 64, (100,), generator=torch.Generator().manual_seed(2)) if grouped else None
 
     def micro_batches(accum: int, world: int) -> list[set]:
         per_step: dict[int, list] = {}
         for rank in range(world):
-            for step, micro in EpochBatches(100, 4, accum, rank, world, seed=5).iterate(0, 12):
+            for step, micro in EpochBatches(100, 4, accum, rank, world, 5, lengths).iterate(0, 12):
                 per_step.setdefault(step, []).extend(frozenset(b.tolist()) for b in micro)
         return [set(per_step[step]) for step in sorted(per_step)]
 
@@ -84,19 +86,6 @@ def test_grouped_batches_come_in_shuffled_order_and_resume_reproduces_them():
     assert longest != sorted(longest, reverse=True)  # not longest-first through the epoch
     resumed = dict(EpochBatches(800, 4, 2, 0, 1, seed=9, lengths=lengths).iterate(117, 150))
     assert all(torch.equal(a, b) for s in resumed for a, b in zip(full[s], resumed[s]))
-
-
-def test_grouped_micro_batches_do_not_depend_on_how_ranks_and_accumulation_split_them():
-    lengths = torch.randint(1, 64, (100,), generator=torch.Generator().manual_seed(2))
-
-    def micro_batches(accum: int, world: int) -> list[set]:
-        per_step: dict[int, list] = {}
-        for rank in range(world):
-            for step, micro in EpochBatches(100, 4, accum, rank, world, 5, lengths).iterate(0, 12):
-                per_step.setdefault(step, []).extend(frozenset(b.tolist()) for b in micro)
-        return [set(per_step[step]) for step in sorted(per_step)]
-
-    assert micro_batches(2, 2) == micro_batches(1, 4) == micro_batches(4, 1)
 
 
 def test_lengths_of_another_dataset_are_refused():
