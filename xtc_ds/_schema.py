@@ -9,15 +9,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import types
 import typing
 from typing import Any, Union
 
+from xtc_ds.errors import ConfigError
+
 __all__ = ["ConfigError", "from_json", "to_json", "describe"]
-
-
-class ConfigError(ValueError):
-    """A ``compression_training`` config (or its use with a model) is invalid; the message names the key path."""
 
 
 def describe(tp: Any) -> str:
@@ -86,7 +85,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                raise ConfigError(f"{path}: {value!r} (must be a finite number)") from None
+            if not math.isfinite(number):
+                raise ConfigError(f"{path}: {value!r} (must be a finite number)")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

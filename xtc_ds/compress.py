@@ -53,6 +53,11 @@ def init_compression(
     """
     config = load_compression_config(deepspeed_config)
     _warn_mpu(mpu)
+    if not config.enabled:
+        warn_once(
+            f"xtc_ds: the config has no {SECTION} section, or enables nothing in it: the model is trained and "
+            "saved uncompressed"
+        )
     reduction = config.layer_reduction
     if reduction.enabled:
         if teacher_model is not None:

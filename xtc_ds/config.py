@@ -6,6 +6,7 @@ legacy docs, which disagreed with the code in several places; see README).
 """
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -386,6 +387,10 @@ class LayerReductionConfig(_Checked):
         )
 
 
+_TEMPERATURE_RANGE = (0.01, 100.0)  # beyond it the soft targets under/overflow (T**2 scaling, division by T)
+_MAX_KD_WEIGHT = 1e4  # a larger weight only turns a finite loss into inf
+
+
 @dataclass(frozen=True, kw_only=True)
 class DistillationConfig(_Checked):
     """One-stage KD (XTC): soft cross-entropy on logits plus MSE on hidden states and attention maps.
@@ -407,9 +412,13 @@ class DistillationConfig(_Checked):
     attention_layer_map: Optional[tuple[int, ...]] = None
 
     def _check(self, path: str) -> None:
-        _require(self.temperature > 0, f"{path}.temperature", self.temperature, "must be > 0")
+        low, high = _TEMPERATURE_RANGE
+        _require(
+            low <= self.temperature <= high, f"{path}.temperature", self.temperature, f"must be in [{low}, {high}]"
+        )
         for name in ("logits_weight", "hidden_weight", "attention_weight"):
-            _require(getattr(self, name) >= 0, f"{path}.{name}", getattr(self, name), "must be >= 0")
+            weight = getattr(self, name)
+            _require(0 <= weight <= _MAX_KD_WEIGHT, f"{path}.{name}", weight, f"must be in [0, {_MAX_KD_WEIGHT:g}]")
         for name in ("hidden_layer_map", "attention_layer_map"):
             for i, index in enumerate(getattr(self, name) or ()):
                 _require(index >= 0, f"{path}.{name}[{i}]", index, "must be >= 0")
@@ -452,9 +461,9 @@ class CompressionConfig(_Checked):
             )
 
     @classmethod
-    def from_dict(cls, section: Mapping[str, Any]) -> "CompressionConfig":
+    def from_dict(cls, section: Any) -> "CompressionConfig":
         """Parse the ``compression_training`` object; raises :class:`ConfigError` naming the key path."""
-        return from_json(cls, dict(section), SECTION)
+        return from_json(cls, dict(section) if isinstance(section, Mapping) else section, SECTION)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict that :meth:`from_dict` reads back to an equal config."""
@@ -469,7 +478,14 @@ class CompressionConfig(_Checked):
 def load_deepspeed_config(path_or_dict: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, Any]:
     """Read a DeepSpeed JSON file (or copy a dict); errors name the file."""
     if isinstance(path_or_dict, Mapping):
-        return json.loads(json.dumps(path_or_dict))
+        try:
+            return json.loads(json.dumps(path_or_dict))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"DeepSpeed config: not JSON data ({err})") from None
+    if not isinstance(path_or_dict, (str, os.PathLike)):
+        raise ConfigError(
+            f"DeepSpeed config: {path_or_dict!r} (must be a JSON file path, a dict or a CompressionConfig)"
+        )
     path = os.fspath(path_or_dict)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -483,13 +499,36 @@ def load_deepspeed_config(path_or_dict: Union[str, os.PathLike, Mapping[str, Any
     return data
 
 
-def _section_of(ds_config: Mapping[str, Any]) -> Mapping[str, Any]:
-    if SECTION in ds_config:
-        return ds_config[SECTION]
-    section_keys = {f.name for f in dataclasses.fields(CompressionConfig)}
-    if ds_config and set(ds_config) <= section_keys:
-        return ds_config  # the section itself was passed
-    return {}
+_DEEPSPEED_OWNED = frozenset({"weight_quantization"})  # DeepSpeed's own top-level key (ZeRO-Inference post-init)
+
+
+def _section_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(CompressionConfig)]
+
+
+def _split_section(ds_config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(the compression_training section, the rest)`` of a DeepSpeed config, or of the section passed alone.
+
+    A key one typo away from ``compression_training`` is an error, not a config without compression; so is a
+    section key (``layer_reduction``, ...) beside DeepSpeed's own keys, which DeepSpeed would ignore.
+    """
+    rest = dict(ds_config)
+    if SECTION in rest:
+        return rest.pop(SECTION), rest
+    keys = [str(key) for key in rest]
+    for key in keys:
+        if difflib.get_close_matches(key, [SECTION], n=1, cutoff=0.8):
+            raise ConfigError(f"{key}: unknown top-level key; did you mean '{SECTION}'?")
+    known = _section_keys()
+    inside = [k for k in keys if k in known or difflib.get_close_matches(k, known, n=1, cutoff=0.8)]
+    if inside and len(inside) == len(keys):
+        return rest, {}  # the section's own body
+    misplaced = [key for key in inside if key not in _DEEPSPEED_OWNED]
+    if misplaced:
+        raise ConfigError(
+            f"{misplaced[0]}: a {SECTION} key at the top level of the DeepSpeed config; move it into '{SECTION}'"
+        )
+    return {}, rest
 
 
 def split_deepspeed_config(
@@ -500,9 +539,8 @@ def split_deepspeed_config(
     The rest is what ``deepspeed.initialize`` gets: DeepSpeed >= 0.19 rejects the section, and older
     DeepSpeed would run its own (removed) compression on it.
     """
-    ds_config = load_deepspeed_config(path_or_dict)
-    section = ds_config.pop(SECTION, {})
-    return CompressionConfig.from_dict(section), ds_config
+    section, rest = _split_section(load_deepspeed_config(path_or_dict))
+    return CompressionConfig.from_dict(section), rest
 
 
 def load_compression_config(
@@ -515,10 +553,11 @@ def load_compression_config(
             or an already parsed :class:`CompressionConfig` (returned as is).
     Returns:
         The frozen, validated :class:`CompressionConfig`. A config without the section gives the
-        all-disabled default.
+        all-disabled default (:attr:`CompressionConfig.enabled` is False; the entry points warn about it).
     Raises:
         ConfigError: with the full key path and bad value, e.g.
-            ``compression_training.weight_quantization.different_groups.wq1.params.target_bits: 0 (must be 1..8)``.
+            ``compression_training.weight_quantization.different_groups.wq1.params.target_bits: 0 (must be 1..8)``;
+            also for a near-miss of ``compression_training`` and for anything that is not a JSON object.
 
     Example:
         >>> cfg = load_compression_config("ds_configs/ds_xtc.json")
@@ -527,6 +566,4 @@ def load_compression_config(
     """
     if isinstance(path_or_dict, CompressionConfig):
         return path_or_dict
-    if isinstance(path_or_dict, Mapping):
-        return CompressionConfig.from_dict(_section_of(path_or_dict))
-    return CompressionConfig.from_dict(_section_of(load_deepspeed_config(path_or_dict)))
+    return split_deepspeed_config(path_or_dict)[0]

@@ -53,6 +53,23 @@ def require_eager_attention(model: nn.Module) -> None:
     )
 
 
+def _checked_map(
+    layer_map: Optional[Sequence[int]], student_count: int, teacher_count: int, what: str
+) -> Sequence[int]:
+    """The layer map (identity by default) after checking it fits ``student_count`` and ``teacher_count`` outputs."""
+    key = "hidden_states" if what == "hidden" else "attentions"
+    layer_map = tuple(range(student_count)) if layer_map is None else layer_map
+    if len(layer_map) != student_count:
+        raise ConfigError(
+            f"{_PATH}.{what}_layer_map: {list(layer_map)} (has {len(layer_map)} entries; the student returns "
+            f"{student_count} {key})"
+        )
+    for t_index in layer_map:
+        if t_index >= teacher_count:
+            raise ConfigError(f"{_PATH}.{what}_layer_map: {t_index} (the teacher returns only {teacher_count} {key})")
+    return layer_map
+
+
 class DistillationLoss:
     """The XTC one-stage KD loss, built once from the config.
 
@@ -89,27 +106,28 @@ class DistillationLoss:
         return -(target * log_prob).sum(dim=-1).mean() * temperature**2
 
     def _layer_term(self, student: Any, teacher: Any, layer_map: Optional[Sequence[int]], what: str) -> torch.Tensor:
-        key = "hidden_states" if what == "hidden" else "attentions"
         if student is None or teacher is None:
             flag = "output_hidden_states" if what == "hidden" else "output_attentions"
             raise ValueError(
                 f"KD {what} term: call student and teacher with {flag}=True (see DistillationLoss.model_kwargs), "
                 f"or set {_PATH}.{what}_weight to 0"
             )
-        layer_map = tuple(range(len(student))) if layer_map is None else layer_map
-        if len(layer_map) != len(student):
-            raise ConfigError(
-                f"{_PATH}.{what}_layer_map: {list(layer_map)} (has {len(layer_map)} entries; the student returns "
-                f"{len(student)} {key})"
-            )
+        layer_map = _checked_map(layer_map, len(student), len(teacher), what)
         total = student[0].new_zeros((), dtype=torch.float32)
         for s, t_index in zip(student, layer_map):
-            if t_index >= len(teacher):
-                raise ConfigError(
-                    f"{_PATH}.{what}_layer_map: {t_index} (the teacher returns only {len(teacher)} {key})"
-                )
             total = total + F.mse_loss(s.float(), teacher[t_index].detach().float())
         return total
+
+    def check_layers(self, student_layers: int, teacher_layers: int) -> None:
+        """Check the layer maps against both models' depths before any training, not at the first KD step.
+
+        Raises:
+            ConfigError: a map whose length is not the student's count, or that names a teacher layer beyond it.
+        """
+        if self.kd.hidden_weight > 0:
+            _checked_map(self.hidden_map, student_layers + 1, teacher_layers + 1, "hidden")
+        if self.kd.attention_weight > 0:
+            _checked_map(self.attention_map, student_layers, teacher_layers, "attention")
 
     def terms(self, student_outputs: Any, teacher_outputs: Any) -> dict[str, torch.Tensor]:
         """Unweighted ``logits``, ``hidden`` and ``attention`` terms (a term whose weight is 0 is not computed)."""

@@ -10,12 +10,12 @@ address. DeepSpeed's own discovery always took ``hostname -I``, even for a one-h
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["map_mpi_environment", "init_distributed", "release_shm_workspace", "DEFAULT_PORT"]
+__all__ = ["map_mpi_environment", "init_distributed", "release_shm_workspace", "rank_zero_decides", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 29500
 SHM_DIR = Path("/dev/shm")
@@ -97,3 +97,27 @@ def release_shm_workspace() -> None:
     dist.barrier()
     _shm_workspace_path(dist.get_rank()).unlink(missing_ok=True)
     _shm_released = True
+
+
+def rank_zero_decides(decide: Callable[[], Any]) -> Any:
+    """Run ``decide`` on rank 0 only and give every rank its result, or raise its :class:`XtcError` on every rank.
+
+    For work that reads shared files once for the whole job (verifying or converting a checkpoint). Collective
+    when a process group is running; a plain call otherwise.
+    """
+    import torch.distributed as dist
+
+    from xtc_ds._log import is_rank_zero
+    from xtc_ds.errors import XtcError
+
+    outcome: list[Any] = [None]
+    if is_rank_zero():
+        try:
+            outcome[0] = decide()
+        except XtcError as err:
+            outcome[0] = err
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(outcome, src=0)
+    if isinstance(outcome[0], XtcError):
+        raise outcome[0]
+    return outcome[0]

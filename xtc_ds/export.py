@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +26,15 @@ import torch
 from torch import nn
 
 from xtc_ds.config import QuantizationType, RangeCalibration, load_compression_config
+from xtc_ds.errors import CheckpointError, ModelError, OutputDirError, PackedFormatError, XtcError, exit_on_user_error
 from xtc_ds.inject import to_packed
 from xtc_ds.matching import plan_injection, weight_shape
 from xtc_ds.nn.packed_linear import packed_shapes, packed_weight_tensors
 from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.nn.qat_linear import conv1d_type
-from xtc_ds.pipeline.io import replace_dir_atomic
+from xtc_ds.pipeline.checkpoints import checkpoint_tag_dir
+from xtc_ds.pipeline.io import path_within, replace_dir_atomic
+from xtc_ds.safe_load import check_pickle, load_weights
 
 __all__ = [
     "export_packed",
@@ -57,10 +61,6 @@ _TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
-
-
-class PackedFormatError(ValueError):
-    """An exported folder that is missing, truncated or inconsistent; the message names the file or tensor."""
 
 
 def packed_specs(model: nn.Module, deepspeed_config: Any) -> dict[str, PackedSpec]:
@@ -128,19 +128,28 @@ def checkpoint_state_dict(checkpoint: Union[str, Path]) -> dict[str, torch.Tenso
     Args:
         checkpoint: the save directory (its ``latest`` file names the tag) or one tag folder (``global_stepN``).
             ZeRO 1–3 checkpoints are consolidated from the optimizer's fp32 partitions (DeepSpeed's
-            ``zero_to_fp32``); stage 0 ones are read from the model states file.
+            ``zero_to_fp32``, after :func:`~xtc_ds.safe_load.check_pickle` has cleared every file); stage 0 ones
+            are read from the model states file with ``weights_only=True``.
+    Raises:
+        CheckpointError: naming the file that is missing, damaged or holds anything but weights.
     """
     checkpoint = Path(checkpoint)
-    tag_dir = (
-        checkpoint / (checkpoint / "latest").read_text().strip() if (checkpoint / "latest").exists() else checkpoint
-    )
-    if not any(tag_dir.glob("*model_states.pt")):
-        raise PackedFormatError(f"{checkpoint}: not a DeepSpeed checkpoint (no *model_states.pt in {tag_dir})")
-    if any(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    tag_dir = checkpoint_tag_dir(checkpoint)
+    if not tag_dir.is_dir() or not any(tag_dir.glob("*model_states.pt")):
+        raise CheckpointError(f"{checkpoint}: not a DeepSpeed checkpoint (no *model_states.pt in {tag_dir})")
+    if not any(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
+        states = load_weights(tag_dir / "mp_rank_00_model_states.pt")
+        if not isinstance(states, dict) or not isinstance(states.get("module"), dict):
+            raise CheckpointError(f"{tag_dir / 'mp_rank_00_model_states.pt'}: holds no 'module' state dict")
+        return states["module"]
+    for path in sorted(tag_dir.glob("*.pt")):
+        check_pickle(path)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    try:
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
-    return torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    except Exception as err:  # DeepSpeed's consolidation fails in many ways on incomplete checkpoints
+        raise CheckpointError(f"{tag_dir}: DeepSpeed cannot consolidate it ({type(err).__name__}: {err})") from None
 
 
 def _static_ranges(model: nn.Module, specs: dict[str, PackedSpec]) -> dict[str, torch.Tensor]:
@@ -169,14 +178,52 @@ def _source_model(source: Any) -> nn.Module:
 def _load_hf(folder: Path) -> nn.Module:
     import transformers
 
-    if not (folder / "config.json").exists():
-        raise PackedFormatError(f"{folder}: no config.json (expected a Hugging Face model folder)")
-    config = transformers.AutoConfig.from_pretrained(folder)
-    architecture = (config.architectures or [None])[0]
-    cls = getattr(transformers, architecture, None) if architecture else None
-    if cls is None:
-        raise PackedFormatError(f"{folder / 'config.json'}: unknown architectures {config.architectures}")
-    return cls.from_pretrained(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder)
+        architecture = (config.architectures or [None])[0]
+        cls = getattr(transformers, architecture, None) if architecture else None
+        if cls is None:
+            raise ModelError(f"{folder / 'config.json'}: unknown architectures {config.architectures}")
+        return cls.from_pretrained(folder)
+    except XtcError:
+        raise
+    except Exception as err:  # transformers and safetensors raise many types for a corrupt folder
+        raise ModelError(f"{folder}: cannot load the model ({type(err).__name__}: {err})") from err
+
+
+def _is_export(folder: Path) -> bool:
+    """True for a folder an earlier :func:`export_packed` wrote (its config.json has an xtc quantization_config)."""
+    try:
+        block = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(block, dict) and block.get("quant_method") == QUANT_METHOD
+
+
+def _check_output_dir(output_dir: Path, sources: Sequence[Any], overwrite: bool) -> None:
+    """Refuse an ``output_dir`` whose replacement would delete what xtc_ds did not write.
+
+    Raises:
+        OutputDirError: ``output_dir`` is a file; is, is inside or holds a source folder; or is a non-empty
+            folder that is not an earlier export (unless ``overwrite``).
+    """
+    for source in sources:
+        if not isinstance(source, (str, Path)):
+            continue
+        if path_within(output_dir, Path(source)) or path_within(Path(source), output_dir):
+            raise OutputDirError(
+                f"output_dir {output_dir}: is, is inside or contains the source {source}, which writing the export "
+                "would delete; choose another folder"
+            )
+    if os.path.lexists(output_dir) and not output_dir.is_dir():
+        raise OutputDirError(f"output_dir {output_dir}: exists and is not a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite and not _is_export(output_dir):
+        raise OutputDirError(
+            f"output_dir {output_dir}: not empty and not an earlier xtc_ds export; choose a new or empty folder, or "
+            "pass overwrite=True (python -m xtc_ds.export --overwrite_output_dir) to replace everything in it"
+        )
 
 
 def _copy_tokenizer(tokenizer: Any, folder: Path) -> None:
@@ -231,6 +278,7 @@ def export_packed(
     tokenizer: Any = None,
     dtype: torch.dtype = torch.float32,
     checkpoint: Optional[Union[str, Path]] = None,
+    overwrite: bool = False,
 ) -> Optional[Path]:
     """Write ``model`` compressed as a packed Hugging Face folder, atomically.
 
@@ -239,19 +287,26 @@ def export_packed(
             folder path of such a model. With ZeRO-3 partitioned weights every rank must call this: they are
             gathered, rank 0 writes, the others wait for it.
         deepspeed_config: the DeepSpeed config (path or dict) holding ``compression_training``.
-        output_dir: the folder to write (replaced if it exists).
+        output_dir: the folder to write: new, empty, or an earlier export, which is replaced as a whole (the new
+            folder is built in one hidden sibling and renamed in; nothing else beside it is touched). It may not
+            be, lie inside or contain the source model, tokenizer or checkpoint folder.
         tokenizer: a tokenizer or a folder to copy tokenizer files from (default: the model folder, if given).
         dtype: storage of the tensors that are not quantized (float32 or float16).
         checkpoint: a DeepSpeed checkpoint (``save_checkpoint`` directory or one tag folder) whose weights are
             exported instead of ``model``'s; ``model`` then only supplies the architecture (e.g. the run's
             ``student/best`` folder with ``student/checkpoints``).
+        overwrite: also replace a non-empty ``output_dir`` that is not an earlier export.
     Returns:
         ``output_dir`` on rank 0, None on other ranks.
+    Raises:
+        OutputDirError: an ``output_dir`` that may not be replaced (checked before any work).
     """
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     if tokenizer is None and isinstance(model, (str, Path)):
         tokenizer = model
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir, (model, tokenizer, checkpoint), overwrite)
     root = _source_model(model)
     config = load_compression_config(deepspeed_config)
     specs = packed_specs(root, config)
@@ -293,7 +348,6 @@ def export_packed(
         (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _copy_tokenizer(tokenizer, folder)
 
-    output_dir = Path(output_dir)
     replace_dir_atomic(output_dir, fill)
     if collective:
         torch.distributed.barrier()
@@ -420,18 +474,30 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xtc_ds.export", description=main.__doc__)
     parser.add_argument("--model", required=True, help="Hugging Face folder of the compressed (or cleaned) model")
     parser.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON with compression_training")
-    parser.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
+    parser.add_argument(
+        "--output_dir",
+        required=True,
+        help="folder to write: new, empty or an earlier export (replaced atomically); never the --model folder",
+    )
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="also replace a non-empty --output_dir that is not an earlier export (everything in it is lost)",
+    )
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="unquantized tensors")
     parser.add_argument(
         "--checkpoint", help="DeepSpeed checkpoint directory (or global_stepN folder) whose weights to export"
     )
     args = parser.parse_args(argv)
-    out = export_packed(
-        args.model,
-        args.deepspeed_config,
-        args.output_dir,
-        dtype=getattr(torch, args.dtype),
-        checkpoint=args.checkpoint,
+    out = exit_on_user_error(
+        lambda: export_packed(
+            args.model,
+            args.deepspeed_config,
+            args.output_dir,
+            dtype=getattr(torch, args.dtype),
+            checkpoint=args.checkpoint,
+            overwrite=args.overwrite_output_dir,
+        )
     )
     print(f"wrote {out}")
 

@@ -96,17 +96,22 @@ def _match_groups(groups: Mapping[str, object], eligible: Mapping[str, nn.Module
 
 def _num_groups(module: nn.Module, name: str, quantize_groups, path: str) -> Optional[int]:
     out_features, in_features = weight_shape(module)
-    if isinstance(module, nn.Embedding) or quantize_groups == PER_ROW:
+    if isinstance(module, nn.Embedding):
         return None  # embeddings are always quantized per token, as in the legacy library
-    if quantize_groups == out_features:
-        return None
+    groups = out_features if quantize_groups == PER_ROW else quantize_groups
     numel = out_features * in_features
-    if numel % quantize_groups:
+    if numel % groups:
         raise ConfigError(
             f"{path}.shared_parameters.quantize_groups: {quantize_groups} (does not divide the "
             f"{out_features}x{in_features} weight of '{name}' into equal groups)"
         )
-    return quantize_groups
+    if numel == groups:
+        raise ConfigError(
+            f"{path}.shared_parameters.quantize_groups: {quantize_groups} (one weight per group for the "
+            f"{out_features}x{in_features} weight of '{name}': every weight would be its own scale and "
+            "quantization would change nothing)"
+        )
+    return None if groups == out_features else groups
 
 
 def plan_injection(model: nn.Module, config: CompressionConfig) -> dict[str, ModulePlan]:

@@ -161,6 +161,10 @@ def initialize(
     compression, ds_config = split_deepspeed_config(_config_source(args, config, kwargs))
     init_compression(model, compression, teacher_model=teacher_model, mpu=kwargs.get("mpu"))
     distillation = DistillationLoss(compression) if compression.knowledge_distillation.enabled else None
+    if distillation is not None and teacher_model is not None:
+        depths = [getattr(getattr(m, "config", None), "num_hidden_layers", None) for m in (model, teacher_model)]
+        if None not in depths:  # Hugging Face models: check the layer maps now, not at the first KD step
+            distillation.check_layers(*depths)
     if distillation is not None and compression.knowledge_distillation.attention_weight > 0:
         require_eager_attention(model)
         if teacher_model is not None:

@@ -66,8 +66,9 @@ def test_mnli_has_matched_and_mismatched_dev(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("sentence\tlabel\ngood movie\t1\nbad\n", ":3: 1 columns, sst2 rows need at least 2"),
+        ("sentence\tlabel\ngood movie\t1\nbad\n", ":3: 1 columns, sst2 rows have 2"),
         ("sentence\tlabel\ngood movie\t1\nbad\tpositive\n", ":3: label 'positive' is not one of ['0', '1']"),
+        ("sentence\tlabel\ngood\tmovie\t1\n", ":2: 3 columns, sst2 rows have 2 (as its header; is there a tab"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, content, message):
@@ -77,11 +78,32 @@ def test_malformed_rows_name_file_and_line(tmp_path, content, message):
     assert str(path) + message in str(err.value)
 
 
-def test_bad_stsb_score(tmp_path):
+@pytest.mark.parametrize(
+    "score, message",
+    [("five", "is not a number"), ("nan", "is outside stsb's range"), ("inf", "is outside"), ("99", "is outside")],
+)
+def test_bad_stsb_score(tmp_path, score, message):
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-    path = _write(tmp_path / "dev.tsv", header + "0\tg\tf\ty\t0\tn\tn\tA.\tB.\tfive\n")
-    with pytest.raises(GlueDataError, match=r"dev.tsv:2: score 'five' is not a number"):
+    path = _write(
+        tmp_path / "dev.tsv", header + "0\tg\tf\ty\t0\tn\tn\tA.\tB.\t1.5\n" + f"1\tg\tf\ty\t0\tn\tn\tA.\tB.\t{score}\n"
+    )
+    with pytest.raises(GlueDataError, match=f"dev.tsv:3: score '{score}' {message}"):
         read_tsv(path, get_task("stsb"))
+
+
+def test_rte_text_with_a_tab_is_refused_not_split(tmp_path):
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    path = _write(tmp_path / "train.tsv", header + "0\tA\tcat.\tA dog.\tentailment\n")
+    with pytest.raises(GlueDataError, match="train.tsv:2: 5 columns, rte rows have 4"):
+        read_tsv(path, get_task("rte"))
+
+
+@pytest.mark.parametrize("garbage, line", [(b"caf\xe9\t1\n", 3), (b"\x00\xff\xfe\x80\x81\n", 3)])
+def test_non_utf8_bytes_name_file_and_line(tmp_path, garbage, line):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"sentence\tlabel\ngood\t1\n" + garbage)
+    with pytest.raises(GlueDataError, match=f"train.tsv:{line}: not UTF-8 text"):
+        read_tsv(path, get_task("sst2"))
 
 
 def test_data_dir_accepts_root_or_task_folder_and_glue_dir(monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from xtc_ds import ConfigError, load_compression_config
+from xtc_ds.errors import OutputDirError
 from xtc_ds.pipeline.args import (
     FINE_TUNE_LEARNING_RATE,
     LOW_BIT_LEARNING_RATE,
@@ -76,7 +77,7 @@ def test_missing_config_flag_is_refused():
 
 def test_output_dir_is_not_overwritten_without_the_flag(tmp_path):
     (tmp_path / "eval_results.json").write_text("{}")
-    with pytest.raises(SystemExit, match="--overwrite_output_dir"):
+    with pytest.raises(OutputDirError, match="--overwrite_output_dir"):
         _prepare_output_dir(_args("--output_dir", str(tmp_path)))
     assert (tmp_path / "eval_results.json").exists()
     _prepare_output_dir(_args("--output_dir", str(tmp_path), "--overwrite_output_dir"))
@@ -104,12 +105,36 @@ def test_atomic_writes_keep_the_old_version_on_failure(tmp_path):
     assert read_jsonl(tmp_path / "log.jsonl") == [{"step": 1}]
 
 
-def test_parse_rejects_bad_values():
-    bad = (["--eval_steps", "0"], ["--warmup_ratio", "1.5"], ["--task_name", "squad"], ["--learning_rate", "0"])
-    for flags in bad:
-        with pytest.raises(SystemExit):
-            parse_args(["--deepspeed_config", CONFIG, *flags])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--eval_steps", "0"],
+        ["--warmup_ratio", "1.5"],
+        ["--warmup_ratio", "nan"],
+        ["--task_name", "squad"],
+        ["--learning_rate", "0"],
+        ["--learning_rate", "inf"],
+        ["--max_train_samples", "-5"],
+        ["--max_eval_samples", "0"],
+        ["--teacher_max_train_steps", "0"],
+        ["--num_train_epochs", "nan"],
+        ["--weight_decay", "-0.1"],
+        ["--seed", "-1"],
+        ["--dist_timeout_s", "0"],
+    ],
+)
+def test_parse_rejects_bad_values(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--deepspeed_config", CONFIG, *flags])
+    assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
     assert isinstance(_args(), argparse.Namespace)
+
+
+def test_every_numeric_flag_is_range_checked():
+    from xtc_ds.pipeline.args import _RANGES
+
+    numeric = {a.dest for a in build_parser()._actions if a.type in (int, float)} - {"local_rank"}
+    assert numeric == set(_RANGES)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ local data, loading stops at once with a message that says how to point at the T
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
 import socket
 import sys
@@ -18,6 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from xtc_ds.errors import DataError
 from xtc_ds.glue.tasks import GlueTask
 
 __all__ = [
@@ -33,7 +36,7 @@ __all__ = [
 HUB_DATASET = "nyu-mll/glue"
 
 
-class GlueDataError(ValueError):
+class GlueDataError(DataError):
     """Missing or malformed GLUE data; the message names the file (and line) or says where data was looked for."""
 
 
@@ -44,38 +47,58 @@ class GlueExample:
     label: Union[int, float]
 
 
+def _decoded(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the line."""
+    raw = path.read_bytes()
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # MRPC's files start with a byte-order mark
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise GlueDataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); convert the file to UTF-8"
+        ) from None
+
+
+def _label(raw: str, task: GlueTask, where: str) -> Union[int, float]:
+    if task.tsv_labels is not None:
+        if raw not in task.tsv_labels:
+            raise GlueDataError(f"{where}: label {raw!r} is not one of {sorted(task.tsv_labels)}")
+        return task.tsv_labels[raw]
+    try:
+        score = float(raw)
+    except ValueError:
+        raise GlueDataError(f"{where}: score {raw!r} is not a number") from None
+    low, high = task.label_range
+    if not low <= score <= high:  # also refuses nan and inf
+        raise GlueDataError(f"{where}: score {raw!r} is outside {task.name}'s range [{low:g}, {high:g}]")
+    return score
+
+
 def read_tsv(path: Union[str, Path], task: GlueTask) -> list[GlueExample]:
     """Read one official GLUE TSV file.
 
     Raises:
-        GlueDataError: naming ``path:line`` for a row with too few columns or an unknown label.
+        GlueDataError: naming ``path:line`` for text that is not UTF-8, a row whose column count differs from the
+            header's (a tab inside a text shifts every column after it), or a label the task does not have.
     """
     path = Path(path)
     examples = []
-    needed = max(max(task.text_columns), task.label_column) + 1
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8-sig", newline="") as handle:  # utf-8-sig drops MRPC's byte-order mark
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if task.header:
-            next(reader, None)
-        for row in reader:
-            if not row or row == [""]:
-                continue
-            where = f"{path}:{reader.line_num}"
-            if len(row) < needed:
-                raise GlueDataError(f"{where}: {len(row)} columns, {task.name} rows need at least {needed}")
-            raw_label = row[task.label_column].strip()
-            if task.tsv_labels is None:
-                try:
-                    label: Union[int, float] = float(raw_label)
-                except ValueError:
-                    raise GlueDataError(f"{where}: score {raw_label!r} is not a number") from None
-            elif raw_label in task.tsv_labels:
-                label = task.tsv_labels[raw_label]
-            else:
-                raise GlueDataError(f"{where}: label {raw_label!r} is not one of {sorted(task.tsv_labels)}")
-            texts = [row[i] for i in task.text_columns]
-            examples.append(GlueExample(texts[0], texts[1] if len(texts) > 1 else None, label))
+    reader = csv.reader(io.StringIO(_decoded(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    expected = len(next(reader, [])) if task.header else task.columns
+    for row in reader:
+        if not row or row == [""]:
+            continue
+        where = f"{path}:{reader.line_num}"
+        if len(row) != expected:
+            raise GlueDataError(
+                f"{where}: {len(row)} columns, {task.name} rows have {expected}"
+                + (" (as its header; is there a tab inside a text?)" if task.header else "")
+            )
+        label = _label(row[task.label_column].strip(), task, where)
+        texts = [row[i] for i in task.text_columns]
+        examples.append(GlueExample(texts[0], texts[1] if len(texts) > 1 else None, label))
     if not examples:
         raise GlueDataError(f"{path}: no examples")
     return examples

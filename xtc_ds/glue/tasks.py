@@ -6,6 +6,7 @@ agree on what label 0 means.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,6 +27,8 @@ class GlueTask:
         hub_columns: text columns of the hub dataset.
         dev_splits: TSV file stems of the dev sets (MNLI has matched and mismatched).
         metric: ``accuracy``, ``f1`` (F1 and accuracy), ``matthews`` or ``correlation``.
+        columns: columns of every row of a headerless TSV (rows of the others have as many as the header).
+        label_range: the valid range of a regression score.
     """
 
     name: str
@@ -37,6 +40,8 @@ class GlueTask:
     hub_columns: tuple[str, ...]
     dev_splits: tuple[str, ...] = ("dev",)
     metric: str = "accuracy"
+    columns: Optional[int] = None
+    label_range: tuple[float, float] = (-math.inf, math.inf)
 
     @property
     def num_labels(self) -> int:
@@ -58,10 +63,20 @@ _ENTAILMENT = {"entailment": 0, "not_entailment": 1}
 TASKS: dict[str, GlueTask] = {
     task.name: task
     for task in (
-        GlueTask("cola", "CoLA", False, (3,), 1, _BINARY, ("sentence",), metric="matthews"),
+        GlueTask("cola", "CoLA", False, (3,), 1, _BINARY, ("sentence",), metric="matthews", columns=4),
         GlueTask("sst2", "SST-2", True, (0,), 1, _BINARY, ("sentence",)),
         GlueTask("mrpc", "MRPC", True, (3, 4), 0, _BINARY, ("sentence1", "sentence2"), metric="f1"),
-        GlueTask("stsb", "STS-B", True, (7, 8), -1, None, ("sentence1", "sentence2"), metric="correlation"),
+        GlueTask(
+            "stsb",
+            "STS-B",
+            True,
+            (7, 8),
+            -1,
+            None,
+            ("sentence1", "sentence2"),
+            metric="correlation",
+            label_range=(0.0, 5.0),
+        ),
         GlueTask("qqp", "QQP", True, (3, 4), 5, _BINARY, ("question1", "question2"), metric="f1"),
         GlueTask(
             "mnli",

@@ -11,6 +11,10 @@ __all__ = ["PackedSpec", "MODULE_KINDS"]
 MODULE_KINDS = ("linear", "conv1d", "embedding")
 
 
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # JSON true/false are bools, which Python would accept as 1/0
+
+
 @dataclass(frozen=True)
 class PackedSpec:
     """One compressed module of an exported model.
@@ -44,14 +48,46 @@ class PackedSpec:
     padding_idx: Optional[int] = None
 
     def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _problem(self) -> Optional[str]:
+        """What makes this spec impossible for the format (types included: it is read from JSON), or None."""
+        flags = ("bias", "symmetric", "act_symmetric", "act_static")
         if self.kind not in MODULE_KINDS:
-            raise ValueError(f"kind must be one of {MODULE_KINDS}, got {self.kind!r}")
-        if self.bits is not None and not 1 <= self.bits <= 8:
-            raise ValueError(f"bits must be 1..8 or None, got {self.bits}")
-        if self.num_groups < 1 or (self.out_features * self.in_features) % self.num_groups:
-            raise ValueError(
-                f"num_groups={self.num_groups} does not split a {self.out_features}x{self.in_features} weight"
+            return f"kind must be one of {MODULE_KINDS}, got {self.kind!r}"
+        if not all(_is_int(v) and v >= 1 for v in (self.out_features, self.in_features)):
+            return (
+                f"out_features and in_features must be integers >= 1, got {self.out_features!r}, {self.in_features!r}"
             )
+        if not all(isinstance(getattr(self, name), bool) for name in flags):
+            return f"{', '.join(flags)} must be true or false"
+        if self.bits is not None and not (_is_int(self.bits) and 1 <= self.bits <= 8):
+            return f"bits must be 1..8 or null, got {self.bits!r}"
+        if self.act_bits is not None and (not _is_int(self.act_bits) or self.act_bits not in (4, 8)):
+            return f"act_bits must be 4, 8 or null, got {self.act_bits!r}"
+        if self.bits is None and self.act_bits is None:
+            return "neither bits nor act_bits is set (nothing is quantized)"
+        if self.act_static and self.act_bits is None:
+            return "act_static needs act_bits"
+        if self.group is not None and not isinstance(self.group, str):
+            return f"group must be a string or null, got {self.group!r}"
+        numel = self.out_features * self.in_features
+        if not _is_int(self.num_groups) or self.num_groups < 1 or numel % self.num_groups:
+            return f"num_groups={self.num_groups!r} does not split a {self.out_features}x{self.in_features} weight"
+        if self.bits is not None and self.bits <= 2 and not self.symmetric:
+            return f"{self.bits}-bit weights are symmetric by definition"
+        if self.kind == "embedding":
+            if self.act_bits is not None or self.num_groups != self.out_features:
+                return "an embedding has one scale per row and no activation quantization"
+            if self.padding_idx is not None and not (
+                _is_int(self.padding_idx) and 0 <= self.padding_idx < self.out_features
+            ):
+                return f"padding_idx {self.padding_idx!r} is not a row of the embedding"
+        elif self.padding_idx is not None:
+            return "padding_idx is for embeddings only"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

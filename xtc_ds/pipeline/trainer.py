@@ -7,7 +7,6 @@ data position) and resumes from them step for step.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -21,12 +20,14 @@ import torch.distributed as dist
 from torch import nn
 
 from xtc_ds._log import is_rank_zero, logger
+from xtc_ds.errors import CheckpointError, TrainingError
 from xtc_ds.glue.data import trim_padding
 from xtc_ds.glue.metrics import primary_score, task_metrics
 from xtc_ds.glue.tasks import GlueTask
 from xtc_ds.pipeline.batches import EpochBatches
 from xtc_ds.pipeline.checkpoint_layout import LAYOUT_FILE, UNIVERSAL_DIR
-from xtc_ds.pipeline.io import append_jsonl, replace_dir_atomic, write_json_atomic
+from xtc_ds.pipeline.checkpoints import list_tags, write_manifest
+from xtc_ds.pipeline.io import append_jsonl, read_json, replace_dir_atomic, write_json_atomic
 
 __all__ = ["Phase", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
 
@@ -138,14 +139,14 @@ def _save_checkpoint(engine: Any, phase: Phase, batches: EpochBatches, step: int
         },
         "rng": _rng_states(),
     }
-    engine.save_checkpoint(str(phase.checkpoints), tag=f"global_step{step}", client_state=client_state)
+    tag_dir = phase.checkpoints / f"global_step{step}"
+    engine.save_checkpoint(str(phase.checkpoints), tag=tag_dir.name, client_state=client_state)
+    _barrier()  # every rank's files are written before rank 0 lists them
     if is_rank_zero():
-        layout = {"zero_stage": engine.zero_optimization_stage(), "world_size": _world_size()}
-        write_json_atomic(phase.checkpoints / f"global_step{step}" / LAYOUT_FILE, layout)
-        tags = sorted(
-            (p for p in phase.checkpoints.glob("global_step*") if p.is_dir()), key=lambda p: int(p.name[11:])
-        )
-        for stale in tags[:-keep]:
+        layout = {"zero_stage": engine.zero_optimization_stage(), "world_size": _world_size(), "phase": phase.name}
+        write_json_atomic(tag_dir / LAYOUT_FILE, layout)
+        write_manifest(tag_dir)
+        for stale in list_tags(phase.checkpoints)[keep:]:
             shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(phase.checkpoints / UNIVERSAL_DIR, ignore_errors=True)  # resumed from, now superseded
     _barrier()
@@ -164,14 +165,14 @@ def _global_mean(value: float, device: torch.device) -> float:
     return total.item() / _world_size()
 
 
-def _resume(engine: Any, phase: Phase, source: Path, batches: EpochBatches) -> int:
-    """Load a checkpoint (a folder with ``latest``, or one tag folder) and return the step to continue from."""
-    if (source / "latest").exists():
-        load_path, client_state = engine.load_checkpoint(str(source))
-    else:
-        load_path, client_state = engine.load_checkpoint(str(source.parent), tag=source.name)
+def _resume(engine: Any, phase: Phase, tag_dir: Path, batches: EpochBatches) -> int:
+    """Load a verified checkpoint tag folder and return the step to continue from."""
+    try:
+        load_path, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except Exception as err:  # DeepSpeed's own errors for a checkpoint it cannot take
+        raise CheckpointError(f"{tag_dir}: DeepSpeed could not load it ({type(err).__name__}: {err})") from None
     if load_path is None:
-        raise FileNotFoundError(f"--resume_from_checkpoint: no loadable DeepSpeed checkpoint in {source}")
+        raise CheckpointError(f"{tag_dir}: DeepSpeed found no loadable checkpoint there")
     step = engine.global_steps
     saved = client_state.get(PIPELINE_STATE_KEY, {})
     position = (saved.get("epoch"), saved.get("step_in_epoch"), saved.get("group_by_length", False))
@@ -212,7 +213,7 @@ def run_phase(
     start = _resume(engine, phase, resume, batches) if resume is not None else 0
     best_meta = phase.directory / "best" / BEST_META
     if best_meta.exists():  # a best folder written after the checkpoint we resumed from still counts
-        previous = json.loads(best_meta.read_text(encoding="utf-8"))
+        previous = read_json(best_meta)
         if previous.get("score", -math.inf) > phase.best.get("score", -math.inf):
             phase.best = previous
     engine.train()
@@ -266,12 +267,18 @@ def run_phase(
                         for k, v in m.items()
                     ]
                 )
-            if score > phase.best.get("score", -math.inf):
+            if math.isfinite(score) and score > phase.best.get("score", -math.inf):
                 phase.best = {"step": done, "score": score, "metrics": metrics}
                 _save_best(engine, phase, tokenizer, done, score, metrics)
         if done % args.save_steps == 0 or done == phase.total_steps:
             _save_checkpoint(engine, phase, batches, done, keep_checkpoints)
     progress.close()
+    if not phase.best:
+        raise TrainingError(
+            f"{phase.name}: no dev evaluation gave a finite score in {phase.total_steps} steps, so there is no best "
+            f"checkpoint and the phase is not complete (see {phase.log_path}; a NaN loss points at bad labels or "
+            "too high a learning rate)"
+        )
     wall = time.time() - began
     if rank_zero:
         logger.info("xtc_ds %s finished %d steps in %.0f s", phase.name, phase.total_steps, wall)
