@@ -123,7 +123,7 @@ def test_file_is_packed_and_config_records_the_format(tmp_path):
     out = export_packed(model, config, tmp_path / "packed", dtype=torch.float16)
     saved = json.loads((out / "config.json").read_text())
     block = saved["quantization_config"]
-    assert block["quant_method"] == "xtc" and block["format_version"] == 1 and block["dtype"] == "float16"
+    assert block["quant_method"] == "xtc" and block["format_version"] == 2 and block["dtype"] == "float16"
     spec = block["modules"]["bert.encoder.layer.0.intermediate.dense"]
     assert (spec["bits"], spec["act_bits"], spec["out_features"], spec["in_features"]) == (1, 8, 64, 32)
     from safetensors.torch import load_file
@@ -154,8 +154,22 @@ def test_gpt2_conv1d_roundtrip(tmp_path, reference_only):
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))
 
 
+def _resigned(folder, tensors):
+    """Write ``tensors`` with checksums that match them: a consistent file whose structure is wrong."""
+    from safetensors.torch import save_file
+
+    from xtc_ds.packed_format import config_sha256, tensor_sha256
+
+    save_file(tensors, str(folder / "model.safetensors"))
+    saved = json.loads((folder / "config.json").read_text())
+    block = saved["quantization_config"]
+    block["tensor_sha256"] = {name: tensor_sha256(t) for name, t in tensors.items()}
+    block["config_sha256"] = config_sha256(saved)
+    (folder / "config.json").write_text(json.dumps(saved))
+
+
 def test_bad_files_fail_naming_the_tensor(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     config = _config()
     out = export_packed(_compressed(config), config, tmp_path / "packed")
@@ -163,19 +177,25 @@ def test_bad_files_fail_naming_the_tensor(tmp_path):
     tensors = load_file(str(weights))
     name = "bert.encoder.layer.1.output.dense.packed_weight"
 
-    save_file({k: v for k, v in tensors.items() if k != name}, str(weights))
+    _resigned(out, {k: v for k, v in tensors.items() if k != name})
     with pytest.raises(PackedFormatError, match=f"'{name}' is missing"):
         _load(out)
-    save_file({**tensors, name: tensors[name][:, :-1].contiguous()}, str(weights))
+    _resigned(out, {**tensors, name: tensors[name][:, :-1].contiguous()})
     with pytest.raises(PackedFormatError, match=f"'{name}' has shape"):
         _load(out)
-    classifier = {k: v for k, v in tensors.items() if k != "classifier.bias"}
-    save_file(classifier, str(weights))
+    _resigned(out, {**tensors, name: tensors[name].float()})
+    with pytest.raises(PackedFormatError, match=f"'{name}' is torch.float32, expected torch.uint8"):
+        _load(out)
+    _resigned(out, {k: v for k, v in tensors.items() if k != "classifier.bias"})
     with pytest.raises(PackedFormatError, match="'classifier.bias' is missing"):
         _load(out)
-    save_file(tensors, str(weights))
+    _resigned(out, {**tensors, "extra.weight": torch.zeros(2)})
+    with pytest.raises(PackedFormatError, match="unexpected tensor 'extra.weight'"):
+        _load(out)
+    _resigned(out, tensors)
+    _load(out)
     weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(PackedFormatError, match="model.safetensors: unreadable"):
+    with pytest.raises(PackedFormatError, match="model.safetensors: tensor data ends at byte"):
         _load(out)
     saved = json.loads((out / "config.json").read_text())
     saved["quantization_config"]["format_version"] = 99

@@ -5,7 +5,8 @@ An exported folder holds ``config.json`` (the model's config plus a ``quantizati
 (uint8 codes in the :mod:`xtc_ds.quant.packing` layout: 8 per byte at 1 bit, 4 at 2 bits, 2 at 3..4 bits,
 1 at 5..8 bits), ``<name>.weight_scale`` (float32, one per group), ``<name>.weight_zero_point`` for asymmetric
 weights and ``<name>.bias``; everything else keeps its name, in float32 or float16. The block records
-``format_version``, the layout, the compression config and one :class:`~xtc_ds.nn.PackedSpec` per module.
+``format_version``, the layout, the compression config, one :class:`~xtc_ds.nn.PackedSpec` per module and
+the checksums :mod:`xtc_ds.packed_format` verifies.
 
 ``python -m xtc_ds.export --model DIR --deepspeed_config FILE --output_dir DIR [--checkpoint CKPT]`` does the
 same from a Hugging Face folder (and, with ``--checkpoint``, the weights of a DeepSpeed training checkpoint).
@@ -25,13 +26,25 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from xtc_ds.config import QuantizationType, RangeCalibration, load_compression_config
+from xtc_ds.config import ConfigError, QuantizationType, RangeCalibration, load_compression_config
 from xtc_ds.errors import CheckpointError, ModelError, OutputDirError, PackedFormatError, XtcError, exit_on_user_error
 from xtc_ds.inject import to_packed
 from xtc_ds.matching import plan_injection, weight_shape
-from xtc_ds.nn.packed_linear import packed_shapes, packed_weight_tensors
+from xtc_ds.nn.packed_linear import packed_weight_tensors
 from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.nn.qat_linear import conv1d_type
+from xtc_ds.packed_format import (
+    FORMAT_VERSION,
+    LAYOUT,
+    QUANT_METHOD,
+    WEIGHTS_FILE,
+    config_sha256,
+    read_quantization_config,
+    read_tensors,
+    tensor_sha256,
+    verify_config_checksum,
+    verify_tensor_checksums,
+)
 from xtc_ds.pipeline.checkpoints import checkpoint_tag_dir
 from xtc_ds.pipeline.io import path_within, replace_dir_atomic
 from xtc_ds.safe_load import check_pickle, load_weights
@@ -46,10 +59,6 @@ __all__ = [
     "QUANT_METHOD",
 ]
 
-FORMAT_VERSION = 1
-QUANT_METHOD = "xtc"
-LAYOUT = "rows_lsb_first"
-WEIGHTS_FILE = "model.safetensors"
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -337,14 +346,15 @@ def export_packed(
         "non_persistent_buffers": buffers,
     }
 
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    block["tensor_sha256"] = {name: tensor_sha256(tensor) for name, tensor in tensors.items()}
+    config_dict = json.loads(json.dumps({**hf_config.to_dict(), "quantization_config": block}))
+    config_dict["quantization_config"]["config_sha256"] = config_sha256(config_dict)
+
     def fill(folder: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file(
-            {k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE), metadata={"format": "pt"}
-        )
-        config_dict = hf_config.to_dict()
-        config_dict["quantization_config"] = block
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _copy_tokenizer(tokenizer, folder)
 
@@ -354,56 +364,77 @@ def export_packed(
     return output_dir
 
 
-def read_quantization_config(folder: Union[str, Path]) -> tuple[dict[str, Any], dict[str, PackedSpec]]:
-    """``(config.json as a dict, module name -> PackedSpec)`` of an exported folder; validates the block."""
-    path = Path(folder) / "config.json"
-    if not path.exists():
-        raise PackedFormatError(f"{path}: missing (not an exported folder)")
-    config = json.loads(path.read_text(encoding="utf-8"))
-    block = config.get("quantization_config")
-    if not isinstance(block, dict) or block.get("quant_method") != QUANT_METHOD:
-        raise PackedFormatError(
-            f"{path}: quantization_config.quant_method is not '{QUANT_METHOD}' (not an xtc export)"
-        )
-    if block.get("format_version") != FORMAT_VERSION:
-        raise PackedFormatError(
-            f"{path}: quantization_config.format_version {block.get('format_version')!r} is not supported "
-            f"(this xtc_ds reads version {FORMAT_VERSION})"
-        )
-    specs = {}
-    for name, data in block.get("modules", {}).items():
-        try:
-            specs[name] = PackedSpec.from_dict(data)
-        except (TypeError, ValueError) as err:
-            raise PackedFormatError(f"{path}: quantization_config.modules.{name}: {err}") from err
-    return config, specs
+def _model_class(config: dict[str, Any], path: Path) -> type:
+    import transformers
+
+    architecture = (config.get("architectures") or [None])[0]
+    model_class = getattr(transformers, architecture, None) if isinstance(architecture, str) else None
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        raise PackedFormatError(f"{path}: architectures {config.get('architectures')!r} names no transformers model")
+    return model_class
 
 
-def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _empty_model(folder: Path, model_class: type, attn_implementation: Optional[str]) -> nn.Module:
+    """The architecture of ``config.json`` on the meta device (no memory, no weights)."""
+    import transformers
 
-    path = folder / WEIGHTS_FILE
-    if not path.exists():
-        raise PackedFormatError(f"{path}: missing")
     try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
-        raise PackedFormatError(f"{path}: unreadable ({err})") from err
+        hf_config = transformers.AutoConfig.from_pretrained(folder)
+        if attn_implementation is not None:
+            hf_config._attn_implementation = attn_implementation
+        with torch.device("meta"):
+            return model_class(hf_config)
+    except Exception as err:  # transformers raises many types for fields it cannot build a model from
+        raise PackedFormatError(f"{folder / 'config.json'}: no model can be built from it ({err})") from None
 
 
-def _check_packed(specs: dict[str, PackedSpec], tensors: dict[str, torch.Tensor], path: Path) -> None:
-    for name, spec in specs.items():
-        if spec.bits is None:
-            continue
-        for leaf, shape in packed_shapes(spec).items():
-            key = f"{name}.{leaf}"
-            if key not in tensors:
-                raise PackedFormatError(f"{path}: tensor '{key}' is missing")
-            if tuple(tensors[key].shape) != shape:
+def _check_specs(model: nn.Module, block: dict[str, Any], specs: dict[str, PackedSpec], path: Path) -> None:
+    """The stored module specs must be exactly what ``compression_training`` gives on this architecture."""
+    try:
+        derived = packed_specs(model, block["compression_training"])
+    except ConfigError as err:
+        raise PackedFormatError(
+            f"{path}: quantization_config.compression_training does not fit the model ({err})"
+        ) from None
+    for name in sorted(set(specs) | set(derived)):
+        if name not in derived or name not in specs:
+            where = "is not a compressed module of this model" if name not in derived else "is missing"
+            raise PackedFormatError(f"{path}: quantization_config.modules.{name} {where}")
+        stored, wanted = specs[name].to_dict(), derived[name].to_dict()
+        for field, value in stored.items():
+            if value != wanted[field]:
                 raise PackedFormatError(
-                    f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape} "
-                    f"({spec.out_features}x{spec.in_features} codes of {spec.bits} bits)"
+                    f"{path}: quantization_config.modules.{name}.{field} is {value!r}, but compression_training "
+                    f"and the model give {wanted[field]!r}"
                 )
+
+
+def _check_tensors(
+    model: nn.Module, tensors: dict[str, torch.Tensor], block: dict[str, Any], specs: dict[str, PackedSpec], path: Path
+) -> None:
+    """Every file tensor must be one the packed model holds, with its shape and kind of dtype; none may be missing."""
+    expected = dict(model.state_dict(keep_vars=True))
+    buffers = dict(model.named_buffers())
+    for name in block["non_persistent_buffers"]:
+        if name in buffers:
+            expected.setdefault(name, buffers[name])
+    for name, spec in specs.items():
+        if spec.act_static:
+            expected.setdefault(f"{name}.act_range", torch.empty(2, device="meta"))
+    for name, tensor in tensors.items():
+        want = expected.get(name)
+        if want is None:
+            raise PackedFormatError(f"{path}: unexpected tensor '{name}'")
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise PackedFormatError(
+                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(want.shape)}"
+            )
+        same_kind = tensor.is_floating_point() if want.is_floating_point() else tensor.dtype == want.dtype
+        if not same_kind:
+            raise PackedFormatError(f"{path}: tensor '{name}' is {tensor.dtype}, expected {want.dtype}")
+    missing = sorted(set(expected) - set(tensors) - set(buffers) - {f"{n}.act_range" for n in specs})
+    if missing:
+        raise PackedFormatError(f"{path}: tensor '{missing[0]}' is missing")
 
 
 def load_packed(
@@ -411,43 +442,34 @@ def load_packed(
 ) -> nn.Module:
     """A ready ``transformers`` model (eval mode) whose quantized layers stay packed in memory.
 
+    Every field of ``config.json`` and every tensor is checked before the model is filled, so a damaged folder
+    fails here, naming the field or tensor, and never at the first forward.
+
     Args:
         folder: a folder written by :func:`export_packed`.
         model_class: the ``transformers`` class to build (default: ``config.json``'s ``architectures``).
         attn_implementation: ``"eager"``, ``"sdpa"``, ... (default: what ``transformers`` picks).
     Raises:
-        PackedFormatError: missing or unreadable files, a missing tensor, or a tensor of the wrong shape.
+        PackedFormatError: missing, unreadable, edited or damaged files, fields or tensors.
     """
-    import transformers
-
     folder = Path(folder)
     config_dict, specs = read_quantization_config(folder)
     block = config_dict["quantization_config"]
-    tensors = _read_tensors(folder)
+    model = _empty_model(folder, model_class or _model_class(config_dict, folder / "config.json"), attn_implementation)
+    _check_specs(model, block, specs, folder / "config.json")
+    verify_config_checksum(config_dict, folder)
+    tensors = read_tensors(folder)
     path = folder / WEIGHTS_FILE
-    _check_packed(specs, tensors, path)
-    if model_class is None:
-        architecture = (config_dict.get("architectures") or [None])[0]
-        model_class = getattr(transformers, architecture or "", None)
-        if model_class is None:
-            raise PackedFormatError(
-                f"{folder / 'config.json'}: unknown architectures {config_dict.get('architectures')}"
-            )
-    hf_config = transformers.AutoConfig.from_pretrained(folder)
-    if attn_implementation is not None:
-        hf_config._attn_implementation = attn_implementation
-    with torch.device("meta"):
-        model = model_class(hf_config)
     to_packed(model, specs)
-    buffers = {name: tensors.pop(name) for name in block.get("non_persistent_buffers", []) if name in tensors}
+    _check_tensors(model, tensors, block, specs, path)
+    verify_tensor_checksums(tensors, block, path)
+    buffers = {name: tensors.pop(name) for name in block["non_persistent_buffers"] if name in tensors}
     ranges = {name: tensors.pop(name) for name in list(tensors) if name.endswith(".act_range")}
     tensors = {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
     tensors.update({k: v for k, v in ranges.items() if _is_packed_range(k, specs)})
     result = model.load_state_dict(tensors, strict=False, assign=True)
     if result.missing_keys:
         raise PackedFormatError(f"{path}: tensor '{result.missing_keys[0]}' is missing")
-    if result.unexpected_keys:
-        raise PackedFormatError(f"{path}: unexpected tensor '{result.unexpected_keys[0]}'")
     modules = dict(model.named_modules())
     for name, tensor in buffers.items():
         owner, _, leaf = name.rpartition(".")

@@ -29,6 +29,7 @@ __all__ = [
     "QUANT_METHOD",
     "LAYOUT",
     "WEIGHTS_FILE",
+    "DTYPE_BYTES",
     "tensor_sha256",
     "config_sha256",
     "read_quantization_config",
@@ -43,7 +44,8 @@ LAYOUT = "rows_lsb_first"
 WEIGHTS_FILE = "model.safetensors"
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 _COSMETIC_KEYS = ("id2label", "label2id", "_name_or_path", "transformers_version")  # leave the arithmetic alone
-_HEADER_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+"""Bytes per element of each safetensors dtype an export may hold."""
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -169,7 +171,7 @@ def read_header(path: Path) -> dict[str, dict[str, Any]]:
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         if (
             info is None
-            or info.get("dtype") not in _HEADER_DTYPES
+            or info.get("dtype") not in DTYPE_BYTES
             or not isinstance(shape, list)
             or not all(type(d) is int and d >= 0 for d in shape)
             or not isinstance(offsets, list)

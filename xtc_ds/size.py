@@ -8,18 +8,16 @@ and the whole file (the fp32 model's parameters vs the file on disk).
 from __future__ import annotations
 
 import argparse
-import json
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from xtc_ds.export import WEIGHTS_FILE, read_quantization_config
+from xtc_ds.errors import exit_on_user_error
+from xtc_ds.packed_format import DTYPE_BYTES, WEIGHTS_FILE, read_header, read_quantization_config
 
 __all__ = ["SizeReport", "size_report", "main"]
 
-_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _FP32 = 4
 _PACKED_LEAVES = ("packed_weight", "weight_scale", "weight_zero_point")
 
@@ -61,25 +59,18 @@ class SizeReport:
         return "\n".join(lines)
 
 
-def _header(path: Path) -> dict:
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
-    return header
-
-
 def size_report(folder: Union[str, Path]) -> SizeReport:
     """Sizes of the folder written by :func:`xtc_ds.export_packed`."""
     folder = Path(folder)
     _, specs = read_quantization_config(folder)
+    header = read_header(folder / WEIGHTS_FILE)
     report = SizeReport(file_bytes=(folder / WEIGHTS_FILE).stat().st_size)
-    for name, info in _header(folder / WEIGHTS_FILE).items():
+    for name, info in header.items():
         owner, _, leaf = name.rpartition(".")
         count = 1
         for dim in info["shape"]:
             count *= dim
-        stored = count * _BYTES[info["dtype"]]
+        stored = count * DTYPE_BYTES[info["dtype"]]
         spec = specs.get(owner)
         if (
             spec is not None
@@ -100,7 +91,8 @@ def size_report(folder: Union[str, Path]) -> SizeReport:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xtc_ds.size", description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="a folder written by xtc_ds.export_packed")
-    print(size_report(parser.parse_args(argv).folder).table())
+    folder = parser.parse_args(argv).folder
+    print(exit_on_user_error(lambda: size_report(folder)).table())
 
 
 if __name__ == "__main__":
