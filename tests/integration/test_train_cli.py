@@ -96,7 +96,7 @@ def _leaked_shm(port: int) -> list:
     return sorted(SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
 
 
-def _tiny_teacher(folder, dropout=0.1):
+def _tiny_teacher(folder, dropout=0.1, num_labels=2):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     config = BertConfig(
@@ -105,7 +105,7 @@ def _tiny_teacher(folder, dropout=0.1):
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
-        num_labels=2,
+        num_labels=num_labels,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
     )
@@ -276,3 +276,59 @@ def test_two_rank_checkpoint_resharded_to_one_process(tmp_path, stage, resumed_s
     assert result.returncode == 2, result.stderr[-3000:]
     expected = f"written with ZeRO stage {resumed_stage} on 1 process(es) and this run uses stage {refused_stage} on 1"
     assert expected in result.stderr
+
+
+def test_resume_falls_back_from_a_truncated_checkpoint_and_from_a_copied_folder(tmp_path):
+    """A truncated newest checkpoint is passed over with a warning naming the file, and a copy of the checkpoint
+    folder outside the output directory is resumed from: either way the losses go on as if never stopped."""
+    glue_task_dir("SST-2")
+    teacher, config, total = tmp_path / "teacher", tmp_path / "ds.json", 10
+    _tiny_teacher(teacher)
+    _tiny_config(config, tmp_path / "monitor")
+    out = tmp_path / "run"
+    _run([sys.executable, *_tiny_run(config, out, teacher, total)])
+    reference = _losses(read_jsonl(out / "student" / "train_log.jsonl"))
+    checkpoints = out / "student" / "checkpoints"
+    copy = tmp_path / "copied_checkpoints"
+    subprocess.run(["cp", "-r", str(checkpoints), str(copy)], check=True)
+
+    states = checkpoints / "global_step10" / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])  # a full disk, a half-finished copy
+    result = _run([sys.executable, *_tiny_run(config, out, teacher, total), "--resume_from_checkpoint", "latest"])
+    assert f"{states}: " in result.stderr and "resuming from" in result.stderr
+    log = read_jsonl(out / "student" / "train_log.jsonl")
+    start = log.index({"resumed_from": str(checkpoints / "global_step5"), "step": 5})
+    after = _losses(log[start:])
+    assert sorted(after) == list(range(6, total + 1))
+    assert all(loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6) for step, loss in after.items())
+
+    fresh = tmp_path / "fresh"
+    flags = ["--resume_from_checkpoint", str(copy / "global_step5")]
+    _run([sys.executable, *_tiny_run(config, fresh, teacher, total), *flags])
+    log = read_jsonl(fresh / "student" / "train_log.jsonl")
+    assert log[0] == {"resumed_from": str(copy / "global_step5"), "step": 5}
+    after = _losses(log)
+    assert sorted(after) == list(range(6, total + 1))
+    assert all(loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6) for step, loss in after.items())
+
+
+def test_a_phase_without_a_finite_dev_score_fails_and_is_not_complete(tmp_path):
+    """A teacher that diverges (a learning rate far too high) scores NaN on dev: no best checkpoint is written and
+    the phase is not complete, so the student phase does not start from a missing teacher."""
+    data = tmp_path / "STS-B"
+    data.mkdir()
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    rows = [f"{i}\tg\tf\t2012\t{i}\ts\ts\tA man plays {i}.\tA man plays.\t{i % 5}.0\n" for i in range(32)]
+    (data / "train.tsv").write_text(header + "".join(rows))
+    (data / "dev.tsv").write_text(header + "".join(rows[:8]))
+    teacher = tmp_path / "teacher"
+    _tiny_teacher(teacher, num_labels=1)
+    out = tmp_path / "run"
+    cmd = [sys.executable, TRAIN, "--deepspeed_config", "ds_configs/ds_xtc_1bit.json", "--task_name", "stsb"]
+    cmd += ["--data_dir", str(data), "--model_name_or_path", str(teacher), "--output_dir", str(out)]
+    cmd += ["--max_seq_length", "16", "--teacher_max_train_steps", "2", "--eval_steps", "1"]
+    cmd += ["--teacher_learning_rate", "1e30", "--warmup_ratio", "0"]
+    result = subprocess.run(cmd, env=job_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: teacher: no dev evaluation gave a finite score" in result.stderr
+    assert not (out / "teacher" / "eval_results.json").exists() and not (out / "teacher" / "best").exists()

@@ -190,3 +190,81 @@ def test_resume_routes(saved, partitioned, here, route):
     with pytest.raises(CheckpointLayoutError) as err:
         resume_route(*saved, partitioned, *here)
     assert f"ZeRO stage {saved[0]} on {saved[1]}" in str(err.value) and "zero_to_fp32" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_dir(tmp_path_factory):
+    """A saved 6-layer BERT folder (ds_xtc.json keeps its layers 1, 3, 5): the architecture the checks read."""
+    from conftest import tiny_bert
+
+    folder = tmp_path_factory.mktemp("teacher")
+    tiny_bert(layers=6, hidden=32).save_pretrained(folder)
+    return folder
+
+
+def _section_edit(tmp_path, edit):
+    config = json.loads((REPO_ROOT / "ds_configs" / "ds_xtc.json").read_text())
+    edit(config["compression_training"])
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda s: s["weight_quantization"]["shared_parameters"].update(quantize_groups=7),
+            "quantize_groups: 7 \\(does not divide",
+        ),
+        (
+            lambda s: s["layer_reduction"].update(teacher_layer=[0, 9, 2]),
+            "teacher_layer\\[1\\]: 9 \\(the teacher has 6",
+        ),
+        (
+            lambda s: s["knowledge_distillation"].update(attention_layer_map=[0, 7, 1]),
+            "attention_layer_map: 7 \\(the teacher returns only 6",
+        ),
+    ],
+)
+def test_model_dependent_config_errors_come_before_any_training(tmp_path, tiny_teacher_dir, edit, message):
+    """Raised by main() before the process group starts, so before any teacher step (no data is read either)."""
+    from xtc_ds.pipeline.run import main
+
+    config = _section_edit(tmp_path, edit)
+    flags = ["--deepspeed_config", config, "--model_name_or_path", str(tiny_teacher_dir)]
+    with pytest.raises(ConfigError, match=message):
+        main([*flags, "--output_dir", str(tmp_path / "out"), "--data_dir", str(tmp_path / "no_data")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_that_compresses_nothing_is_refused_unless_asked(tmp_path, tiny_teacher_dir):
+    from xtc_ds.errors import DataError
+    from xtc_ds.pipeline.run import main
+
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps({"train_batch_size": 32}))
+    flags = ["--deepspeed_config", str(path), "--model_name_or_path", str(tiny_teacher_dir)]
+    flags += ["--data_dir", str(tmp_path / "no_data"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ConfigError, match="compress nothing.*--allow_uncompressed"):
+        main(flags)
+    with pytest.raises(DataError):  # accepted: it gets as far as the (missing) data
+        main([*flags, "--allow_uncompressed"])
+
+
+def test_eval_packed_on_a_missing_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from conftest import GLUE_DIR, glue_task_dir
+    from xtc_ds.pipeline.run import cli
+
+    glue_task_dir("SST-2")
+    flags = ["--eval_packed", str(tmp_path / "nope"), "--data_dir", str(GLUE_DIR), "--max_eval_samples", "4"]
+    monkeypatch.setattr(sys, "argv", ["launch/train.py", *flags])
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'nope' / 'config.json'}: missing (not an exported folder)"
+    )
