@@ -138,3 +138,11 @@ def test_one_weight_per_group_is_refused(bert12):
     config[SECTION]["weight_quantization"]["different_groups"]["wq1"]["modules"] = ["attention.self"]
     with pytest.raises(ConfigError, match="one weight per group"):
         plan_injection(bert12, load_compression_config(config))
+
+
+def test_a_config_without_the_section_warns_that_nothing_is_compressed(caplog):
+    from xtc_ds import init_compression
+
+    with caplog.at_level("WARNING", logger="xtc_ds"):
+        init_compression(tiny_bert(), {"train_batch_size": 8})
+    assert "enables nothing in it: the model is trained and saved uncompressed" in caplog.text

@@ -432,7 +432,7 @@ def _check_tensors(
         same_kind = tensor.is_floating_point() if want.is_floating_point() else tensor.dtype == want.dtype
         if not same_kind:
             raise PackedFormatError(f"{path}: tensor '{name}' is {tensor.dtype}, expected {want.dtype}")
-    missing = sorted(set(expected) - set(tensors) - set(buffers) - {f"{n}.act_range" for n in specs})
+    missing = sorted(set(model.state_dict()) - set(tensors))
     if missing:
         raise PackedFormatError(f"{path}: tensor '{missing[0]}' is missing")
 

@@ -167,11 +167,10 @@ def read_header(path: Path) -> dict[str, dict[str, Any]]:
     header.pop("__metadata__", None)
     end = 0
     for name, info in header.items():
-        shape = info.get("shape") if isinstance(info, dict) else None
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        entry = info if isinstance(info, dict) else {}
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if (
-            info is None
-            or info.get("dtype") not in DTYPE_BYTES
+            entry.get("dtype") not in DTYPE_BYTES
             or not isinstance(shape, list)
             or not all(type(d) is int and d >= 0 for d in shape)
             or not isinstance(offsets, list)

@@ -268,3 +268,16 @@ def test_eval_packed_on_a_missing_folder_is_one_line_and_exit_2(tmp_path, monkey
         capsys.readouterr().err.strip()
         == f"error: {tmp_path / 'nope' / 'config.json'}: missing (not an exported folder)"
     )
+
+
+def test_a_deleted_best_folder_is_named(tmp_path):
+    from xtc_ds.errors import ModelError
+    from xtc_ds.glue.tasks import get_task
+    from xtc_ds.pipeline.run import _load_model
+
+    with pytest.raises(ModelError, match=f"{tmp_path / 'teacher' / 'best'}: no config.json"):
+        _load_model(str(tmp_path / "teacher" / "best"), get_task("sst2"), eager=False)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="broken: cannot load the model"):
+        _load_model(str(tmp_path / "broken"), get_task("sst2"), eager=False)

@@ -31,7 +31,7 @@ from xtc_ds.matching import plan_injection
 from xtc_ds.pipeline.args import parse_args, resolve_learning_rates
 from xtc_ds.pipeline.batches import EpochBatches
 from xtc_ds.pipeline.checkpoint_layout import LAYOUT_FILE, prepare_resume, read_layout
-from xtc_ds.pipeline.checkpoints import checkpoint_tag_dir, list_tags, resolve_source, select_tag
+from xtc_ds.pipeline.checkpoints import list_tags, resolve_source, select_tag
 from xtc_ds.pipeline.io import (
     PHASES,
     RUN_OUTPUTS,
@@ -210,7 +210,7 @@ def _checkpoint_phase(source: Path, out: Path, args: Any) -> str:
     for phase in PHASES:
         if path_within(source, out / phase):
             return phase
-    for tag in (checkpoint_tag_dir(source), *list_tags(source)):
+    for tag in (source, *list_tags(source)):
         if (tag / LAYOUT_FILE).is_file() and read_layout(tag).get("phase"):
             return read_layout(tag)["phase"]
     if args.teacher_model is not None:
