@@ -46,7 +46,7 @@ from xtc_ds.packed_format import (
     verify_tensor_checksums,
 )
 from xtc_ds.pipeline.checkpoints import checkpoint_tag_dir
-from xtc_ds.pipeline.io import path_within, replace_dir_atomic
+from xtc_ds.pipeline.io import path_within, replace_dir_atomic, require_model_folder
 from xtc_ds.safe_load import check_pickle, load_weights
 
 __all__ = [
@@ -187,8 +187,7 @@ def _source_model(source: Any) -> nn.Module:
 def _load_hf(folder: Path) -> nn.Module:
     import transformers
 
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+    require_model_folder(folder)
     try:
         config = transformers.AutoConfig.from_pretrained(folder)
         architecture = (config.architectures or [None])[0]

@@ -29,13 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xtc_ds.errors import CheckpointError, OutputDirError
+from xtc_ds.errors import CheckpointError, ModelError, OutputDirError
 
 __all__ = [
     "RUN_OUTPUTS",
     "PHASES",
     "TEMP_MARK",
     "path_within",
+    "require_model_folder",
     "remove_path",
     "remove_run_temporaries",
     "write_json_atomic",
@@ -86,6 +87,12 @@ def path_within(path: Path, folder: Path) -> bool:
     """True if ``path`` is ``folder`` or lies inside it (links resolved)."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
     return path == folder or folder in path.parents
+
+
+def require_model_folder(path: Path) -> None:
+    """Raise :class:`ModelError` unless ``path`` is a folder with a Hugging Face ``config.json``."""
+    if not (Path(path) / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json (expected a Hugging Face model folder)")
 
 
 def remove_path(path: Path) -> None:

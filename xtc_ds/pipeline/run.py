@@ -41,6 +41,7 @@ from xtc_ds.pipeline.io import (
     remove_path,
     remove_run_temporaries,
     replace_dir_atomic,
+    require_model_folder,
     write_json_atomic,
 )
 from xtc_ds.pipeline.trainer import Phase, evaluate, run_phase
@@ -145,8 +146,7 @@ def _prepare_output_dir(args: Any) -> Path:
 def _load_model(path: str, task: GlueTask, eager: bool) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
-    if not (Path(path) / "config.json").is_file():
-        raise ModelError(f"{path}: no config.json (expected a Hugging Face model folder)")
+    require_model_folder(Path(path))
     kwargs = {"attn_implementation": "eager"} if eager else {}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
@@ -165,8 +165,7 @@ def _check_against_model(source: str, task: GlueTask, compression: CompressionCo
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    if not (Path(source) / "config.json").is_file():
-        raise ModelError(f"{source}: no config.json (expected a Hugging Face model folder)")
+    require_model_folder(Path(source))
     try:
         hf_config = AutoConfig.from_pretrained(source, num_labels=task.num_labels)
     except Exception as err:  # transformers raises several types for a damaged config.json
