@@ -73,7 +73,8 @@ def test_legacy_config_trains_and_cleans_to_low_bit(path):
     )
     assert engine.module is model
     losses = _train(engine, 3)
-    assert engine.global_steps == 3 and engine.xtc.scheduler.step_count == 3
+    # fp16 (where this CPU supports it) skips the steps whose gradients overflow; the schedule counts applied steps
+    assert engine.global_steps == 3 and engine.xtc.scheduler.step_count == 3 - engine.skipped_steps
     assert all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     report = model._xtc_state.report
