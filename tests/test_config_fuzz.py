@@ -140,9 +140,12 @@ def test_one_weight_per_group_is_refused(bert12):
         plan_injection(bert12, load_compression_config(config))
 
 
-def test_a_config_without_the_section_warns_that_nothing_is_compressed(caplog):
-    from xtc_ds import init_compression
+def test_a_config_without_the_section_warns_that_nothing_is_compressed(caplog, monkeypatch):
+    from xtc_ds import _log, init_compression
 
-    with caplog.at_level("WARNING", logger="xtc_ds"):
-        init_compression(tiny_bert(), {"train_batch_size": 8})
-    assert "enables nothing in it: the model is trained and saved uncompressed" in caplog.text
+    for config, warned in (({"train_batch_size": 8}, True), ({"train_batch_size": 8, SECTION: {}}, False)):
+        monkeypatch.setattr(_log, "_warned", set())  # warnings are once per process
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="xtc_ds"):
+            init_compression(tiny_bert(), config)  # an explicit empty section is a choice, not an oversight
+        assert ("has no compression_training section: nothing is compressed" in caplog.text) == warned

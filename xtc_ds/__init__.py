@@ -3,6 +3,9 @@
 Public API only; the legacy DeepSpeed names are kept so migrating is an import change::
 
     from xtc_ds import init_compression, redundancy_clean
+
+Importing it points ``TORCH_EXTENSIONS_DIR`` at a kernel cache of this Python environment unless it is set
+(:mod:`xtc_ds.ops.cache`).
 """
 
 from xtc_ds.compress import init_compression, redundancy_clean
@@ -12,8 +15,11 @@ from xtc_ds.export import PackedFormatError, export_packed, load_packed
 from xtc_ds.inject import inject, revert
 from xtc_ds.layer_reduction import build_student
 from xtc_ds.matching import InjectionReport
+from xtc_ds.ops.cache import configure_extensions_dir
 from xtc_ds.runtime import XtcRuntime, initialize
 from xtc_ds.schedule import CompressionScheduler
+
+configure_extensions_dir()  # before anything builds: xtc_ds's ops or DeepSpeed's
 
 __version__ = "0.1.0"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
-__all__ = ["logger", "is_rank_zero", "log_rank_zero", "warn_once"]
+__all__ = ["logger", "is_rank_zero", "log_rank_zero", "warn_once", "announce"]
 
 logger = logging.getLogger("xtc_ds")
 _warned: set[str] = set()
@@ -31,3 +32,9 @@ def warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         logger.warning(message)
+
+
+def announce(message: str) -> None:
+    """Print ``message`` to stderr on rank 0 whatever the logging setup: for waits that must not look like a hang."""
+    if is_rank_zero():
+        print(message, file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from xtc_ds._log import log_rank_zero, warn_once
-from xtc_ds.config import SECTION, ConfigError, load_compression_config
+from xtc_ds.config import SECTION, ConfigError, has_section, load_compression_config
 from xtc_ds.inject import inject
 from xtc_ds.layer_reduction import initialize_student, layer_list
 from xtc_ds.nn.qat_linear import XtcQATConv1D
@@ -53,11 +53,8 @@ def init_compression(
     """
     config = load_compression_config(deepspeed_config)
     _warn_mpu(mpu)
-    if not config.enabled:
-        warn_once(
-            f"xtc_ds: the config has no {SECTION} section, or enables nothing in it: the model is trained and "
-            "saved uncompressed"
-        )
+    if not has_section(deepspeed_config):
+        warn_once(f"xtc_ds: the DeepSpeed config has no {SECTION} section: nothing is compressed")
     reduction = config.layer_reduction
     if reduction.enabled:
         if teacher_model is not None:

@@ -31,6 +31,7 @@ __all__ = [
     "load_compression_config",
     "load_deepspeed_config",
     "split_deepspeed_config",
+    "has_section",
     "SECTION",
 ]
 
@@ -529,6 +530,14 @@ def _split_section(ds_config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
             f"{misplaced[0]}: a {SECTION} key at the top level of the DeepSpeed config; move it into '{SECTION}'"
         )
     return {}, rest
+
+
+def has_section(path_or_dict: Union[str, os.PathLike, Mapping[str, Any], CompressionConfig]) -> bool:
+    """Whether a config holds a ``compression_training`` section (or is one), even one that enables nothing."""
+    if isinstance(path_or_dict, CompressionConfig):
+        return True
+    ds_config = load_deepspeed_config(path_or_dict)
+    return SECTION in ds_config or bool(_split_section(ds_config)[0])
 
 
 def split_deepspeed_config(

@@ -1,31 +1,34 @@
 """How the fused ops are built: JIT through ninja (``torch.utils.cpp_extension.load``) into the torch extensions cache.
 
-The CPU build targets the best instruction set this machine has (AVX-512, else AVX2, else generic); the
-instruction set is part of the extension name, so a cache shared between machines never loads a build made
-for another CPU. Nothing is built at install time.
+The CPU build targets the best instruction set this machine has (AVX-512, else AVX2, else generic). The
+instruction set and a hash of the sources and flags are part of the extension name, so a cache shared between
+machines never loads a build made for another CPU, and two checkouts with different sources never rebuild over
+each other (:mod:`xtc_ds.ops.cache` keeps one cache per Python environment). Nothing is built at install time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import time
 from pathlib import Path
 from typing import Any
+
+from xtc_ds.ops.cache import clear_stale_lock
 
 __all__ = [
     "csrc_dir",
     "cpu_isa",
     "cpu_extension_name",
+    "is_built",
     "build_cpu",
     "build_cuda",
     "build_dir",
-    "CUDA_EXTENSION_NAME",
-    "STALE_LOCK_SECONDS",
+    "cuda_extension_name",
 ]
 
-CUDA_EXTENSION_NAME = "xtc_ds_cuda_ops"
-
-STALE_LOCK_SECONDS = 600
+_CPU_SOURCES = ("cpu/quant_cpu.cpp", "cpu/packed_cpu.cpp", "cpu/binding.cpp")
+_CUDA_SOURCES = ("cuda/binding.cpp", "cuda/quant_kernels.cu", "cuda/packed_kernels.cu")
+_CPU_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 _ISA_FLAGS = {
     "avx512vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
@@ -55,8 +58,32 @@ def cpu_isa() -> str:
     return "generic"
 
 
+def _source_hash(sources: tuple[str, ...], flags: list[str]) -> str:
+    """8 hex digits of sha256 over the sources, the headers they include and the compiler flags."""
+    src = csrc_dir()
+    digest = hashlib.sha256(" ".join(flags).encode())
+    for path in (
+        [src / name for name in sources] + sorted((src / "include").glob("*")) + sorted(src.glob("cuda/*.cuh"))
+    ):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def _cpu_flags() -> list[str]:
+    # No -ffast-math: results must stay bit-exact. The last two of _CPU_FLAGS only drop errno/FP-exception
+    # bookkeeping, which lets rint() vectorize.
+    return [*_CPU_FLAGS, *_ISA_FLAGS[cpu_isa()]]
+
+
 def cpu_extension_name() -> str:
-    return f"xtc_ds_cpu_ops_{cpu_isa()}"
+    """``xtc_ds_cpu_ops_<isa>_<source hash>``."""
+    return f"xtc_ds_cpu_ops_{cpu_isa()}_{_source_hash(_CPU_SOURCES, _cpu_flags())}"
+
+
+def cuda_extension_name() -> str:
+    """``xtc_ds_cuda_ops_<source hash>``."""
+    return f"xtc_ds_cuda_ops_{_source_hash(_CUDA_SOURCES, ['-O3'])}"
 
 
 def build_dir(name: str) -> Path:
@@ -66,43 +93,44 @@ def build_dir(name: str) -> Path:
     return Path(_get_build_directory(name, verbose=False))
 
 
-def _remove_stale_lock(name: str) -> None:
-    # A build killed half-way leaves `lock` behind and every later load waits on it forever.
-    lock = build_dir(name) / "lock"
-    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
-        lock.unlink(missing_ok=True)
+def is_built(name: str) -> bool:
+    """Whether the cache already holds a build of extension ``name`` (loading it then takes seconds)."""
+    return any(build_dir(name).glob(f"{name}*.so"))
+
+
+def _load(name: str, sources: tuple[str, ...], verbose: bool, **kwargs: Any) -> Any:
+    from torch.utils.cpp_extension import load
+
+    clear_stale_lock(build_dir(name))
+    src = csrc_dir()
+    return load(
+        name=name,
+        sources=[str(src / file) for file in sources],
+        verbose=verbose or os.environ.get("XTC_OPS_VERBOSE") == "1",
+        **kwargs,
+    )
 
 
 def build_cpu(verbose: bool = False) -> Any:
     """Build (or load from the cache) the CPU extension; raises on a failed build."""
-    from torch.utils.cpp_extension import load
-
-    name = cpu_extension_name()
-    _remove_stale_lock(name)
-    src = csrc_dir()
-    return load(
-        name=name,
-        sources=[str(src / "cpu" / file) for file in ("quant_cpu.cpp", "packed_cpu.cpp", "binding.cpp")],
-        extra_include_paths=[str(src / "include")],
-        # No -ffast-math: results must stay bit-exact. These two only drop errno/FP-exception bookkeeping,
-        # which lets rint() vectorize.
-        extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", *_ISA_FLAGS[cpu_isa()]],
+    return _load(
+        cpu_extension_name(),
+        _CPU_SOURCES,
+        verbose,
+        extra_include_paths=[str(csrc_dir() / "include")],
+        extra_cflags=_cpu_flags(),
         extra_ldflags=["-fopenmp"],
-        verbose=verbose or os.environ.get("XTC_OPS_VERBOSE") == "1",
     )
 
 
 def build_cuda(verbose: bool = False) -> Any:
     """Build (or load from the cache) the CUDA extension for the visible GPUs; needs a CUDA build of torch."""
-    from torch.utils.cpp_extension import load
-
-    _remove_stale_lock(CUDA_EXTENSION_NAME)
     src = csrc_dir()
-    return load(
-        name=CUDA_EXTENSION_NAME,
-        sources=[str(src / "cuda" / file) for file in ("binding.cpp", "quant_kernels.cu", "packed_kernels.cu")],
+    return _load(
+        cuda_extension_name(),
+        _CUDA_SOURCES,
+        verbose,
         extra_include_paths=[str(src / "include"), str(src / "cuda")],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3"],
-        verbose=verbose or os.environ.get("XTC_OPS_VERBOSE") == "1",
     )

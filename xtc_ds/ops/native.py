@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from xtc_ds._log import log_rank_zero, warn_once
+from xtc_ds._log import announce, log_rank_zero, warn_once
 from xtc_ds.ops import builder
 
 __all__ = ["load_cpu", "load_cuda", "disabled", "status"]
 
+_BUILD_MINUTES = {"cpu": "1 minute", "cuda": "3 minutes"}
 _loaded: dict[str, Optional[Any]] = {}
 _errors: dict[str, str] = {}
 
@@ -35,7 +37,13 @@ def _load(device: str, name: str, build: Any) -> Optional[Any]:
     if disabled():
         return None
     if device not in _loaded:
-        log_rank_zero(logging.INFO, f"xtc_ds: loading the fused {device.upper()} ops {name} (built on first use)")
+        fresh = not builder.is_built(name)
+        if fresh:
+            announce(
+                f"xtc_ds: building the fused {device.upper()} ops {name} in {builder.build_dir(name)} (first use in "
+                f"this environment, about {_BUILD_MINUTES[device]} on 2 CPU cores; later runs load it in seconds)"
+            )
+        started = time.time()
         try:
             _loaded[device] = build()
         except Exception as error:  # a missing compiler and a compile error end the same way
@@ -45,6 +53,10 @@ def _load(device: str, name: str, build: Any) -> Optional[Any]:
                 f"xtc_ds: the fused {device.upper()} ops could not be built ({log}); using the pure-PyTorch reference"
             )
             _loaded[device] = None
+        else:
+            if fresh:
+                announce(f"xtc_ds: built {name} in {time.time() - started:.0f} s")
+            log_rank_zero(logging.INFO, f"xtc_ds: using the fused {device.upper()} ops {name}")
     return _loaded[device]
 
 
@@ -59,7 +71,7 @@ def load_cuda() -> Optional[Any]:
 
     if not torch.cuda.is_available():
         return None
-    return _load("cuda", builder.CUDA_EXTENSION_NAME, builder.build_cuda)
+    return _load("cuda", builder.cuda_extension_name(), builder.build_cuda)
 
 
 def status() -> dict[str, str]:

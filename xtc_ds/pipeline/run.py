@@ -446,7 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))
     _, world = _rank_world()
     ds_full = _batch_config(ds_full, args, world)
-    ds_teacher = {key: value for key, value in ds_full.items() if key != SECTION}
+    ds_teacher = {**ds_full, SECTION: {}}  # the teacher is fine-tuned uncompressed, on purpose
     out = _prepare_output_dir(args)
     tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
     data = _encode_all(task, examples, args, tokenizer)
