@@ -11,7 +11,7 @@ from xtc_ds import CompressionScheduler, export_packed, init_compression
 from xtc_ds.errors import OutputDirError
 from xtc_ds.pipeline.args import parse_args
 from xtc_ds.pipeline.io import TEMP_MARK, remove_run_temporaries, replace_dir_atomic, write_json_atomic
-from xtc_ds.pipeline.run import _prepare_output_dir
+from xtc_ds.pipeline.run import _check_output_dir, _prepare_output_dir
 
 CONFIG = REPO_ROOT / "ds_configs" / "ds_xtc_1bit.json"
 
@@ -111,6 +111,12 @@ def _run_args(out, *flags):
     return parse_args(["--deepspeed_config", str(CONFIG), "--output_dir", str(out), *flags])
 
 
+def _prepare(args):
+    """What a run does with its output directory: decide before DeepSpeed starts, then act."""
+    _check_output_dir(args)
+    return _prepare_output_dir(args)
+
+
 def test_overwrite_output_dir_removes_only_what_a_run_writes(tmp_path):
     out = tmp_path / "out"
     for name in ("teacher/best", "student/checkpoints/global_step5", "final", "packed"):
@@ -120,7 +126,7 @@ def test_overwrite_output_dir_removes_only_what_a_run_writes(tmp_path):
     (out / "thesis").mkdir()
     (out / "thesis" / "chapter1.tex").write_text("mine")
     (out / "notes.txt").write_text("mine")
-    _prepare_output_dir(_run_args(out, "--overwrite_output_dir"))
+    _prepare(_run_args(out, "--overwrite_output_dir"))
     assert _tree(out) == {"notes.txt": b"mine", "thesis": None, "thesis/chapter1.tex": b"mine"}
 
 
@@ -129,14 +135,14 @@ def test_overwrite_output_dir_refuses_to_delete_the_teacher_it_reads(tmp_path):
     (out / "teacher" / "best").mkdir(parents=True)
     before = _tree(tmp_path)
     with pytest.raises(OutputDirError, match="--teacher_model"):
-        _prepare_output_dir(_run_args(out, "--overwrite_output_dir", "--teacher_model", str(out / "teacher" / "best")))
+        _prepare(_run_args(out, "--overwrite_output_dir", "--teacher_model", str(out / "teacher" / "best")))
     assert _tree(tmp_path) == before
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("mine")
     with pytest.raises(OutputDirError, match="not a folder"):
-        _prepare_output_dir(_run_args(tmp_path / "out"))
+        _prepare(_run_args(tmp_path / "out"))
     assert (tmp_path / "out").read_text() == "mine"
 
 

@@ -15,10 +15,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["map_mpi_environment", "init_distributed", "release_shm_workspace", "rank_zero_decides", "DEFAULT_PORT"]
+__all__ = [
+    "map_mpi_environment",
+    "init_distributed",
+    "prepare_deepspeed_ops",
+    "release_shm_workspace",
+    "rank_zero_decides",
+    "DEFAULT_PORT",
+]
 
 DEFAULT_PORT = 29500
 SHM_DIR = Path("/dev/shm")
+SHM_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU shared-memory all-reduce, JIT-built when the process group starts
 _shm_released = False
 _MPI_VARIABLES = {  # Open MPI, MPICH/Intel MPI (Hydra), PMIx
     "RANK": ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"),
@@ -63,11 +71,39 @@ def init_distributed(timeout: timedelta = timedelta(minutes=30), dist_backend: O
     import torch.distributed.distributed_c10d as c10d
 
     map_mpi_environment()
+    prepare_deepspeed_ops()
     # DeepSpeed creates its data-parallel and ZeRO groups with new_group() and no timeout, which falls back to
     # torch's module default (30 minutes); without this a stuck rank would hold the others that long.
     c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
     deepspeed.init_distributed(dist_backend=dist_backend, auto_mpi_discovery=True, timeout=timeout)
     release_shm_workspace()
+
+
+def prepare_deepspeed_ops() -> None:
+    """Before DeepSpeed starts the process group on the CPU accelerator: skip or announce its shared-memory op.
+
+    A one-process job never uses the shared-memory all-reduce, so it is not built (about 2 silent minutes on a
+    2-core machine otherwise). A multi-process job says it is building it, after clearing a lock a killed build
+    left (:func:`xtc_ds.ops.cache.clear_stale_lock`).
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    from xtc_ds._log import announce
+    from xtc_ds.ops.builder import build_dir, is_built
+    from xtc_ds.ops.cache import clear_stale_lock
+
+    if get_accelerator().device_name() != "cpu" or not deepspeed.ops.__compatible_ops__.get(SHM_OP, False):
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        deepspeed.ops.__compatible_ops__[SHM_OP] = False
+        return
+    clear_stale_lock(build_dir(SHM_OP))
+    if not is_built(SHM_OP):
+        announce(
+            f"xtc_ds: DeepSpeed is building its CPU shared-memory all-reduce op {SHM_OP} in {build_dir(SHM_OP)} "
+            "(first use in this environment, about 2 minutes on 2 CPU cores)"
+        )
 
 
 def _shm_workspace_path(rank: int) -> Path:

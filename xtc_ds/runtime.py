@@ -21,7 +21,7 @@ from xtc_ds._log import log_rank_zero
 from xtc_ds.compress import init_compression
 from xtc_ds.config import CompressionConfig, split_deepspeed_config
 from xtc_ds.distill import DistillationLoss, require_eager_attention
-from xtc_ds.distributed import release_shm_workspace
+from xtc_ds.distributed import prepare_deepspeed_ops, release_shm_workspace
 from xtc_ds.schedule import CompressionScheduler
 
 __all__ = ["initialize", "XtcRuntime", "CHECKPOINT_KEY"]
@@ -175,6 +175,8 @@ def initialize(
     for name in ("deepspeed_config", "deepscale_config"):
         if hasattr(ds_args, name):
             setattr(ds_args, name, None)
+    if not torch.distributed.is_initialized():  # deepspeed.initialize starts the process group itself
+        prepare_deepspeed_ops()
     engine, optimizer, dataloader, lr_scheduler = deepspeed.initialize(
         args=ds_args, model=model, config=ds_config, **kwargs
     )

@@ -10,13 +10,15 @@ from xtc_ds import ConfigError, load_compression_config
 from xtc_ds.errors import OutputDirError
 from xtc_ds.pipeline.args import (
     FINE_TUNE_LEARNING_RATE,
+    LONG_LOW_BIT_LEARNING_RATE,
+    LONG_STUDENT_STEPS,
     LOW_BIT_LEARNING_RATE,
     build_parser,
     parse_args,
     resolve_learning_rates,
 )
 from xtc_ds.pipeline.io import read_jsonl, replace_dir_atomic, write_json_atomic
-from xtc_ds.pipeline.run import _batch_config, _prepare_output_dir
+from xtc_ds.pipeline.run import _batch_config, _check_output_dir, _prepare_output_dir
 
 CONFIG = str(REPO_ROOT / "ds_configs" / "ds_xtc.json")
 
@@ -75,16 +77,38 @@ def test_missing_config_flag_is_refused():
         parse_args([])
 
 
+def _prepare(args):
+    _check_output_dir(args)
+    return _prepare_output_dir(args)
+
+
 def test_output_dir_is_not_overwritten_without_the_flag(tmp_path):
     (tmp_path / "eval_results.json").write_text("{}")
-    with pytest.raises(OutputDirError, match="--overwrite_output_dir"):
-        _prepare_output_dir(_args("--output_dir", str(tmp_path)))
+    with pytest.raises(OutputDirError, match="holds no earlier run; pass --overwrite_output_dir"):
+        _prepare(_args("--output_dir", str(tmp_path)))
     assert (tmp_path / "eval_results.json").exists()
-    _prepare_output_dir(_args("--output_dir", str(tmp_path), "--overwrite_output_dir"))
+    _prepare(_args("--output_dir", str(tmp_path), "--overwrite_output_dir"))
     assert not (tmp_path / "eval_results.json").exists()
     (tmp_path / "keep").write_text("x")
-    _prepare_output_dir(_args("--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"))
+    _prepare(_args("--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"))
     assert (tmp_path / "keep").exists()
+
+
+def test_default_output_dir_is_named_after_task_and_config():
+    args = _args("--task_name", "stsb")
+    _check_output_dir(args)
+    assert args.output_dir == "out/stsb-ds_xtc"
+
+
+def test_an_earlier_run_of_the_same_job_is_continued(tmp_path):
+    first = _args("--output_dir", str(tmp_path))
+    write_json_atomic(tmp_path / "args.json", vars(first))
+    args = _args("--output_dir", str(tmp_path))
+    _check_output_dir(args)
+    assert args.resume_from_checkpoint == "latest"
+    other = _args("--output_dir", str(tmp_path), "--seed", "7")
+    with pytest.raises(OutputDirError, match="holds a run with --seed 42 \\(this one: 7\\)"):
+        _check_output_dir(other)
 
 
 def test_atomic_writes_keep_the_old_version_on_failure(tmp_path):
@@ -138,29 +162,30 @@ def test_every_numeric_flag_is_range_checked():
 
 
 @pytest.mark.parametrize(
-    "config, student",
+    "config, short, long",
     [
-        ("ds_xtc.json", LOW_BIT_LEARNING_RATE),
-        ("ds_xtc_1bit.json", LOW_BIT_LEARNING_RATE),
-        ("ds_xtc_zero3.json", LOW_BIT_LEARNING_RATE),
-        ("ds_xtc_2bit.json", LOW_BIT_LEARNING_RATE),
-        ("ds_layer_reduction.json", FINE_TUNE_LEARNING_RATE),
+        ("ds_xtc.json", LOW_BIT_LEARNING_RATE, LONG_LOW_BIT_LEARNING_RATE),
+        ("ds_xtc_1bit.json", LOW_BIT_LEARNING_RATE, LONG_LOW_BIT_LEARNING_RATE),
+        ("ds_xtc_zero3.json", LOW_BIT_LEARNING_RATE, LONG_LOW_BIT_LEARNING_RATE),
+        ("ds_xtc_2bit.json", LOW_BIT_LEARNING_RATE, LONG_LOW_BIT_LEARNING_RATE),
+        ("ds_layer_reduction.json", FINE_TUNE_LEARNING_RATE, FINE_TUNE_LEARNING_RATE),
     ],
 )
-def test_default_learning_rates_follow_the_weight_bits(config, student):
+def test_default_learning_rates_follow_the_weight_bits_and_the_budget(config, short, long):
     path = str(REPO_ROOT / "ds_configs" / config)
-    args = parse_args(["--deepspeed_config", path])
-    resolve_learning_rates(args, load_compression_config(path))
-    assert (args.learning_rate, args.teacher_learning_rate) == (student, FINE_TUNE_LEARNING_RATE)
+    for steps, student in ((LONG_STUDENT_STEPS - 1, short), (LONG_STUDENT_STEPS, long)):
+        args = parse_args(["--deepspeed_config", path])
+        resolve_learning_rates(args, load_compression_config(path), steps)
+        assert (args.learning_rate, args.teacher_learning_rate) == (student, FINE_TUNE_LEARNING_RATE)
 
 
 def test_given_learning_rates_are_kept():
     compression = load_compression_config(CONFIG)
     args = _args("--learning_rate", "1e-4")
-    resolve_learning_rates(args, compression)
+    resolve_learning_rates(args, compression, 100)
     assert (args.learning_rate, args.teacher_learning_rate) == (1e-4, 1e-4)  # the teacher follows a given rate
     args = _args("--teacher_learning_rate", "3e-5")
-    resolve_learning_rates(args, compression)
+    resolve_learning_rates(args, compression, 100)
     assert (args.learning_rate, args.teacher_learning_rate) == (LOW_BIT_LEARNING_RATE, 3e-5)
 
 

@@ -10,15 +10,37 @@ from typing import Optional
 from xtc_ds.config import CompressionConfig
 from xtc_ds.glue.tasks import TASKS
 
-__all__ = ["FINE_TUNE_LEARNING_RATE", "LOW_BIT_LEARNING_RATE", "build_parser", "parse_args", "resolve_learning_rates"]
+__all__ = [
+    "FINE_TUNE_LEARNING_RATE",
+    "LOW_BIT_LEARNING_RATE",
+    "LONG_LOW_BIT_LEARNING_RATE",
+    "LONG_STUDENT_STEPS",
+    "build_parser",
+    "parse_args",
+    "resolve_learning_rates",
+]
 
 FINE_TUNE_LEARNING_RATE = 5e-5
 """Teacher fine-tuning and students whose weights keep 4 or more bits."""
 LOW_BIT_LEARNING_RATE = 5e-4
-"""Students with 1- or 2-bit weights: a quantized weight only changes when its latent weight crosses zero (or
-the ternary threshold), which at 5e-5 takes far longer than a GLUE budget. On STS-B 5e-4 was the best of 5e-5,
-2e-4, 5e-4 and 1e-3 for binary students and beat 5e-5 for ternary ones; on SST-2 it matched 2e-4
-(docs/RESULTS.md)."""
+"""Students with 1- or 2-bit weights and a short budget (under :data:`LONG_STUDENT_STEPS` steps): a quantized
+weight only changes when its latent weight crosses zero (or the ternary threshold), which at 5e-5 takes far
+longer than a GLUE budget. On STS-B (540 steps) 5e-4 was the best of 5e-5, 2e-4, 5e-4 and 1e-3 for binary
+students and beat 5e-5 for ternary ones (docs/RESULTS.md)."""
+LONG_LOW_BIT_LEARNING_RATE = 2e-4
+"""The same students with :data:`LONG_STUDENT_STEPS` steps or more: on SST-2, 2e-4 beat 5e-4 over 2 to 3 epochs
+(4200-6300 steps) and reached 0.69 points below the teacher in 8 epochs (docs/RESULTS.md)."""
+LONG_STUDENT_STEPS = 2000
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` for options with a value, unless the help already says what happens by default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="XTC on one GLUE task: fine-tune a teacher (unless --teacher_model), build and compress the "
         "student from the DeepSpeed config's compression_training section, distill, evaluate, clean and save.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--task_name", default="sst2", choices=sorted(TASKS), help="GLUE task")
@@ -38,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="GLUE TSVs: the task folder or the GLUE root with task folders "
         "(default: $GLUE_DIR, else the datasets hub nyu-mll/glue)",
     )
-    data.add_argument("--max_seq_length", type=int, default=128, help="longest example in tokens (truncated beyond)")
+    data.add_argument(
+        "--max_seq_length",
+        type=int,
+        default=None,
+        help="longest example in tokens, truncated beyond (default: the 99th percentile of the tokenized training "
+        "texts rounded up to a multiple of 8, at most 128; dev sets then keep their longest example up to 128)",
+    )
     data.add_argument(
         "--pad_to_max_length",
         action="store_true",
@@ -47,8 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--group_by_length",
         action="store_true",
+        default=True,
         help="batch training examples of similar length together, so dynamic padding pads little "
-        "(SST-2: 14 instead of 40 tokens per batch on average); the order stays seeded and resumable",
+        "(SST-2: 14 instead of 40 tokens per batch on average); the order stays seeded and resumable (default: on)",
+    )
+    data.add_argument(
+        "--no_group_by_length",
+        dest="group_by_length",
+        action="store_false",
+        help="batch training examples in plain shuffled order",
     )
     data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training rows")
     data.add_argument("--max_eval_samples", type=int, default=None, help="use only the first N rows of each dev set")
@@ -74,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="storage of the unquantized tensors in the packed export",
     )
-    models.add_argument("--output_dir", default="out/xtc", help="where checkpoints, models and results go")
+    models.add_argument(
+        "--output_dir",
+        default=None,
+        help="where checkpoints, models and results go (default: out/<task>-<config name>, which git ignores); "
+        "a run that finds its own checkpoints there continues from them",
+    )
     models.add_argument(
         "--overwrite_output_dir",
         action="store_true",
@@ -101,11 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning_rate",
         type=float,
         default=None,
-        help=f"peak AdamW learning rate of the student (default: {LOW_BIT_LEARNING_RATE:g} when the config "
-        f"quantizes weights to 1 or 2 bits, else {FINE_TUNE_LEARNING_RATE:g}; docs/RESULTS.md)",
+        help=f"peak AdamW learning rate of the student (default: when the config quantizes weights to 1 or 2 bits, "
+        f"{LOW_BIT_LEARNING_RATE:g} for fewer than {LONG_STUDENT_STEPS} steps and {LONG_LOW_BIT_LEARNING_RATE:g} "
+        f"from then on, else {FINE_TUNE_LEARNING_RATE:g}; docs/RESULTS.md)",
     )
     train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
-    train.add_argument("--num_train_epochs", type=float, default=3.0, help="student epochs")
+    train.add_argument(
+        "--num_train_epochs",
+        type=float,
+        default=None,
+        help="student epochs (default: as many as fit about 28 minutes of the 2-core reference CPU for the "
+        "data and model, 1 to 20; the plan printed at the start says how many)",
+    )
     train.add_argument("--max_train_steps", type=int, default=None, help="student optimizer steps (overrides epochs)")
     train.add_argument("--warmup_ratio", type=float, default=0.1, help="linear warm-up share of the steps")
     train.add_argument(
@@ -116,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"{FINE_TUNE_LEARNING_RATE:g})",
     )
     train.add_argument(
-        "--teacher_num_train_epochs", type=float, default=None, help="teacher epochs (default: num_train_epochs)"
+        "--teacher_num_train_epochs",
+        type=float,
+        default=None,
+        help="teacher epochs (default: as many as fit about 8 minutes of the reference CPU, 0.5 to 5)",
     )
     train.add_argument("--teacher_max_train_steps", type=int, default=None, help="teacher steps (overrides epochs)")
     train.add_argument("--eval_steps", type=int, default=500, help="evaluate every N optimizer steps (and at the end)")
@@ -180,11 +231,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def resolve_learning_rates(args: argparse.Namespace, compression: CompressionConfig) -> None:
+def resolve_learning_rates(args: argparse.Namespace, compression: CompressionConfig, student_steps: int) -> None:
     """Fill ``learning_rate`` and ``teacher_learning_rate`` left unset, so ``args.json`` records what ran."""
     if args.teacher_learning_rate is None:
         args.teacher_learning_rate = args.learning_rate or FINE_TUNE_LEARNING_RATE
     if args.learning_rate is None:
         weights = compression.weight_quantization
         low_bit = weights.enabled and any(g.params.target_bits <= 2 for g in weights.different_groups.values())
-        args.learning_rate = LOW_BIT_LEARNING_RATE if low_bit else FINE_TUNE_LEARNING_RATE
+        long_run = student_steps >= LONG_STUDENT_STEPS
+        args.learning_rate = (
+            (LONG_LOW_BIT_LEARNING_RATE if long_run else LOW_BIT_LEARNING_RATE) if low_bit else FINE_TUNE_LEARNING_RATE
+        )

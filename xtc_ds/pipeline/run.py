@@ -17,11 +17,11 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from xtc_ds._log import is_rank_zero, logger
+from xtc_ds._log import announce, is_rank_zero, logger
 from xtc_ds.compress import init_compression, redundancy_clean
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
 from xtc_ds.distill import DistillationLoss
-from xtc_ds.distributed import init_distributed, rank_zero_decides
+from xtc_ds.distributed import init_distributed, map_mpi_environment, rank_zero_decides
 from xtc_ds.errors import CheckpointError, ModelError, OutputDirError, exit_on_user_error
 from xtc_ds.export import export_packed, load_packed
 from xtc_ds.glue.data import encode, load_examples
@@ -43,6 +43,16 @@ from xtc_ds.pipeline.io import (
     replace_dir_atomic,
     require_model_folder,
     write_json_atomic,
+)
+from xtc_ds.pipeline.plan import (
+    SEQ_CAP,
+    describe,
+    eval_seq_length,
+    model_cost,
+    phase_plan,
+    sample_rows,
+    token_lengths,
+    train_seq_length,
 )
 from xtc_ds.pipeline.trainer import Phase, evaluate, run_phase
 from xtc_ds.runtime import initialize
@@ -108,24 +118,24 @@ def _batch_config(ds_config: dict[str, Any], args: Any, world_size: int) -> dict
     return ds_config
 
 
-def _prepare_output_dir(args: Any) -> Path:
-    """Check ``--output_dir`` and clear what an earlier run left that this one must not read.
+_SAME_RUN_FLAGS = ("task_name", "deepspeed_config", "model_name_or_path", "teacher_model", "seed")
 
-    Temporaries of killed earlier runs are removed on every start; ``--overwrite_output_dir`` removes only
-    :data:`RUN_OUTPUTS`, like Hugging Face's flag of that name keeps what it did not write.
+
+def _check_output_dir(args: Any) -> None:
+    """Decide what happens to ``--output_dir`` before anything starts; nothing is changed yet.
+
+    The default folder is ``out/<task>-<config name>``. A folder holding an earlier run of the same job (its
+    ``args.json`` records the same task, config, models and seed) is continued from its checkpoints, as
+    ``run_glue`` does; any other non-empty folder needs ``--overwrite_output_dir`` or ``--resume_from_checkpoint``.
     """
+    if args.output_dir is None:
+        args.output_dir = str(Path("out") / f"{get_task(args.task_name).name}-{Path(args.deepspeed_config).stem}")
     out = Path(args.output_dir)
     if os.path.lexists(out) and not out.is_dir():
         raise OutputDirError(f"--output_dir {out}: exists and is not a folder")
-    if out.is_dir() and is_rank_zero():
-        remove_run_temporaries(out)
-    occupied = out.is_dir() and any(out.iterdir())
-    if occupied and args.resume_from_checkpoint is None:
-        if not args.overwrite_output_dir:
-            raise OutputDirError(
-                f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace what an earlier run wrote "
-                "there (other files are kept) or --resume_from_checkpoint latest to continue it"
-            )
+    if not out.is_dir() or not any(out.iterdir()) or args.resume_from_checkpoint is not None:
+        return
+    if args.overwrite_output_dir:
         earlier = [out / name for name in RUN_OUTPUTS if os.path.lexists(out / name)]
         for flag in ("teacher_model", "model_name_or_path"):
             wanted = getattr(args, flag)
@@ -134,9 +144,37 @@ def _prepare_output_dir(args: Any) -> Path:
                     f"--{flag} {wanted} lies in what --overwrite_output_dir would delete in {out}; copy it elsewhere "
                     "or use another --output_dir"
                 )
-        if is_rank_zero():
-            for path in earlier:
-                remove_path(path)
+        return
+    if not (out / "args.json").is_file():
+        raise OutputDirError(
+            f"--output_dir {out} is not empty and holds no earlier run; pass --overwrite_output_dir to write there "
+            "anyway (only what a run writes is replaced, other files are kept) or choose another --output_dir"
+        )
+    recorded = read_json(out / "args.json")
+    for flag in _SAME_RUN_FLAGS:
+        before, now = recorded.get(flag), getattr(args, flag)
+        if before != now:
+            raise OutputDirError(
+                f"--output_dir {out} holds a run with --{flag} {before} (this one: {now}); pass "
+                "--overwrite_output_dir to start over there or choose another --output_dir"
+            )
+    args.resume_from_checkpoint = "latest"
+    announce(f"xtc_ds: continuing the run in {out} from its checkpoints (--overwrite_output_dir starts over)")
+
+
+def _prepare_output_dir(args: Any) -> Path:
+    """Carry out :func:`_check_output_dir`'s decision (rank 0), after the process group has started.
+
+    Temporaries of killed earlier runs are removed on every start; ``--overwrite_output_dir`` removes only
+    :data:`RUN_OUTPUTS`, like Hugging Face's flag of that name keeps what it did not write.
+    """
+    out = Path(args.output_dir)
+    if is_rank_zero() and out.is_dir():
+        remove_run_temporaries(out)
+        if args.overwrite_output_dir and args.resume_from_checkpoint is None:
+            for name in RUN_OUTPUTS:
+                if os.path.lexists(out / name):
+                    remove_path(out / name)
     if dist.is_initialized():
         dist.barrier()
     out.mkdir(parents=True, exist_ok=True)
@@ -157,11 +195,14 @@ def _load_model(path: str, task: GlueTask, eager: bool) -> torch.nn.Module:
     return model
 
 
-def _check_against_model(source: str, task: GlueTask, compression: CompressionConfig) -> None:
+def _check_against_model(source: str, task: GlueTask, compression: CompressionConfig) -> tuple[Any, int]:
     """Find the config errors that depend on the model before any training, on a weightless (meta) copy.
 
     Group patterns, ``quantize_groups`` against each weight, layer reduction indices and KD layer maps are
     checked against the teacher's architecture and the student ``build_student`` would make of it.
+
+    Returns:
+        The teacher's Hugging Face config and the student's number of layers.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -174,9 +215,57 @@ def _check_against_model(source: str, task: GlueTask, compression: CompressionCo
         teacher = AutoModelForSequenceClassification.from_config(hf_config)
         student = build_student(teacher, compression) if compression.layer_reduction.enabled else teacher
     plan_injection(student, compression)
+    depth = student.config.num_hidden_layers
     if compression.knowledge_distillation.enabled:
-        depth = student.config.num_hidden_layers
         DistillationLoss(compression).check_layers(depth, teacher.config.num_hidden_layers)
+    return hf_config, depth
+
+
+def _token_lengths(rows: list, tokenizer: Any, task: GlueTask) -> torch.Tensor:
+    texts_b = [row.text_b for row in rows] if task.text_columns[1:] else None
+    return token_lengths([row.text_a for row in rows], texts_b, tokenizer)
+
+
+def _eval_seq_length(examples: dict[str, list], tokenizer: Any, task: GlueTask, model_positions: int) -> int:
+    rows = [row for split, split_rows in examples.items() if split != "train" for row in split_rows]
+    return eval_seq_length(_token_lengths(rows, tokenizer, task), model_positions)
+
+
+def _plan(
+    args: Any, examples: dict[str, list], tokenizer: Any, hf_config: Any, student_layers: int, global_batch: int
+) -> None:
+    """Fill in the sequence lengths and epochs that flags left open (:mod:`xtc_ds.pipeline.plan`); say the plan.
+
+    A ``--max_train_steps``/``--teacher_max_train_steps`` flag is shown as the epochs it amounts to.
+    """
+    train = examples["train"]
+    lengths = _token_lengths([train[i] for i in sample_rows(len(train), args.seed)], tokenizer, args.task)
+    auto = args.max_seq_length is None
+    if auto:
+        positions = hf_config.max_position_embeddings
+        args.max_seq_length = train_seq_length(lengths, positions)
+        args.eval_max_seq_length = _eval_seq_length(examples, tokenizer, args.task, positions)
+    else:
+        args.eval_max_seq_length = args.max_seq_length
+    epoch_tokens = lengths.clamp(max=args.max_seq_length).double().mean().item() * len(train)
+    phases = []
+    for name, epochs_flag, steps_flag, layers in (
+        ("teacher", "teacher_num_train_epochs", "teacher_max_train_steps", None),
+        ("student", "num_train_epochs", "max_train_steps", student_layers),
+    ):
+        if name == "teacher" and args.teacher_model is not None:
+            continue
+        steps = getattr(args, steps_flag)
+        epochs = getattr(args, epochs_flag) if steps is None else steps * global_batch / len(train)
+        phase = phase_plan(name, epoch_tokens, model_cost(hf_config, layers), epochs)
+        if steps is None:
+            setattr(args, epochs_flag, phase.epochs)
+        phases.append(phase)
+    lengths_used = (args.max_seq_length, args.eval_max_seq_length)
+    from deepspeed.accelerator import get_accelerator
+
+    device = get_accelerator().device_name()
+    announce(describe(args.task.name, len(train), lengths_used, auto, phases, device))
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -200,8 +289,8 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_ratio:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _total_steps(epochs: float, max_steps: Optional[int], batches: EpochBatches) -> int:
-    return max_steps if max_steps is not None else max(1, math.ceil(epochs * batches.steps_per_epoch))
+def _total_steps(epochs: float, max_steps: Optional[int], steps_per_epoch: int) -> int:
+    return max_steps if max_steps is not None else max(1, math.ceil(epochs * steps_per_epoch))
 
 
 def _checkpoint_phase(source: Path, out: Path, args: Any) -> str:
@@ -278,7 +367,7 @@ def _train(
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     lengths = data["train"]["attention_mask"].sum(dim=1) if args.group_by_length else None
     batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, seed, lengths)
-    total = _total_steps(epochs, max_steps, batches)
+    total = _total_steps(epochs, max_steps, batches.steps_per_epoch)
     resume = _resume_tag(args, out, name)
     if resume is not None:  # before the engine exists: a universal checkpoint is a config setting
         resume, universal = prepare_resume(resume, ds_config.get("zero_optimization", {}).get("stage", 0), world)
@@ -391,11 +480,11 @@ def _eval_packed(args: Any, examples: dict[str, list]) -> dict[str, Any]:
 
     model = load_packed(args.eval_packed)
     tokenizer = AutoTokenizer.from_pretrained(args.eval_packed)
-    dev = {
-        split: encode(rows, tokenizer, args.max_seq_length, args.task)
-        for split, rows in examples.items()
-        if split != "train"
-    }
+    length = args.max_seq_length
+    if length is None:  # the dev sets' longest example, as a run evaluates them
+        positions = getattr(model.config, "max_position_embeddings", SEQ_CAP)
+        length = _eval_seq_length(examples, tokenizer, args.task, positions)
+    dev = _encode_dev(examples, tokenizer, length, args.task)
     metrics = evaluate(model, dev, args.task, args.per_device_eval_batch_size, args.pad_to_max_length)
     results = {"task": args.task.name, "packed_model": str(args.eval_packed), "packed_dev": metrics}
     print(json.dumps(results))
@@ -413,12 +502,12 @@ def _select(examples: dict[str, list], args: Any) -> dict[str, list]:
 def _encode_all(task: GlueTask, examples: dict[str, list], args: Any, tokenizer: Any) -> dict[str, Any]:
     return {
         "train": encode(examples["train"], tokenizer, args.max_seq_length, task),
-        "dev": {
-            split: encode(rows, tokenizer, args.max_seq_length, task)
-            for split, rows in examples.items()
-            if split != "train"
-        },
+        "dev": _encode_dev(examples, tokenizer, args.eval_max_seq_length, task),
     }
+
+
+def _encode_dev(examples: dict[str, list], tokenizer: Any, max_length: int, task: GlueTask) -> dict[str, Any]:
+    return {split: encode(rows, tokenizer, max_length, task) for split, rows in examples.items() if split != "train"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -438,17 +527,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             f"{args.deepspeed_config}: no {SECTION} section, or nothing enabled in it, so the run would compress "
             "nothing; add the section (see ds_configs/) or pass --allow_uncompressed for an uncompressed baseline"
         )
-    resolve_learning_rates(args, compression)
+    _check_output_dir(args)
     model_path = args.model_name_or_path or default_model_path()
-    _check_against_model(args.teacher_model or model_path, task, compression)  # errors that need the model
+    hf_config, student_layers = _check_against_model(args.teacher_model or model_path, task, compression)
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
     _single_process_defaults()
-    init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))
+    map_mpi_environment()
+    ds_full = _batch_config(ds_full, args, int(os.environ["WORLD_SIZE"]))
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
+    _plan(args, examples, tokenizer, hf_config, student_layers, ds_full["train_batch_size"])
+    student_steps = _total_steps(
+        args.num_train_epochs, args.max_train_steps, len(examples["train"]) // ds_full["train_batch_size"]
+    )
+    resolve_learning_rates(args, compression, student_steps)
+    init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))  # DeepSpeed starts only now
     _, world = _rank_world()
-    ds_full = _batch_config(ds_full, args, world)
     ds_teacher = {**ds_full, SECTION: {}}  # the teacher is fine-tuned uncompressed, on purpose
     out = _prepare_output_dir(args)
-    tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
     data = _encode_all(task, examples, args, tokenizer)
     if is_rank_zero():
         if not (out / "args.json").exists():

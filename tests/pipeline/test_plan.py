@@ -1,0 +1,60 @@
+"""Defaults chosen from the data and the model: sequence lengths, epochs per phase, and the printed plan."""
+
+import pytest
+import torch
+
+from conftest import glue_task_dir, minilm_path
+from xtc_ds.pipeline import plan
+
+
+def test_training_length_is_the_99th_percentile_rounded_up_and_capped():
+    lengths = torch.tensor([10] * 98 + [30, 500])
+    assert plan.train_seq_length(lengths, 512) == 32  # 99th percentile ~30 -> 32
+    assert plan.train_seq_length(torch.full((10,), 400), 512) == plan.SEQ_CAP
+    assert plan.train_seq_length(torch.full((10,), 100), 64) == 64  # never beyond the model's positions
+    assert plan.eval_seq_length(torch.tensor([5, 77, 12]), 512) == 77
+    assert plan.eval_seq_length(torch.tensor([5, 700]), 512) == plan.SEQ_CAP
+
+
+def test_epochs_fit_the_budget_scale_with_model_size_and_stay_in_range():
+    minilm = plan.model_cost(_Config(6, 384))
+    assert minilm == 1.0 and plan.model_cost(_Config(12, 768)) == 8.0 and plan.model_cost(_Config(6, 384), 3) == 0.5
+    small = plan.phase_plan("student", epoch_tokens=1e5, cost=1.0, epochs=None)
+    large = plan.phase_plan("student", epoch_tokens=1e6, cost=1.0, epochs=None)
+    assert small.chosen and small.epochs > large.epochs >= 1.0
+    assert plan.phase_plan("student", epoch_tokens=1e3, cost=1.0, epochs=None).epochs == 20.0
+    assert plan.phase_plan("teacher", epoch_tokens=1e9, cost=1.0, epochs=None).epochs == 0.5
+    bigger_model = plan.phase_plan("student", epoch_tokens=1e6, cost=8.0, epochs=None)
+    assert bigger_model.epochs < large.epochs
+    given = plan.phase_plan("teacher", epoch_tokens=1e6, cost=1.0, epochs=3.0)
+    assert (given.epochs, given.chosen) == (3.0, False)
+    budgeted = plan.phase_plan("student", epoch_tokens=1e6, cost=1.0, epochs=None)
+    assert budgeted.minutes == pytest.approx(plan.STUDENT_MINUTES * 2 / torch.get_num_threads(), rel=0.25)
+
+
+def test_the_plan_says_what_runs_and_for_how_long():
+    phases = [plan.phase_plan("teacher", 1e6, 1.0, None), plan.phase_plan("student", 1e6, 1.0, 2.0)]
+    text = plan.describe("sst2", 67349, (56, 64), True, phases, "cpu")
+    assert "sst2, 67349 training rows; max_seq_length 56 (dev 64; auto" in text
+    assert "teacher: " in text and "(budget)" in text and "student: 2 epochs (flag), about" in text
+    assert "min" not in plan.describe("sst2", 10, (8, 8), False, phases, "cuda")
+
+
+def test_sst2_lengths_with_the_real_tokenizer():
+    from transformers import AutoTokenizer
+
+    from xtc_ds.glue.data import read_tsv
+    from xtc_ds.glue.tasks import get_task
+
+    folder, task = glue_task_dir("SST-2"), get_task("sst2")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    rows = read_tsv(folder / "train.tsv", task)
+    sample = [rows[i] for i in plan.sample_rows(len(rows), seed=42)]
+    lengths = plan.token_lengths([row.text_a for row in sample], None, tokenizer)
+    assert len(sample) == 20000 and plan.sample_rows(len(rows), 42) == plan.sample_rows(len(rows), 42)
+    assert 8 < lengths.float().mean() < 20 and plan.train_seq_length(lengths, 512) <= 64
+
+
+class _Config:
+    def __init__(self, layers, hidden):
+        self.num_hidden_layers, self.hidden_size = layers, hidden

@@ -1,0 +1,129 @@
+"""What a run does when flags leave it open, chosen from the data and the model, and said before it starts.
+
+``run_glue``-style defaults (sequence length 128, 3 epochs whatever the task) made the README's SST-2 job a
+60-hour one on a 2-core CPU. Here each phase gets a budget of work instead:
+
+- **sequence length**: the 99th percentile of the tokenized training texts, rounded up to a multiple of 8 and
+  capped at 128 (and at the model's positions); dev sets are encoded up to their longest example under the
+  same cap, so evaluation truncates nothing it need not. Batches are padded to their longest example only.
+- **epochs**: as many as fit :data:`TEACHER_MINUTES` / :data:`STUDENT_MINUTES` of training on the reference
+  machine (the project's 2-core CPU), from the measured token rates of MiniLM-L6 there, scaled by the model's
+  size (layers x hidden^2), between the phase's least and most epochs.
+
+:func:`describe` prints the plan, with a time estimate per phase scaled by the CPU threads in use; the
+progress bars then show the real ETA.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+__all__ = [
+    "SEQ_PERCENTILE",
+    "SEQ_CAP",
+    "TEACHER_MINUTES",
+    "STUDENT_MINUTES",
+    "PhasePlan",
+    "token_lengths",
+    "train_seq_length",
+    "eval_seq_length",
+    "sample_rows",
+    "model_cost",
+    "phase_plan",
+    "describe",
+]
+
+SEQ_PERCENTILE = 99
+SEQ_CAP = 128
+_LENGTH_SAMPLE = 20000  # rows whose lengths decide the training sequence length (seeded sample)
+
+TEACHER_MINUTES = 8.0
+STUDENT_MINUTES = 28.0
+"""Training minutes per phase on the reference machine that the default epochs aim at (evaluations, start-up
+and the final export come on top: about 5 minutes for SST-2)."""
+_EPOCH_RANGE = {"teacher": (0.5, 5.0), "student": (1.0, 20.0)}
+_REFERENCE_TOKENS_PER_S = {"teacher": 1030.0, "student": 800.0}
+"""Tokens per second of MiniLM-L6 on the reference machine (2 CPU threads, batches of 32 grouped by length):
+fp32 fine-tuning, and 1-bit W / 8-bit A QAT with one-stage KD."""
+_REFERENCE_COST = 6 * 384**2  # MiniLM-L6: layers x hidden^2
+_REFERENCE_THREADS = 2
+
+
+def token_lengths(texts_a: list[str], texts_b: Optional[list[str]], tokenizer: Any) -> torch.Tensor:
+    """Untruncated token counts (special tokens included) of one or two texts per example."""
+    encoded = tokenizer(texts_a, texts_b, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
+    return torch.tensor([len(ids) for ids in encoded], dtype=torch.long)
+
+
+def train_seq_length(lengths: torch.Tensor, model_positions: int) -> int:
+    """The training max length from token counts: their 99th percentile rounded up to 8, at most 128."""
+    percentile = torch.quantile(lengths.double(), SEQ_PERCENTILE / 100, interpolation="lower").item()
+    return min(SEQ_CAP, model_positions, int(math.ceil(percentile / 8) * 8))
+
+
+def eval_seq_length(lengths: torch.Tensor, model_positions: int) -> int:
+    """The evaluation max length: the longest dev example, at most 128."""
+    return min(SEQ_CAP, model_positions, int(lengths.max()))
+
+
+def sample_rows(count: int, seed: int) -> list[int]:
+    """The rows (all, or a seeded sample of 20000) whose lengths stand for the training set."""
+    rows = list(range(count))
+    return rows if count <= _LENGTH_SAMPLE else sorted(random.Random(seed).sample(rows, _LENGTH_SAMPLE))
+
+
+def model_cost(config: Any, layers: Optional[int] = None) -> float:
+    """Compute per token relative to MiniLM-L6 (``layers x hidden^2``), from a Hugging Face config."""
+    depth = config.num_hidden_layers if layers is None else layers
+    return depth * config.hidden_size**2 / _REFERENCE_COST
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase's share of the work: epochs, and the reference-machine minutes they are estimated at."""
+
+    name: str
+    epochs: float
+    epoch_tokens: float
+    cost: float
+    chosen: bool  # from the budget (True) or from a flag (False)
+
+    @property
+    def minutes(self) -> float:
+        threads = max(1, torch.get_num_threads())
+        rate = _REFERENCE_TOKENS_PER_S[self.name] * threads / _REFERENCE_THREADS
+        return self.epochs * self.epoch_tokens * self.cost / rate / 60
+
+
+def phase_plan(name: str, epoch_tokens: float, cost: float, epochs: Optional[float]) -> PhasePlan:
+    """The epochs of phase ``name`` (``teacher``/``student``): ``epochs`` if given, else what fits its budget."""
+    if epochs is not None:
+        return PhasePlan(name, epochs, epoch_tokens, cost, chosen=False)
+    minutes = TEACHER_MINUTES if name == "teacher" else STUDENT_MINUTES
+    budget = minutes * 60 * _REFERENCE_TOKENS_PER_S[name] / cost
+    low, high = _EPOCH_RANGE[name]
+    fitted = min(high, max(low, budget / epoch_tokens))
+    return PhasePlan(name, round(fitted * 2) / 2, epoch_tokens, cost, chosen=True)
+
+
+def describe(
+    task: str, rows: int, lengths: tuple[int, int], auto_length: bool, phases: list[PhasePlan], device: str
+) -> str:
+    """The plan as printed before training: data, sequence lengths, each phase's epochs and estimated time."""
+    how = f"auto: {SEQ_PERCENTILE}th percentile of train, cap {SEQ_CAP}" if auto_length else "--max_seq_length"
+    lines = [f"xtc_ds plan: {task}, {rows} training rows; max_seq_length {lengths[0]} (dev {lengths[1]}; {how})"]
+    on_cpu = device == "cpu"
+    for phase in phases:
+        source = "budget" if phase.chosen else "flag"
+        estimate = f", about {phase.minutes:.0f} min on {torch.get_num_threads()} CPU threads" if on_cpu else ""
+        lines.append(f"  {phase.name}: {phase.epochs:g} epochs ({source}){estimate}")
+    if on_cpu:
+        total = sum(phase.minutes for phase in phases)
+        lines.append(f"  training about {total:.0f} min in all, plus evaluations and the export")
+    lines.append("  (the progress bars show the real ETA)")
+    return "\n".join(lines)
