@@ -306,3 +306,18 @@ def test_a_deleted_best_folder_is_named(tmp_path):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match="broken: cannot load the model"):
         _load_model(str(tmp_path / "broken"), get_task("sst2"), eager=False)
+
+
+def test_flags_data_config_and_output_dir_are_checked_before_deepspeed_starts(tmp_path, monkeypatch):
+    from xtc_ds.pipeline import run
+
+    def started(**_):
+        raise AssertionError("the process group started before the checks")
+
+    monkeypatch.setattr(run, "init_distributed", started)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="holds no earlier run"):
+        run.main(["--deepspeed_config", CONFIG, "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ConfigError):
+        run.main(["--deepspeed_config", str(REPO_ROOT / "README.md"), "--output_dir", str(tmp_path / "new")])
