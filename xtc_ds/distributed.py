@@ -102,7 +102,7 @@ def prepare_deepspeed_ops() -> None:
     if not is_built(SHM_OP):
         announce(
             f"xtc_ds: DeepSpeed is building its CPU shared-memory all-reduce op {SHM_OP} in {build_dir(SHM_OP)} "
-            "(first use in this environment, about 2 minutes on 2 CPU cores)"
+            "(first use in this environment, half a minute to 2 minutes on 2 CPU cores)"
         )
 
 

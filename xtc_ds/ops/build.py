@@ -22,7 +22,9 @@ def _deepspeed_shm_op() -> bool:
     if get_accelerator().device_name() != "cpu" or not deepspeed.ops.__compatible_ops__.get(SHM_OP, False):
         return True
     if not builder.is_built(SHM_OP):
-        announce(f"xtc_ds: building DeepSpeed's {SHM_OP} op in {builder.build_dir(SHM_OP)} (about 2 minutes)")
+        announce(
+            f"xtc_ds: building DeepSpeed's {SHM_OP} op in {builder.build_dir(SHM_OP)} (half a minute to 2 minutes)"
+        )
     try:
         get_accelerator().create_op_builder("ShareMemCommBuilder").load()
     except Exception as err:  # DeepSpeed reports a failed build with several types

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 
 from xtc_ds._log import announce, is_rank_zero, logger
 from xtc_ds.compress import init_compression, redundancy_clean
@@ -262,8 +263,6 @@ def _plan(
             setattr(args, epochs_flag, phase.epochs)
         phases.append(phase)
     lengths_used = (args.max_seq_length, args.eval_max_seq_length)
-    from deepspeed.accelerator import get_accelerator
-
     device = get_accelerator().device_name()
     announce(describe(args.task.name, len(train), lengths_used, auto, phases, device))
 
@@ -531,8 +530,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     model_path = args.model_name_or_path or default_model_path()
     hf_config, student_layers = _check_against_model(args.teacher_model or model_path, task, compression)
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
+    map_mpi_environment()  # mpirun's variables first: a PMIx-only launch is not a one-process job
     _single_process_defaults()
-    map_mpi_environment()
     ds_full = _batch_config(ds_full, args, int(os.environ["WORLD_SIZE"]))
     tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
     _plan(args, examples, tokenizer, hf_config, student_layers, ds_full["train_batch_size"])
