@@ -19,6 +19,8 @@ __all__ = [
     "map_mpi_environment",
     "init_distributed",
     "prepare_deepspeed_ops",
+    "shm_op_applies",
+    "announce_shm_build",
     "release_shm_workspace",
     "rank_zero_decides",
     "DEFAULT_PORT",
@@ -79,31 +81,42 @@ def init_distributed(timeout: timedelta = timedelta(minutes=30), dist_backend: O
     release_shm_workspace()
 
 
-def prepare_deepspeed_ops() -> None:
-    """Before DeepSpeed starts the process group on the CPU accelerator: skip or announce its shared-memory op.
-
-    A one-process job never uses the shared-memory all-reduce, so it is not built (about 2 silent minutes on a
-    2-core machine otherwise). A multi-process job says it is building it, after clearing a lock a killed build
-    left (:func:`xtc_ds.ops.cache.clear_stale_lock`).
-    """
+def shm_op_applies() -> bool:
+    """Whether DeepSpeed builds its CPU shared-memory all-reduce op here (the CPU accelerator, op compatible)."""
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
+    return get_accelerator().device_name() == "cpu" and deepspeed.ops.__compatible_ops__.get(SHM_OP, False)
+
+
+def announce_shm_build() -> None:
+    """Clear a lock a killed build of DeepSpeed's shared-memory op left, and say so if it is about to be built."""
     from xtc_ds._log import announce
     from xtc_ds.ops.builder import build_dir, is_built
     from xtc_ds.ops.cache import clear_stale_lock
 
-    if get_accelerator().device_name() != "cpu" or not deepspeed.ops.__compatible_ops__.get(SHM_OP, False):
-        return
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        deepspeed.ops.__compatible_ops__[SHM_OP] = False
-        return
     clear_stale_lock(build_dir(SHM_OP))
     if not is_built(SHM_OP):
         announce(
             f"xtc_ds: DeepSpeed is building its CPU shared-memory all-reduce op {SHM_OP} in {build_dir(SHM_OP)} "
             "(first use in this environment, half a minute to 2 minutes on 2 CPU cores)"
         )
+
+
+def prepare_deepspeed_ops() -> None:
+    """Before DeepSpeed starts the process group on the CPU accelerator: skip or announce its shared-memory op.
+
+    A one-process job never uses the shared-memory all-reduce, so it is not built (about 2 silent minutes on a
+    2-core machine otherwise); a multi-process job says it is building it (:func:`announce_shm_build`).
+    """
+    import deepspeed.ops
+
+    if not shm_op_applies():
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        deepspeed.ops.__compatible_ops__[SHM_OP] = False
+        return
+    announce_shm_build()
 
 
 def _shm_workspace_path(rank: int) -> Path:

@@ -10,21 +10,16 @@ from __future__ import annotations
 import sys
 
 import xtc_ds  # noqa: F401  (sets the environment's kernel cache before anything builds)
-from xtc_ds._log import announce
-from xtc_ds.distributed import SHM_OP
+from xtc_ds.distributed import SHM_OP, announce_shm_build, shm_op_applies
 from xtc_ds.ops import builder, native
 
 
 def _deepspeed_shm_op() -> bool:
-    import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
-    if get_accelerator().device_name() != "cpu" or not deepspeed.ops.__compatible_ops__.get(SHM_OP, False):
+    if not shm_op_applies():
         return True
-    if not builder.is_built(SHM_OP):
-        announce(
-            f"xtc_ds: building DeepSpeed's {SHM_OP} op in {builder.build_dir(SHM_OP)} (half a minute to 2 minutes)"
-        )
+    announce_shm_build()
     try:
         get_accelerator().create_op_builder("ShareMemCommBuilder").load()
     except Exception as err:  # DeepSpeed reports a failed build with several types
@@ -41,7 +36,7 @@ def main() -> int:
     for device, load in (("cpu", native.load_cpu), ("cuda", native.load_cuda)):
         if device == "cuda" and not torch.cuda.is_available():
             continue
-        ok &= load() is not None
+        ok &= native.disabled() or load() is not None
         print(f"xtc_ds {device} ops: {native.status()[device]}")
     return 0 if _deepspeed_shm_op() and ok else 1
 
