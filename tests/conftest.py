@@ -51,6 +51,8 @@ def job_env(**extra: str) -> dict[str, str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: trains a real model or runs DeepSpeed (seconds to a minute)")
+    config.addinivalue_line("markers", "native: needs the fused CPU ops (skips, saying why, when they did not build)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skips without one)")
     try:
         import deepspeed.ops
 
@@ -73,15 +75,34 @@ def read_json(path: Path) -> dict:
         return json.load(handle)
 
 
-@pytest.fixture(scope="module")
-def cpu_ops():
-    """The fused CPU ops module (built on first use); skips the test, saying why, if it did not build."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "cpu_ops" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.native)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="no CUDA device"))
+
+
+@pytest.fixture
+def reference_kernels():
+    """Run the test on the pure-PyTorch reference everywhere (the documented switch, not a patch)."""
+    from xtc_ds import ops
+
+    with ops.use_kernels("reference"):
+        yield
+
+
+@pytest.fixture
+def cpu_ops(request):
+    """The fused CPU ops module, in use (kernels ``auto``); skips the test, saying why, if it did not build."""
+    from xtc_ds import ops
     from xtc_ds.ops import native
 
-    module = native.load_cpu()
-    if module is None:
-        pytest.skip(f"CPU ops did not build: {native.status()['cpu']}")
-    return module
+    with ops.use_kernels("auto"):
+        module = native.load_cpu()
+        if module is None:
+            pytest.skip(f"CPU ops did not build: {native.status()['cpu']}")
+        yield module
 
 
 def minilm_path() -> str:

@@ -8,6 +8,7 @@ import torch
 from conftest import legacy_config_paths, read_json, tiny_bert
 from xtc_ds import build_student, initialize, redundancy_clean
 from xtc_ds.runtime import CHECKPOINT_KEY
+from xtc_ds.state import compression_state
 
 deepspeed = pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def test_legacy_config_trains_and_cleans_to_low_bit(path):
     assert engine.global_steps == 3 and engine.xtc.scheduler.step_count == 3 - engine.skipped_steps
     assert all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
-    report = model._xtc_state.report
+    report = compression_state(model).report
     if section["weight_quantization"]["shared_parameters"]["enabled"]:
         redundancy_clean(engine, ds_config)
         expected = {
@@ -102,7 +103,7 @@ def test_deepspeed_never_sees_the_section():
     if legacy is not None:  # DeepSpeed <= 0.18 parsed the (now absent) section into its own config
         assert not legacy["weight_quantization"]["shared_parameters"]["enabled"]
         assert not legacy["activation_quantization"]["shared_parameters"]["enabled"]
-    assert model._xtc_state.report.weight_quantized
+    assert compression_state(model).report.weight_quantized
 
 
 def _xtc_config(**overrides):

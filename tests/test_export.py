@@ -8,11 +8,11 @@ import torch
 from conftest import read_json, tiny_bert, tiny_model
 from xtc_ds import (
     CompressionScheduler,
+    ConfigError,
     PackedFormatError,
     export_packed,
     init_compression,
     load_packed,
-    ops,
     redundancy_clean,
 )
 from xtc_ds.export import packed_specs
@@ -53,12 +53,6 @@ def _logits(model, inputs):
         return model(**inputs).logits
 
 
-@pytest.fixture
-def reference_only(monkeypatch):
-    """Force the pure-PyTorch path everywhere (QAT and packed), where results must be identical."""
-    monkeypatch.setattr(ops, "kernel_for", lambda tensor: None)
-
-
 @pytest.mark.parametrize(
     "name, shared",
     [
@@ -68,7 +62,7 @@ def reference_only(monkeypatch):
         ("ds_xtc_2bit.json", {"quantize_groups": 64}),
     ],
 )
-def test_packed_logits_equal_qat_logits_on_the_reference_path(tmp_path, reference_only, name, shared):
+def test_packed_logits_equal_qat_logits_on_the_reference_path(tmp_path, reference_kernels, name, shared):
     config = _config(name, **shared)
     model = _compressed(config)
     inputs = _inputs()
@@ -80,7 +74,7 @@ def test_packed_logits_equal_qat_logits_on_the_reference_path(tmp_path, referenc
     assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))
 
 
-def test_uniform_bits_symmetric_and_asymmetric(tmp_path, reference_only):
+def test_uniform_bits_symmetric_and_asymmetric(tmp_path, reference_kernels):
     for bits, kind in ((4, "symmetric"), (8, "asymmetric"), (3, "asymmetric")):
         config = _config(quantization_type=kind)
         group = config["compression_training"]["weight_quantization"]["different_groups"]["wq1"]["params"]
@@ -91,16 +85,37 @@ def test_uniform_bits_symmetric_and_asymmetric(tmp_path, reference_only):
         assert torch.equal(_logits(loaded, inputs), _logits(model, inputs)), (bits, kind)
 
 
-def test_native_kernel_logits_within_tolerance(tmp_path):
+def test_export_uses_the_models_config_and_refuses_a_different_one(tmp_path, reference_kernels):
+    config = _config()
+    model = _compressed(config)
+    two_bits = _config()
+    two_bits["compression_training"]["weight_quantization"]["different_groups"]["wq1"]["params"].update(
+        start_bits=2, target_bits=2
+    )
+    with pytest.raises(ConfigError, match=r"wq1\.params\.target_bits: model 1, config 2"):
+        export_packed(model, two_bits, tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()
+    folder = export_packed(model, None, tmp_path / "recorded")
+    block = read_json(folder / "config.json")["quantization_config"]
+    assert {spec["bits"] for spec in block["modules"].values() if spec.get("bits")} == {1}
+    inputs = _inputs()
+    assert torch.equal(_logits(_load(folder), inputs), _logits(model, inputs))
+    with pytest.raises(ConfigError, match="carries no compression state"):
+        export_packed(tiny_bert(eager=False), None, tmp_path / "plain")
+
+
+def test_native_kernel_logits_within_tolerance(tmp_path, cpu_ops):
     config = _config()
     model = _compressed(config)
     loaded = _load(export_packed(model, config, tmp_path / "packed"))
+    kernel_modules = [m for m in loaded.modules() if isinstance(m, XtcPackedLinear) and m.uses_packed_linear()]
+    assert kernel_modules, "no module of this config runs the packed linear kernel: the test would compare nothing"
     inputs = _inputs()
     expected = _logits(model, inputs)
     torch.testing.assert_close(_logits(loaded, inputs), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
-def test_cleaned_model_and_folder_export_the_same_codes(tmp_path, reference_only):
+def test_cleaned_model_and_folder_export_the_same_codes(tmp_path, reference_kernels):
     config = _config()
     model = _compressed(config)
     first = export_packed(model, config, tmp_path / "live")
@@ -141,7 +156,7 @@ def test_file_is_packed_and_config_records_the_format(tmp_path):
     )
 
 
-def test_gpt2_conv1d_roundtrip(tmp_path, reference_only):
+def test_gpt2_conv1d_roundtrip(tmp_path, reference_kernels):
     config = _config()
     section = config["compression_training"]
     section["weight_quantization"]["different_groups"]["wq1"]["modules"] = ["c_attn", "c_fc", "wte"]
@@ -228,7 +243,7 @@ def test_size_report_counts_packed_groups(tmp_path, capsys):
     assert "quantized tensors only" in capsys.readouterr().out
 
 
-def test_from_qat_packs_single_modules_in_memory(reference_only):
+def test_from_qat_packs_single_modules_in_memory(reference_kernels):
     from xtc_ds.nn import XtcPackedEmbedding, XtcPackedLinear
 
     config = _config()

@@ -5,6 +5,7 @@ import torch
 
 from conftest import tiny_bert, tiny_model
 from xtc_ds import ConfigError, build_student, init_compression
+from xtc_ds.state import compression_state
 
 
 def _reduction(teacher_layer, prefix="bert.encoder.layer", other=("bert.embeddings", "bert.pooler", "classifier")):
@@ -109,6 +110,6 @@ def test_default_ds_xtc_config_fits_minilm_shape():
     teacher = tiny_bert(layers=6)  # MiniLM-L6 layout and module names
     student = build_student(teacher, path)
     init_compression(student, path)
-    report = student._xtc_state.report
+    report = compression_state(student).report
     assert len(student.bert.encoder.layer) == 3
     assert len(report.weight_quantized) == 3 * 6 + 1 and len(report.activation_quantized) == 3 * 6

@@ -9,7 +9,8 @@ from conftest import tiny_bert
 from xtc_ds import CompressionScheduler, init_compression
 from xtc_ds.config import WeightQuantParams
 from xtc_ds.quant.reference import ternarize
-from xtc_ds.schedule import UNSTEPPED_WARN_AFTER, scheduled_bits
+from xtc_ds.schedule import scheduled_bits
+from xtc_ds.state import UNSTEPPED_WARN_AFTER
 
 
 def _section(wq_offset=0, aq_offset=0, start=1, target=1, period=0, mixed=None, static=False):

@@ -19,7 +19,7 @@ from xtc_ds.inject import inject
 from xtc_ds.layer_reduction import initialize_student, layer_list
 from xtc_ds.nn.qat_linear import XtcQATConv1D
 from xtc_ds.ops import fake_quant_weight
-from xtc_ds.schedule import compression_state
+from xtc_ds.state import compression_state, require_same_config, unwrap_model
 
 __all__ = ["init_compression", "redundancy_clean"]
 
@@ -101,11 +101,10 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any, mpu: Any = None) -
     config = load_compression_config(deepspeed_config)
     _warn_mpu(mpu)
     state = compression_state(model)
-    root = model if getattr(model, "_xtc_state", None) is not None else getattr(model, "module", model)
+    root = unwrap_model(model)
     if state is None:
         raise ValueError("redundancy_clean: the model was not prepared by xtc_ds.init_compression / xtc_ds.initialize")
-    if state.config != config:
-        raise ConfigError(f"{SECTION}: redundancy_clean got a different config than the model was compressed with")
+    require_same_config(state, config, f"{SECTION}: redundancy_clean")
     for module in root.modules():
         quantizer = getattr(module, "weight_quantizer", None)
         if quantizer is not None:

@@ -26,7 +26,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from xtc_ds.config import ConfigError, QuantizationType, RangeCalibration, load_compression_config
+from xtc_ds.config import CompressionConfig, ConfigError, QuantizationType, RangeCalibration, load_compression_config
 from xtc_ds.errors import CheckpointError, ModelError, OutputDirError, PackedFormatError, XtcError, exit_on_user_error
 from xtc_ds.inject import to_packed
 from xtc_ds.matching import plan_injection, weight_shape
@@ -48,6 +48,7 @@ from xtc_ds.packed_format import (
 from xtc_ds.pipeline.checkpoints import checkpoint_tag_dir
 from xtc_ds.pipeline.io import path_within, replace_dir_atomic, require_model_folder
 from xtc_ds.safe_load import check_pickle, load_weights
+from xtc_ds.state import compression_state, require_same_config, unwrap_model
 
 __all__ = [
     "export_packed",
@@ -181,7 +182,23 @@ def _static_ranges(model: nn.Module, specs: dict[str, PackedSpec]) -> dict[str, 
 def _source_model(source: Any) -> nn.Module:
     if isinstance(source, (str, Path)):
         return _load_hf(Path(source))
-    return source.module if hasattr(source, "zero_optimization_stage") else source  # a DeepSpeed engine
+    return unwrap_model(source)
+
+
+def _export_config(root: nn.Module, deepspeed_config: Any) -> CompressionConfig:
+    """The config the model was compressed with (a config handed in must agree), else the one handed in."""
+    state = compression_state(root)
+    given = None if deepspeed_config is None else load_compression_config(deepspeed_config)
+    if state is None:
+        if given is None:
+            raise ConfigError(
+                "export_packed: the model carries no compression state (a plain or reloaded model): pass the "
+                "deepspeed_config it was trained with"
+            )
+        return given
+    if given is not None:
+        require_same_config(state, given, "export_packed")
+    return state.config
 
 
 def _load_hf(folder: Path) -> nn.Module:
@@ -281,7 +298,7 @@ def _packed_tensors(
 
 def export_packed(
     model: Any,
-    deepspeed_config: Any,
+    deepspeed_config: Optional[Any],
     output_dir: Union[str, Path],
     tokenizer: Any = None,
     dtype: torch.dtype = torch.float32,
@@ -294,7 +311,9 @@ def export_packed(
         model: a compressed model (QAT or ``redundancy_clean``ed), a DeepSpeed engine or a Hugging Face
             folder path of such a model. With ZeRO-3 partitioned weights every rank must call this: they are
             gathered, rank 0 writes, the others wait for it.
-        deepspeed_config: the DeepSpeed config (path or dict) holding ``compression_training``.
+        deepspeed_config: the DeepSpeed config (path or dict) holding ``compression_training``, or None for a
+            model compressed in this process (``init_compression``/``initialize``), whose own config is used.
+            Given for such a model, it must equal that config (an error names every difference).
         output_dir: the folder to write: new, empty, or an earlier export, which is replaced as a whole (the new
             folder is built in one hidden sibling and renamed in; nothing else beside it is touched). It may not
             be, lie inside or contain the source model, tokenizer or checkpoint folder.
@@ -316,7 +335,7 @@ def export_packed(
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, (model, tokenizer, checkpoint), overwrite)
     root = _source_model(model)
-    config = load_compression_config(deepspeed_config)
+    config = _export_config(root, deepspeed_config)
     specs = packed_specs(root, config)
     collective = bool(_partitioned_parameters(root)) and torch.distributed.is_initialized()
     state = _gathered_state(root)

@@ -27,7 +27,8 @@ from xtc_ds.nn.packed_embedding import XtcPackedEmbedding
 from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.qat_embedding import XtcQATEmbedding
 from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, conv1d_type
-from xtc_ds.schedule import CompressionScheduler, CompressionState, compression_state
+from xtc_ds.schedule import CompressionScheduler
+from xtc_ds.state import attach_state, compression_state, detach_state, require_same_config, unwrap_model
 
 __all__ = ["inject", "revert", "to_packed"]
 
@@ -116,10 +117,7 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
     config = load_compression_config(deepspeed_config)
     state = compression_state(model)
     if state is not None:
-        if state.config != config:
-            raise ConfigError(
-                f"{SECTION}: the model is already compressed with a different config; call revert() first"
-            )
+        require_same_config(state, config, f"{SECTION}: inject (call revert() first to compress differently)")
         return state.report
     plans = plan_injection(model, config)
     _announce(config)
@@ -137,19 +135,17 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
             report.weight_quantized[name] = plan.weight_group
         if plan.act_group is not None:
             report.activation_quantized[name] = plan.act_group
-    state = CompressionState(config=config, report=report)
-    state.hook = model.register_forward_pre_hook(state.count_forward)
-    model._xtc_state = state
-    CompressionScheduler(model)  # puts every quantizer in its step-0 state
+    attach_state(model, config, report)
+    CompressionScheduler(model)  # the step-0 state of every quantizer
     log_rank_zero(logging.INFO, "xtc_ds: " + report.summary().replace("\n", "; "))
     return report
 
 
 def revert(model: nn.Module) -> nn.Module:
     """Undo :func:`inject`: plain Linear/Conv1D/Embedding modules with the same Parameters."""
-    state = compression_state(model)
-    if state is None:
+    if compression_state(model) is None:
         return model
+    model = unwrap_model(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, XtcQATEmbedding):
             _set_submodule(model, name, module.to_embedding())
@@ -157,8 +153,7 @@ def revert(model: nn.Module) -> nn.Module:
             _set_submodule(model, name, module.to_linear())
         elif XtcQATConv1D is not None and isinstance(module, XtcQATConv1D):
             _set_submodule(model, name, module.to_conv1d())
-    state.hook.remove()
-    del model._xtc_state
+    detach_state(model)
     return model
 
 

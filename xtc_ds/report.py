@@ -23,9 +23,8 @@ def main() -> None:
     from xtc_ds import ops
     from xtc_ds.ops import builder, native
 
-    ops.kernel_for(torch.zeros(1))  # load (or build) the ops so the report says what is in use
-    if torch.cuda.is_available():
-        ops.kernel_for(torch.zeros(1, device="cuda"))
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        native.register_for(device)  # load (or build) the ops so the report says what is in use
     print(
         f"xtc_ds {xtc_ds.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"CUDA available: {torch.cuda.is_available()}"
@@ -38,11 +37,8 @@ def main() -> None:
     statuses = native.status()
     print(f"{'cpu':<10} {'yes (' + builder.cpu_isa() + ')':<11} {statuses['cpu']}")
     print(f"{'cuda':<10} {'yes' if torch.cuda.is_available() else 'no':<11} {statuses['cuda']}")
-    in_use = {
-        str(dtype): "fused" if ops.kernel_for(torch.zeros(1, dtype=dtype)) else "reference"
-        for dtype in (torch.float32, torch.float16, torch.bfloat16)
-    }
-    print(f"in use on cpu: {in_use}")
+    fused = ops.kernels() != "reference" and "cpu" in native.registered_devices()
+    print(f"kernels: {ops.kernels()} (XTC_KERNELS); in use on cpu: {'fused' if fused else 'reference'}")
 
 
 if __name__ == "__main__":

@@ -9,20 +9,17 @@ from any loop, and ``xtc_ds.initialize`` makes ``engine.step()`` call it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
-from xtc_ds._log import log_rank_zero, logger
-from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression_config
-from xtc_ds.matching import InjectionReport
+from xtc_ds._log import log_rank_zero
+from xtc_ds.config import WeightQuantParams, load_compression_config
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
+from xtc_ds.state import compression_state, require_same_config, unwrap_model
 
-__all__ = ["CompressionScheduler", "CompressionState", "scheduled_bits", "compression_state", "UNSTEPPED_WARN_AFTER"]
-
-UNSTEPPED_WARN_AFTER = 50
+__all__ = ["CompressionScheduler", "scheduled_bits"]
 
 
 def scheduled_bits(params: WeightQuantParams, steps_since_offset: int) -> tuple[int, int]:
@@ -41,54 +38,6 @@ def scheduled_bits(params: WeightQuantParams, steps_since_offset: int) -> tuple[
         last_change = drop_at
         drop_at = drop_at * 2 if params.quantization_period > 0 else drop_at + 1
     return bits, last_change
-
-
-@dataclass
-class CompressionState:
-    """Per-model record left by injection: the config, the report, and whether anything drives the schedule."""
-
-    config: CompressionConfig
-    report: InjectionReport
-    stepped: bool = False
-    cleaned: bool = False
-    unstepped_train_forwards: int = 0
-    hook: Any = None
-
-    def count_forward(self, module: nn.Module, args: Any) -> None:
-        """Forward pre-hook on the model root: warn once if training runs while nothing steps the schedule."""
-        if self.stepped or not module.training:
-            return
-        self.unstepped_train_forwards += 1
-        if self.unstepped_train_forwards == UNSTEPPED_WARN_AFTER:
-            logger.warning(
-                "xtc_ds: %d training forward passes ran but the compression schedule was never stepped, so "
-                "quantization stays in its step-0 state (weight quantization %s, activation quantization %s). "
-                "Train through xtc_ds.initialize(...) so engine.step() drives it, or call "
-                "CompressionScheduler(model).step() after every optimizer step.",
-                UNSTEPPED_WARN_AFTER,
-                _on_off(
-                    self.config.weight_quantization.shared_parameters.schedule_offset == 0,
-                    self.config.weight_quantization.enabled,
-                ),
-                _on_off(
-                    self.config.activation_quantization.shared_parameters.schedule_offset == 0,
-                    self.config.activation_quantization.enabled,
-                ),
-            )
-
-
-def _on_off(active_at_zero: bool, enabled: bool) -> str:
-    if not enabled:
-        return "not configured"
-    return "on" if active_at_zero else "off"
-
-
-def compression_state(model: nn.Module) -> Optional[CompressionState]:
-    """The :class:`CompressionState` of an injected model (or of a DeepSpeed engine's module), else None."""
-    state = getattr(model, "_xtc_state", None)
-    if state is None and isinstance(getattr(model, "module", None), nn.Module):
-        state = getattr(model.module, "_xtc_state", None)
-    return state
 
 
 class CompressionScheduler:
@@ -112,13 +61,11 @@ class CompressionScheduler:
         state = compression_state(model)
         if state is None:
             raise ValueError("CompressionScheduler needs a model prepared by xtc_ds.init_compression (or inject)")
-        if deepspeed_config is not None and load_compression_config(deepspeed_config) != state.config:
-            raise ValueError(
-                "CompressionScheduler: deepspeed_config differs from the config the model was injected with"
-            )
+        if deepspeed_config is not None:
+            require_same_config(state, load_compression_config(deepspeed_config), "CompressionScheduler")
         self.state = state
         self.config = state.config
-        root = model.module if getattr(model, "_xtc_state", None) is None else model
+        root: nn.Module = unwrap_model(model)
         self._weight: list[tuple[str, WeightFakeQuantizer]] = []
         self._act: list[tuple[str, ActFakeQuantizer]] = []
         for name, module in root.named_modules():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from xtc_ds import ops
+from xtc_ds.errors import ConfigError, XtcError
 from xtc_ds.ops import native
 from xtc_ds.quant import packing, reference
-from xtc_ds.quant.ste import straight_through
 
 
 def _poisoned(like):
@@ -44,14 +44,14 @@ def test_whole_embedding_as_one_group_and_per_token(cpu_ops, bits):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_activation_per_token_matches_reference(bits, symmetric, dtype, cpu_ops):
     x = (torch.randn(4, 33, 96) * torch.linspace(0.01, 10, 96)).to(dtype)
-    assert ops.kernel_for(x) is cpu_ops
     expected = reference.fake_quant_activation(x, bits, symmetric)
     assert torch.equal(ops.fake_quant_activation(x, bits, symmetric), expected)
+    assert "cpu" in native.registered_devices()
 
 
 def test_non_contiguous_input_and_ste_gradient(cpu_ops):
     w = torch.randn(48, 32, requires_grad=True)
-    out = straight_through(ops.fake_quant_weight, w.t(), 1, 32)  # Conv1D passes a transposed view
+    out = ops.fake_quant_weight(w.t(), 1, 32)  # Conv1D passes a transposed view
     assert torch.equal(out, reference.fake_quant_weight(w.detach().t(), 1, 32))
     grad = torch.randn(32, 48)
     out.backward(grad)
@@ -88,13 +88,32 @@ def test_bad_arguments_are_clear_errors():
         ops.pack_bits(torch.zeros(8), 1)
 
 
-def test_disabled_ops_use_the_reference(monkeypatch):
+def test_kernel_choice_from_the_environment(monkeypatch):
+    monkeypatch.delenv("XTC_KERNELS", raising=False)
     monkeypatch.setenv("XTC_DISABLE_OPS", "1")
-    monkeypatch.setattr(ops, "_choice", {})
+    assert native._choice_from_environment() == "reference"
+    monkeypatch.setenv("XTC_DISABLE_OPS", "0")
+    assert native._choice_from_environment() == "auto"
+    monkeypatch.setenv("XTC_KERNELS", "Native")
+    assert native._choice_from_environment() == "native"
+    monkeypatch.setenv("XTC_KERNELS", "fused")
+    with pytest.raises(ConfigError, match="XTC_KERNELS='fused'"):
+        native._choice_from_environment()
+    with pytest.raises(ConfigError, match="expected one of auto, reference, native"):
+        ops.set_kernels("fast")
+
+
+def test_reference_choice_is_used_even_with_kernels_registered(cpu_ops, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reference, "fake_quant_weight", lambda *args: calls.append(args) or torch.zeros(8, 16))
     x = torch.randn(8, 16)
-    assert ops.kernel_for(x) is None
-    assert torch.equal(ops.fake_quant_weight(x, 1, 8), reference.fake_quant_weight(x, 1, 8))
-    assert native.status()["cpu"].startswith("disabled")
+    ops.fake_quant_weight(x, 1, 8)
+    assert not calls  # the extension served the call
+    with ops.use_kernels("reference"):
+        assert ops.kernels() == "reference"
+        ops.fake_quant_weight(x, 1, 8)
+        assert native.status()["cpu"].startswith("not used")
+    assert len(calls) == 1 and ops.kernels() == "auto"
 
 
 def test_failed_build_warns_once_with_log_and_falls_back(monkeypatch, tmp_path, caplog):
@@ -104,12 +123,13 @@ def test_failed_build_warns_once_with_log_and_falls_back(monkeypatch, tmp_path, 
     monkeypatch.setattr(native.builder, "build_cpu", broken_build)
     monkeypatch.setattr(native.builder, "build_dir", lambda name: tmp_path / name)
     monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setattr(ops, "_choice", {})
-    with caplog.at_level("WARNING", logger="xtc_ds"):
-        x = torch.randn(4, 8)
-        assert torch.equal(ops.fake_quant_weight(x, 2, 1), reference.fake_quant_weight(x, 2, 1))
-        ops.fake_quant_weight(x.double(), 2, 1)
+    monkeypatch.setattr(native, "_registered", set())
+    with ops.use_kernels("auto"), caplog.at_level("WARNING", logger="xtc_ds"):
+        assert native.register_for("cpu") is False
+        assert native.register_for("cpu") is False
     logs = list(tmp_path.glob("*.build.log"))
     assert len(logs) == 1 and "no compiler" in logs[0].read_text()
     assert sum("could not be built" in r.getMessage() for r in caplog.records) == 1
     assert str(logs[0]) in native.status()["cpu"]
+    with ops.use_kernels("native"), pytest.raises(XtcError, match="kernels 'native' chosen"):
+        native.register_for("cpu")

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from xtc_ds import ops
+from xtc_ds.ops import builder, library
 from xtc_ds.quant import packing, reference
 
 
@@ -53,5 +54,42 @@ def test_bad_shapes_are_refused(cpu_ops):
         cpu_ops.packed_linear(torch.randn(2, 12), kernel_weight, row_sum, torch.ones(16), None, 1, 8)
 
 
-def test_kernel_is_chosen_for_float32_cpu_inputs(cpu_ops):
-    assert ops.kernel_for(torch.zeros(1)) is cpu_ops and hasattr(cpu_ops, "packed_linear")
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_reference_prepack_is_the_kernel_layout_byte_for_byte(cpu_ops, bits):
+    w = torch.randn(48, 36)
+    packed = _packed_rows(reference.quantize_weight(w, bits, 48).codes, bits)
+    expected_weight, expected_sum = cpu_ops.prepack_weight(packed, bits, 36)
+    kernel_weight, row_sum = library.reference_prepack_weight(packed, bits, 36)
+    assert torch.equal(kernel_weight, expected_weight) and torch.equal(row_sum, expected_sum)
+    assert kernel_weight.shape == (48 // library.TILE_ROWS, 36 // library.TILE_INPUTS, library.block_bytes(bits))
+
+
+def test_tile_constants_are_the_kernels():
+    source = (builder.csrc_dir() / "cpu" / "packed_cpu.cpp").read_text()
+    assert f"constexpr int64_t kTileRows = {library.TILE_ROWS};" in source
+    assert "4r+j" in library.__doc__.replace(" ", "") and "(t * quads + i / 4) * bb" in source
+
+
+def test_tile_layout_worked_example():
+    levels = -torch.ones(16, 4, dtype=torch.int32)
+    levels[0, 1] = 1  # row 0, input 1: bit 4 * 0 + 1
+    levels[2, 3] = 1  # row 2, input 3: bit 11
+    kernel_weight, row_sum = library.reference_prepack_weight(
+        _packed_rows(((levels + 1) // 2).to(torch.uint8), 1), 1, 4
+    )
+    assert kernel_weight.tolist() == [[[0x02, 0x08, 0, 0, 0, 0, 0, 0]]]
+    assert row_sum[0].item() == -2 and row_sum[2].item() == -2 and row_sum[1].item() == -4
+    ternary = torch.zeros(16, 4, dtype=torch.int32)
+    ternary[1, 0], ternary[1, 2] = 1, -1  # bits 4 and 6: nonzero mask byte 0 = 0x50, negative mask byte 8 = 0x40
+    kernel_weight, _ = library.reference_prepack_weight(_packed_rows((ternary + 1).to(torch.uint8), 2), 2, 4)
+    assert kernel_weight[0, 0].tolist() == [0x50] + [0] * 7 + [0x40] + [0] * 7
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 8])
+def test_reference_packed_linear_is_the_qat_forward(bits, reference_kernels):
+    w, x, bias = torch.randn(32, 20), torch.randn(5, 20), torch.randn(32)
+    quantized = reference.quantize_weight(w, bits, 32)
+    kernel_weight, row_sum = ops.prepack_weight(_packed_rows(quantized.codes, bits), bits, 20)
+    out = ops.packed_linear(x, kernel_weight, row_sum, quantized.weight_scale, bias, bits, 8)
+    expected = F.linear(reference.fake_quant_activation(x, 8), reference.dequantize_weight(quantized, bits), bias)
+    assert torch.equal(out, expected)

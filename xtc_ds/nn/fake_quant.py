@@ -16,7 +16,6 @@ from torch import nn
 
 from xtc_ds._log import warn_once
 from xtc_ds.ops import fake_quant_activation, fake_quant_weight
-from xtc_ds.quant.ste import straight_through
 
 __all__ = ["WeightFakeQuantizer", "ActFakeQuantizer", "STATIC_RANGE_MOMENTUM"]
 
@@ -53,7 +52,7 @@ class WeightFakeQuantizer(nn.Module):
         if not self.enabled:
             return weight
         num_groups = weight.shape[0] if self.num_groups is None else self.num_groups
-        out = straight_through(fake_quant_weight, weight, self.bits, num_groups, self.symmetric, self.stochastic)
+        out = fake_quant_weight(weight, self.bits, num_groups, self.symmetric, self.stochastic)
         if self.real_ratio > 0.0:
             out = self.real_ratio * weight + (1.0 - self.real_ratio) * out
         return out
@@ -109,7 +108,7 @@ class ActFakeQuantizer(nn.Module):
         if not self.enabled:
             return x
         if not self.static:
-            return straight_through(fake_quant_activation, x, self.bits, self.symmetric)
+            return fake_quant_activation(x, self.bits, self.symmetric)
         if self.training:
             self._update_range(x.detach())
         if not bool(self.calibrated):
@@ -117,8 +116,8 @@ class ActFakeQuantizer(nn.Module):
                 "static activation range used in eval mode before any training step calibrated it; "
                 "quantizing with this batch's range instead"
             )
-            return straight_through(fake_quant_activation, x, self.bits, self.symmetric, x.min(), x.max())
-        return straight_through(fake_quant_activation, x, self.bits, self.symmetric, self.x_min, self.x_max)
+            return fake_quant_activation(x, self.bits, self.symmetric, x.min().detach(), x.max().detach())
+        return fake_quant_activation(x, self.bits, self.symmetric, self.x_min, self.x_max)
 
     def extra_repr(self) -> str:
         mode = "static" if self.static else "dynamic"

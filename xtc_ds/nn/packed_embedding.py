@@ -28,7 +28,7 @@ class XtcPackedEmbedding(nn.Module):
         self.spec = spec
         self.num_embeddings, self.embedding_dim = spec.out_features, spec.in_features
         self.padding_idx = spec.padding_idx
-        register_packed_buffers(self, spec)
+        register_packed_buffers(self, spec, {})
 
     @classmethod
     def from_qat(

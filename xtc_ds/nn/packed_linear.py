@@ -1,14 +1,16 @@
 """XtcPackedLinear: a Linear (or GPT-2 Conv1D) whose weight stays packed in memory.
 
 The forward pass is the QAT module's forward, evaluated from the packed codes: the input is quantized by the
-same activation quantizer and multiplied by the quantized weight. With the native kernel (CPU: AVX512-VNNI
-integer dot products) the weight is never expanded to float; the reference path (any device, any setting)
-dequantizes the weight and gives exactly the QAT module's output.
+same activation quantizer and multiplied by the quantized weight. Where the spec fits the packed linear op
+(symmetric per-token activations, symmetric weights, tileable shapes) the module calls ``ops.packed_linear`` on
+the device's kernel layout of the weight (with the CPU kernel: AVX512-VNNI integer dot products, the weight is
+never expanded to float); elsewhere it dequantizes the weight. Both reference paths give exactly the QAT
+module's output.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,6 @@ __all__ = [
     "unpacked_codes",
     "register_packed_buffers",
 ]
-
-_TILE_ROWS = 16  # the kernels' output tile (csrc/include/xtc_ops.h)
 
 
 def packed_weight_tensors(weight: torch.Tensor, spec: PackedSpec) -> dict[str, torch.Tensor]:
@@ -61,12 +61,20 @@ def packed_shapes(spec: PackedSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def register_packed_buffers(module: nn.Module, spec: PackedSpec) -> None:
-    """Empty ``packed_weight``/``weight_scale``/``weight_zero_point`` buffers of ``spec``'s shapes on ``module``."""
+def register_packed_buffers(module: nn.Module, spec: PackedSpec, extra: dict[str, Optional[torch.Tensor]]) -> None:
+    """Empty ``packed_weight``/``weight_scale``/``weight_zero_point`` buffers of ``spec``'s shapes, then ``extra``.
+
+    Absent (None) buffers are registered last: ``torch.export`` (non-strict) miscounts buffers that follow a
+    None one.
+    """
     shapes = packed_shapes(spec)
+    buffers: dict[str, Optional[torch.Tensor]] = {}
     for name in ("packed_weight", "weight_scale", "weight_zero_point"):
         dtype = torch.uint8 if name == "packed_weight" else torch.float32
-        module.register_buffer(name, torch.zeros(shapes[name], dtype=dtype) if name in shapes else None)
+        buffers[name] = torch.zeros(shapes[name], dtype=dtype) if name in shapes else None
+    buffers.update(extra)
+    for name in sorted(buffers, key=lambda name: buffers[name] is None):
+        module.register_buffer(name, buffers[name])
 
 
 class XtcPackedLinear(nn.Module):
@@ -81,10 +89,12 @@ class XtcPackedLinear(nn.Module):
             raise ValueError("XtcPackedLinear needs a quantized weight (spec.bits is None)")
         self.spec = spec
         self.in_features, self.out_features = spec.in_features, spec.out_features
-        register_packed_buffers(self, spec)
-        self.register_buffer("bias", torch.zeros(spec.out_features) if spec.bias else None)
-        self.register_buffer("act_range", torch.zeros(2) if spec.act_static else None)
-        self._kernel_cache: Optional[tuple[Any, ...]] = None
+        # The device's kernel layout of the weight: derived, so not saved; rebuilt when packed_weight changes.
+        for name in ("kernel_weight", "row_sum", "row_scale"):
+            self.register_buffer(name, torch.zeros(0), persistent=False)
+        bias = torch.zeros(spec.out_features) if spec.bias else None
+        register_packed_buffers(self, spec, {"bias": bias, "act_range": torch.zeros(2) if spec.act_static else None})
+        self._kernel_source: Optional[tuple] = None
 
     @classmethod
     def from_qat(cls, module: nn.Module, spec: PackedSpec, weight: Optional[torch.Tensor] = None) -> XtcPackedLinear:
@@ -111,36 +121,48 @@ class XtcPackedLinear(nn.Module):
         """The float32 weight the QAT model used, ``(out_features, in_features)`` (reference path only)."""
         return dequantize_weight(self.quantized_weight(), self.spec.bits)
 
-    def _native_ready(self, x: torch.Tensor) -> bool:
+    def uses_packed_linear(self) -> bool:
+        """True when the forward runs ``ops.packed_linear`` (the spec fits its contract), else dequantize + matmul."""
         spec = self.spec
         return (
-            x.dtype == torch.float32
-            and spec.act_bits is not None
+            spec.act_bits is not None
             and spec.act_symmetric
             and not spec.act_static
             and (spec.bits <= 2 or spec.symmetric)
-            and spec.in_features % 4 == 0
-            and spec.out_features % _TILE_ROWS == 0
+            and spec.in_features % ops.TILE_INPUTS == 0
+            and spec.out_features % ops.TILE_ROWS == 0
             and spec.out_features % spec.num_groups == 0
         )
 
-    def _kernel_weight(self, kernel: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The device kernel's layout of the weight, rebuilt only when ``packed_weight`` changed."""
-        key = (kernel, self.packed_weight.data_ptr(), self.packed_weight._version, self.weight_scale._version)
-        if self._kernel_cache is None or self._kernel_cache[0] != key:
-            kernel_weight, row_sum = kernel.prepack_weight(self.packed_weight, self.spec.bits, self.in_features)
-            row_scale = self.weight_scale.repeat_interleave(self.out_features // self.spec.num_groups).contiguous()
-            self._kernel_cache = (key, kernel_weight, row_sum, row_scale)
-        return self._kernel_cache[1:]
+    def _kernel_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        kernel_weight, row_sum = ops.prepack_weight(self.packed_weight, self.spec.bits, self.in_features)
+        row_scale = self.weight_scale.repeat_interleave(self.out_features // self.spec.num_groups).contiguous()
+        return kernel_weight, row_sum, row_scale
+
+    def prepare_kernel(self) -> None:
+        """(Re)build the kernel layout of ``packed_weight`` on its device; the forward calls this when stale.
+
+        Call it before ``torch.compile``/``torch.export`` so the traced graph reads the prepared buffers instead
+        of prepacking on every call.
+        """
+        self.kernel_weight, self.row_sum, self.row_scale = self._kernel_tensors()
+        self._kernel_source = self._source_key()
+
+    def _source_key(self) -> tuple:
+        weight, scale = self.packed_weight, self.weight_scale
+        return (weight.device, weight.data_ptr(), weight._version, scale.data_ptr(), scale._version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = ops.kernel_for(x) if self._native_ready(x) else None
-        if kernel is not None and hasattr(kernel, "packed_linear"):
-            kernel_weight, row_sum, row_scale = self._kernel_weight(kernel)
-            return kernel.packed_linear(
-                x, kernel_weight, row_sum, row_scale, self.bias, self.spec.bits, self.spec.act_bits
-            )
         spec = self.spec
+        if self.uses_packed_linear():
+            if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+                prepared = self._kernel_source is not None
+                kernel = (self.kernel_weight, self.row_sum, self.row_scale) if prepared else self._kernel_tensors()
+            else:
+                if self._kernel_source != self._source_key():
+                    self.prepare_kernel()
+                kernel = (self.kernel_weight, self.row_sum, self.row_scale)
+            return ops.packed_linear(x, *kernel, self.bias, spec.bits, spec.act_bits)
         if spec.act_bits is not None:
             low, high = (self.act_range[0], self.act_range[1]) if spec.act_static else (None, None)
             x = ops.fake_quant_activation(x, spec.act_bits, spec.act_symmetric, low, high)

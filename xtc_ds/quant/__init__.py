@@ -1,14 +1,15 @@
-"""Quantizer math (``reference``) and its straight-through autograd wrapper (``ste``)."""
+"""Quantizer math (``reference``: the specification) and the packed bit layout (``packing``)."""
 
 from xtc_ds.quant.reference import (
     binarize,
+    dequantize_weight,
     fake_quant_activation,
     fake_quant_asymmetric,
     fake_quant_symmetric,
     fake_quant_weight,
+    quantize_weight,
     ternarize,
 )
-from xtc_ds.quant.ste import straight_through
 
 __all__ = [
     "binarize",
@@ -17,5 +18,6 @@ __all__ = [
     "fake_quant_asymmetric",
     "fake_quant_weight",
     "fake_quant_activation",
-    "straight_through",
+    "quantize_weight",
+    "dequantize_weight",
 ]
