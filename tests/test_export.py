@@ -173,7 +173,7 @@ def _resigned(folder, tensors):
     """Write ``tensors`` with checksums that match them: a consistent file whose structure is wrong."""
     from safetensors.torch import save_file
 
-    from xtc_ds.packed_format import config_sha256, tensor_sha256
+    from xtc_ds.export.format import config_sha256, tensor_sha256
 
     save_file(tensors, str(folder / "model.safetensors"))
     saved = json.loads((folder / "config.json").read_text())

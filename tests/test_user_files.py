@@ -9,8 +9,9 @@ import pytest
 from conftest import REPO_ROOT, job_env, read_json, tiny_bert
 from xtc_ds import CompressionScheduler, export_packed, init_compression
 from xtc_ds.errors import OutputDirError
+from xtc_ds.files import TEMP_MARK, replace_dir_atomic, write_json_atomic
 from xtc_ds.pipeline.args import parse_args
-from xtc_ds.pipeline.io import TEMP_MARK, remove_run_temporaries, replace_dir_atomic, write_json_atomic
+from xtc_ds.pipeline.io import remove_run_temporaries
 from xtc_ds.pipeline.run import _check_output_dir, _prepare_output_dir
 
 CONFIG = REPO_ROOT / "ds_configs" / "ds_xtc_1bit.json"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from xtc_ds.errors import exit_on_user_error
-from xtc_ds.packed_format import DTYPE_BYTES, WEIGHTS_FILE, read_header, read_quantization_config
+from xtc_ds.export.format import DTYPE_BYTES, WEIGHTS_FILE, read_header, read_quantization_config
 
 __all__ = ["SizeReport", "size_report", "main"]
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import GLUE_DIR, REPO_ROOT, _free_port, glue_task_dir, job_env, minilm_path
 from xtc_ds.distributed import SHM_DIR
-from xtc_ds.pipeline.io import read_jsonl
+from xtc_ds.files import read_jsonl
 
 pytestmark = pytest.mark.slow
 TRAIN = str(REPO_ROOT / "launch" / "train.py")

@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO_ROOT
 from xtc_ds import ConfigError, load_compression_config
 from xtc_ds.errors import OutputDirError
+from xtc_ds.files import read_jsonl, replace_dir_atomic, write_json_atomic
 from xtc_ds.pipeline.args import (
     FINE_TUNE_LEARNING_RATE,
     LONG_LOW_BIT_LEARNING_RATE,
@@ -17,7 +18,6 @@ from xtc_ds.pipeline.args import (
     parse_args,
     resolve_learning_rates,
 )
-from xtc_ds.pipeline.io import read_jsonl, replace_dir_atomic, write_json_atomic
 from xtc_ds.pipeline.run import _batch_config, _check_output_dir, _prepare_output_dir
 
 CONFIG = str(REPO_ROOT / "ds_configs" / "ds_xtc.json")
@@ -207,7 +207,7 @@ def test_given_learning_rates_are_kept():
     ],
 )
 def test_resume_routes(saved, partitioned, here, route):
-    from xtc_ds.pipeline.checkpoint_layout import CheckpointLayoutError, resume_route
+    from xtc_ds.checkpoint_layout import CheckpointLayoutError, resume_route
 
     if route is not None:
         assert resume_route(*saved, partitioned, *here) == route

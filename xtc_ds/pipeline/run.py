@@ -19,32 +19,30 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from xtc_ds._log import announce, is_rank_zero, logger
+from xtc_ds.checkpoint_layout import LAYOUT_FILE, prepare_resume, read_layout
+from xtc_ds.checkpoints import list_tags, resolve_source, select_tag
 from xtc_ds.compress import init_compression, redundancy_clean
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
 from xtc_ds.distill import DistillationLoss
 from xtc_ds.distributed import init_distributed, map_mpi_environment, rank_zero_decides
 from xtc_ds.errors import CheckpointError, ModelError, OutputDirError, exit_on_user_error
 from xtc_ds.export import export_packed, load_packed
+from xtc_ds.files import (
+    append_jsonl,
+    path_within,
+    read_json,
+    remove_path,
+    replace_dir_atomic,
+    require_model_folder,
+    write_json_atomic,
+)
 from xtc_ds.glue.data import encode, load_examples
 from xtc_ds.glue.tasks import GlueTask, get_task
 from xtc_ds.layer_reduction import build_student
 from xtc_ds.matching import plan_injection
 from xtc_ds.pipeline.args import parse_args, resolve_learning_rates
 from xtc_ds.pipeline.batches import EpochBatches
-from xtc_ds.pipeline.checkpoint_layout import LAYOUT_FILE, prepare_resume, read_layout
-from xtc_ds.pipeline.checkpoints import list_tags, resolve_source, select_tag
-from xtc_ds.pipeline.io import (
-    PHASES,
-    RUN_OUTPUTS,
-    append_jsonl,
-    path_within,
-    read_json,
-    remove_path,
-    remove_run_temporaries,
-    replace_dir_atomic,
-    require_model_folder,
-    write_json_atomic,
-)
+from xtc_ds.pipeline.io import PHASES, RUN_OUTPUTS, remove_run_temporaries
 from xtc_ds.pipeline.plan import (
     SEQ_CAP,
     describe,

@@ -20,14 +20,14 @@ import torch.distributed as dist
 from torch import nn
 
 from xtc_ds._log import is_rank_zero, logger
+from xtc_ds.checkpoint_layout import LAYOUT_FILE, UNIVERSAL_DIR
+from xtc_ds.checkpoints import list_tags, write_manifest
 from xtc_ds.errors import CheckpointError, TrainingError
+from xtc_ds.files import append_jsonl, read_json, replace_dir_atomic, write_json_atomic
 from xtc_ds.glue.data import trim_padding
 from xtc_ds.glue.metrics import primary_score, task_metrics
 from xtc_ds.glue.tasks import GlueTask
 from xtc_ds.pipeline.batches import EpochBatches
-from xtc_ds.pipeline.checkpoint_layout import LAYOUT_FILE, UNIVERSAL_DIR
-from xtc_ds.pipeline.checkpoints import list_tags, write_manifest
-from xtc_ds.pipeline.io import append_jsonl, read_json, replace_dir_atomic, write_json_atomic
 
 __all__ = ["Phase", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
 

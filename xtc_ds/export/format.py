@@ -1,4 +1,6 @@
-"""The packed folder format on disk: what its ``config.json`` block may say, and how damage to it is found.
+"""The packed folder format: which modules a config packs and how (:func:`packed_specs`), what the folder's
+``config.json`` block may say, and how damage to it is found. The writer and the reader both use this module;
+the tensors of each packed module and their shapes are those of :func:`xtc_ds.nn.packed_linear.packed_shapes`.
 
 Everything here reads or checks files and never builds a model, so a damaged folder fails with a
 :class:`PackedFormatError` naming the file, field or tensor before :func:`xtc_ds.load_packed` touches the model,
@@ -18,13 +20,17 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
+from torch import nn
 
 from xtc_ds._log import log_rank_zero
-from xtc_ds.config import CompressionConfig
+from xtc_ds.config import CompressionConfig, QuantizationType, RangeCalibration, load_compression_config
 from xtc_ds.errors import ConfigError, PackedFormatError
+from xtc_ds.matching import plan_injection, weight_shape
 from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.nn.qat_linear import conv1d_type
 
 __all__ = [
+    "packed_specs",
     "FORMAT_VERSION",
     "QUANT_METHOD",
     "LAYOUT",
@@ -208,3 +214,37 @@ def verify_tensor_checksums(tensors: dict[str, torch.Tensor], block: dict[str, A
             raise _fail(path, f"unexpected tensor '{name}' (not in the export's tensor_sha256)")
         if tensor_sha256(tensors[name]) != digests[name]:
             raise _fail(path, f"tensor '{name}' changed since export (sha256 differs)")
+
+
+def packed_specs(model: nn.Module, deepspeed_config: Any) -> dict[str, PackedSpec]:
+    """Module name -> :class:`PackedSpec` for every module the config compresses (final ``target_bits``).
+
+    Works on a plain model, an injected QAT model or a ``redundancy_clean``ed one: the config decides.
+    """
+    config = load_compression_config(deepspeed_config)
+    wq, aq = config.weight_quantization, config.activation_quantization
+    modules = dict(model.named_modules())
+    conv1d = conv1d_type()
+    specs = {}
+    for name, plan in plan_injection(model, config).items():
+        module = modules[name]
+        out_features, in_features = weight_shape(module)
+        if isinstance(module, nn.Embedding):
+            kind = "embedding"
+        else:
+            kind = "conv1d" if conv1d is not None and isinstance(module, conv1d) else "linear"
+        spec: dict[str, Any] = {"kind": kind, "out_features": out_features, "in_features": in_features}
+        spec["bias"] = getattr(module, "bias", None) is not None
+        if kind == "embedding":
+            spec["padding_idx"] = module.padding_idx
+        if plan.weight_group is not None:
+            spec["bits"] = wq.different_groups[plan.weight_group].params.target_bits
+            spec["group"] = plan.weight_group
+            spec["num_groups"] = out_features if plan.num_groups is None else plan.num_groups
+            spec["symmetric"] = wq.shared_parameters.quantization_type is QuantizationType.SYMMETRIC
+        if plan.act_group is not None:
+            spec["act_bits"] = aq.different_groups[plan.act_group].params.bits
+            spec["act_symmetric"] = aq.shared_parameters.quantization_type is QuantizationType.SYMMETRIC
+            spec["act_static"] = aq.shared_parameters.range_calibration is RangeCalibration.STATIC
+        specs[name] = PackedSpec(**spec)
+    return specs

@@ -21,7 +21,7 @@ from typing import Any
 from xtc_ds._log import logger
 from xtc_ds.distributed import rank_zero_decides
 from xtc_ds.errors import CheckpointError
-from xtc_ds.pipeline.io import remove_stale_temporaries, temp_prefix
+from xtc_ds.files import remove_stale_temporaries, temp_prefix
 
 __all__ = [
     "LAYOUT_FILE",

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from xtc_ds._log import log_rank_zero
+from xtc_ds.checkpoint_layout import LAYOUT_FILE, read_layout
 from xtc_ds.errors import CheckpointError
-from xtc_ds.pipeline.checkpoint_layout import LAYOUT_FILE, read_layout
-from xtc_ds.pipeline.io import write_json_atomic
+from xtc_ds.files import write_json_atomic
 from xtc_ds.safe_load import check_pickle
 
 __all__ = [

@@ -1,0 +1,151 @@
+"""load_packed(): a packed folder back into a ready ``transformers`` model whose quantized layers stay packed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from xtc_ds.config import ConfigError
+from xtc_ds.errors import PackedFormatError
+from xtc_ds.export.format import (
+    WEIGHTS_FILE,
+    packed_specs,
+    read_quantization_config,
+    read_tensors,
+    verify_config_checksum,
+    verify_tensor_checksums,
+)
+from xtc_ds.inject import to_packed
+from xtc_ds.nn.packed_spec import PackedSpec
+
+__all__ = ["load_packed"]
+
+
+def _model_class(config: dict[str, Any], path: Path) -> type:
+    import transformers
+
+    architecture = (config.get("architectures") or [None])[0]
+    model_class = getattr(transformers, architecture, None) if isinstance(architecture, str) else None
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        raise PackedFormatError(f"{path}: architectures {config.get('architectures')!r} names no transformers model")
+    return model_class
+
+
+def _empty_model(folder: Path, model_class: type, attn_implementation: Optional[str]) -> nn.Module:
+    """The architecture of ``config.json`` on the meta device (no memory, no weights)."""
+    import transformers
+
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(folder)
+        if attn_implementation is not None:
+            hf_config._attn_implementation = attn_implementation
+        with torch.device("meta"):
+            return model_class(hf_config)
+    except Exception as err:  # transformers raises many types for fields it cannot build a model from
+        raise PackedFormatError(f"{folder / 'config.json'}: no model can be built from it ({err})") from None
+
+
+def _check_specs(model: nn.Module, block: dict[str, Any], specs: dict[str, PackedSpec], path: Path) -> None:
+    """The stored module specs must be exactly what ``compression_training`` gives on this architecture."""
+    try:
+        derived = packed_specs(model, block["compression_training"])
+    except ConfigError as err:
+        raise PackedFormatError(
+            f"{path}: quantization_config.compression_training does not fit the model ({err})"
+        ) from None
+    for name in sorted(set(specs) | set(derived)):
+        if name not in derived or name not in specs:
+            where = "is not a compressed module of this model" if name not in derived else "is missing"
+            raise PackedFormatError(f"{path}: quantization_config.modules.{name} {where}")
+        stored, wanted = specs[name].to_dict(), derived[name].to_dict()
+        for field, value in stored.items():
+            if value != wanted[field]:
+                raise PackedFormatError(
+                    f"{path}: quantization_config.modules.{name}.{field} is {value!r}, but compression_training "
+                    f"and the model give {wanted[field]!r}"
+                )
+
+
+def _check_tensors(
+    model: nn.Module, tensors: dict[str, torch.Tensor], block: dict[str, Any], specs: dict[str, PackedSpec], path: Path
+) -> None:
+    """Every file tensor must be one the packed model holds, with its shape and kind of dtype; none may be missing."""
+    expected = dict(model.state_dict(keep_vars=True))
+    buffers = dict(model.named_buffers())
+    for name in block["non_persistent_buffers"]:
+        if name in buffers:
+            expected.setdefault(name, buffers[name])
+    for name, spec in specs.items():
+        if spec.act_static:
+            expected.setdefault(f"{name}.act_range", torch.empty(2, device="meta"))
+    for name, tensor in tensors.items():
+        want = expected.get(name)
+        if want is None:
+            raise PackedFormatError(f"{path}: unexpected tensor '{name}'")
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise PackedFormatError(
+                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(want.shape)}"
+            )
+        same_kind = tensor.is_floating_point() if want.is_floating_point() else tensor.dtype == want.dtype
+        if not same_kind:
+            raise PackedFormatError(f"{path}: tensor '{name}' is {tensor.dtype}, expected {want.dtype}")
+    missing = sorted(set(model.state_dict()) - set(tensors))
+    if missing:
+        raise PackedFormatError(f"{path}: tensor '{missing[0]}' is missing")
+
+
+def load_packed(
+    folder: Union[str, Path], model_class: Optional[type] = None, attn_implementation: Optional[str] = None
+) -> nn.Module:
+    """A ready ``transformers`` model (eval mode) whose quantized layers stay packed in memory.
+
+    Every field of ``config.json`` and every tensor is checked before the model is filled, so a damaged folder
+    fails here, naming the field or tensor, and never at the first forward.
+
+    Args:
+        folder: a folder written by :func:`export_packed`.
+        model_class: the ``transformers`` class to build (default: ``config.json``'s ``architectures``).
+        attn_implementation: ``"eager"``, ``"sdpa"``, ... (default: what ``transformers`` picks).
+    Raises:
+        PackedFormatError: missing, unreadable, edited or damaged files, fields or tensors.
+    """
+    folder = Path(folder)
+    config_dict, specs = read_quantization_config(folder)
+    block = config_dict["quantization_config"]
+    model = _empty_model(folder, model_class or _model_class(config_dict, folder / "config.json"), attn_implementation)
+    _check_specs(model, block, specs, folder / "config.json")
+    verify_config_checksum(config_dict, folder)
+    tensors = read_tensors(folder)
+    path = folder / WEIGHTS_FILE
+    to_packed(model, specs)
+    _check_tensors(model, tensors, block, specs, path)
+    verify_tensor_checksums(tensors, block, path)
+    buffers = {name: tensors.pop(name) for name in block["non_persistent_buffers"] if name in tensors}
+    ranges = {name: tensors.pop(name) for name in list(tensors) if name.endswith(".act_range")}
+    tensors = {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
+    tensors.update({k: v for k, v in ranges.items() if _is_packed_range(k, specs)})
+    result = model.load_state_dict(tensors, strict=False, assign=True)
+    if result.missing_keys:
+        raise PackedFormatError(f"{path}: tensor '{result.missing_keys[0]}' is missing")
+    modules = dict(model.named_modules())
+    for name, tensor in buffers.items():
+        owner, _, leaf = name.rpartition(".")
+        modules[owner]._buffers[leaf] = tensor
+    for key, value in ranges.items():
+        if not _is_packed_range(key, specs):
+            quantizer = modules[key.removesuffix(".act_range")].act_quantizer
+            quantizer.x_min, quantizer.x_max = value[0].clone(), value[1].clone()
+            quantizer.calibrated = torch.ones((), dtype=torch.bool)
+    leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise PackedFormatError(f"{path}: tensor '{leftover[0]}' is missing")
+    model.config.quantization_config = block
+    return model.eval()
+
+
+def _is_packed_range(key: str, specs: dict[str, PackedSpec]) -> bool:
+    spec = specs.get(key.removesuffix(".act_range"))
+    return spec is not None and spec.bits is not None
