@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 __all__ = ["logger", "is_rank_zero", "log_rank_zero", "warn_once", "announce"]
@@ -14,11 +13,9 @@ _warned: set[str] = set()
 
 def is_rank_zero() -> bool:
     """True on global rank 0, or when no distributed job is running."""
-    import torch.distributed as dist
+    from xtc_ds.distributed import rank_and_world  # distributed logs through this module
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
+    return rank_and_world()[0] == 0
 
 
 def log_rank_zero(level: int, message: str) -> None:

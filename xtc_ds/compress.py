@@ -17,7 +17,7 @@ from xtc_ds._log import log_rank_zero, warn_once
 from xtc_ds.config import SECTION, ConfigError, has_section, load_compression_config
 from xtc_ds.inject import inject
 from xtc_ds.layer_reduction import initialize_student, layer_list
-from xtc_ds.nn.qat_linear import XtcQATConv1D
+from xtc_ds.nn.qat_linear import is_conv1d
 from xtc_ds.ops import fake_quant_weight
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
 
@@ -109,11 +109,7 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any, mpu: Any = None) -
         quantizer = getattr(module, "weight_quantizer", None)
         if quantizer is not None:
             with _full_weight(module.weight), torch.no_grad():
-                weight = (
-                    module.weight.t()
-                    if XtcQATConv1D is not None and isinstance(module, XtcQATConv1D)
-                    else module.weight
-                )
+                weight = module.weight.t() if is_conv1d(module) else module.weight
                 groups = weight.shape[0] if quantizer.num_groups is None else quantizer.num_groups
                 baked = fake_quant_weight(weight, quantizer.target_bits, groups, quantizer.symmetric)
                 weight.copy_(baked)

@@ -10,12 +10,16 @@ address. DeepSpeed's own discovery always took ``hostname -I``, even for a one-h
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, MutableMapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 __all__ = [
+    "rank_and_world",
+    "launched",
+    "single_process_defaults",
     "map_mpi_environment",
     "init_distributed",
     "prepare_deepspeed_ops",
@@ -36,6 +40,39 @@ _MPI_VARIABLES = {  # Open MPI, MPICH/Intel MPI (Hydra), PMIx
     "LOCAL_RANK": ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"),
     "LOCAL_WORLD_SIZE": ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"),
 }
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's global rank and the world size: from the process group once it exists, else the launcher's
+    ``RANK``/``WORLD_SIZE`` (0 and 1 for a plain ``python`` run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched() -> bool:
+    """True when a launcher (deepspeed, torchrun, SLURM wrappers, mpirun with any PMI) set this process's rank."""
+    return "RANK" in os.environ or any(name in os.environ for name in _MPI_VARIABLES["RANK"])
+
+
+def single_process_defaults() -> None:
+    """A plain ``python`` run without any launcher: a one-process job on a free loopback port."""
+    if launched():
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    defaults = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
 
 
 def _first(environ: MutableMapping[str, str], names: tuple[str, ...]) -> Optional[str]:

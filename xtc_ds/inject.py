@@ -26,7 +26,7 @@ from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
 from xtc_ds.nn.packed_embedding import XtcPackedEmbedding
 from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.qat_embedding import XtcQATEmbedding
-from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, conv1d_type
+from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, is_conv1d
 from xtc_ds.schedule import CompressionScheduler
 from xtc_ds.state import attach_state, compression_state, detach_state, require_same_config, unwrap_model
 
@@ -90,8 +90,7 @@ def _replacement(module: nn.Module, weight_q: Any, act_q: Any) -> nn.Module:
         return XtcQATEmbedding.from_embedding(module, weight_q)
     if isinstance(module, nn.Linear):
         return XtcQATLinear.from_linear(module, weight_q, act_q)
-    conv1d = conv1d_type()
-    if conv1d is not None and isinstance(module, conv1d):
+    if is_conv1d(module):
         return XtcQATConv1D.from_conv1d(module, weight_q, act_q)
     raise TypeError(f"xtc_ds cannot compress {type(module).__name__}")
 

@@ -13,7 +13,7 @@ from typing import Optional
 from torch import nn
 
 from xtc_ds.config import PER_ROW, SECTION, CompressionConfig, ConfigError
-from xtc_ds.nn.qat_linear import conv1d_type
+from xtc_ds.nn.qat_linear import CONV1D, is_conv1d
 
 __all__ = ["ModulePlan", "InjectionReport", "plan_injection", "weight_shape", "is_compressed"]
 
@@ -57,17 +57,15 @@ def weight_shape(module: nn.Module) -> tuple[int, int]:
     Reads ``ds_shape`` when the weight is a ZeRO-3 partition, so shapes are those of the whole tensor.
     """
     shape = tuple(getattr(module.weight, "ds_shape", module.weight.shape))
-    conv1d = conv1d_type()
-    if conv1d is not None and isinstance(module, conv1d):
+    if is_conv1d(module):
         return shape[1], shape[0]
     return shape[0], shape[1]
 
 
 def _eligible(model: nn.Module, with_embeddings: bool) -> dict[str, nn.Module]:
     types: tuple[type, ...] = (nn.Linear,)
-    conv1d = conv1d_type()
-    if conv1d is not None:
-        types += (conv1d,)
+    if CONV1D is not None:
+        types += (CONV1D,)
     if with_embeddings:
         types += (nn.Embedding,)
     return {name: module for name, module in model.named_modules() if name and isinstance(module, types)}

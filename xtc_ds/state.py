@@ -72,7 +72,7 @@ def unwrap_model(model: Any) -> Any:
     A module that carries a compression state is returned as it is, even if it has a ``module`` attribute.
     """
     seen = 0
-    while getattr(model, _ATTRIBUTE, None) is None and seen < 8:
+    while _own_state(model) is None and seen < 8:
         inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
         if not isinstance(inner, nn.Module):
             inner = getattr(model, "module", None)  # DeepSpeedEngine, DistributedDataParallel
@@ -82,9 +82,14 @@ def unwrap_model(model: Any) -> Any:
     return model
 
 
+def _own_state(model: Any) -> Optional[CompressionState]:
+    # The object's own attribute: DeepSpeedEngine forwards unknown attributes to the module it wraps.
+    return getattr(model, "__dict__", {}).get(_ATTRIBUTE)
+
+
 def compression_state(model: Any) -> Optional[CompressionState]:
     """The :class:`CompressionState` of an injected model (or of the model inside a wrapper), else None."""
-    return getattr(unwrap_model(model), _ATTRIBUTE, None)
+    return _own_state(unwrap_model(model))
 
 
 def attach_state(model: nn.Module, config: CompressionConfig, report: InjectionReport) -> CompressionState:

@@ -27,7 +27,7 @@ from xtc_ds.config import CompressionConfig, QuantizationType, RangeCalibration,
 from xtc_ds.errors import ConfigError, PackedFormatError
 from xtc_ds.matching import plan_injection, weight_shape
 from xtc_ds.nn.packed_spec import PackedSpec
-from xtc_ds.nn.qat_linear import conv1d_type
+from xtc_ds.nn.qat_linear import is_conv1d
 
 __all__ = [
     "packed_specs",
@@ -224,7 +224,6 @@ def packed_specs(model: nn.Module, deepspeed_config: Any) -> dict[str, PackedSpe
     config = load_compression_config(deepspeed_config)
     wq, aq = config.weight_quantization, config.activation_quantization
     modules = dict(model.named_modules())
-    conv1d = conv1d_type()
     specs = {}
     for name, plan in plan_injection(model, config).items():
         module = modules[name]
@@ -232,7 +231,7 @@ def packed_specs(model: nn.Module, deepspeed_config: Any) -> dict[str, PackedSpe
         if isinstance(module, nn.Embedding):
             kind = "embedding"
         else:
-            kind = "conv1d" if conv1d is not None and isinstance(module, conv1d) else "linear"
+            kind = "conv1d" if is_conv1d(module) else "linear"
         spec: dict[str, Any] = {"kind": kind, "out_features": out_features, "in_features": in_features}
         spec["bias"] = getattr(module, "bias", None) is not None
         if kind == "embedding":

@@ -10,16 +10,24 @@ from torch import nn
 
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
 
-__all__ = ["XtcQATLinear", "XtcQATConv1D", "conv1d_type"]
+__all__ = ["XtcQATLinear", "XtcQATConv1D", "CONV1D", "is_conv1d"]
 
 
-def conv1d_type() -> Optional[type]:
-    """transformers' ``Conv1D`` (GPT-2's linear layer), or None if transformers is not installed."""
+def _conv1d_type() -> Optional[type]:
     try:
         from transformers.pytorch_utils import Conv1D
     except ImportError:
         return None
     return Conv1D
+
+
+CONV1D: Optional[type] = _conv1d_type()
+"""transformers' ``Conv1D`` (GPT-2's linear layer, weight stored transposed), or None without transformers."""
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for a transformers ``Conv1D`` (or a subclass, such as :class:`XtcQATConv1D`)."""
+    return CONV1D is not None and isinstance(module, CONV1D)
 
 
 def _adopt(new: nn.Module, old: nn.Module, weight_quantizer, act_quantizer) -> nn.Module:
@@ -73,7 +81,7 @@ class XtcQATLinear(nn.Linear):
 
 
 def _make_qat_conv1d() -> Optional[type]:
-    conv1d = conv1d_type()
+    conv1d = CONV1D
     if conv1d is None:
         return None
 

