@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from xtc_ds.pipeline.run import default_model_path
 
-
-def _quant_section(bits: int, pooler: bool) -> dict[str, Any]:
-    """XTC's recipe: ``bits``-bit weights on every encoder Linear and the word embeddings, 8-bit activations.
-
-    ``pooler`` adds the pooler's Linear (the largest remaining fp32 tensor of a BERT-base student).
-    """
-    modules = ["attention.self", "attention.output.dense", "intermediate", "output.dense"]
-    if pooler:
-        modules.append("pooler.dense")
-    return {
-        "weight_quantization": {
-            "shared_parameters": {"enabled": True, "schedule_offset": 0},
-            "different_groups": {
-                "wq1": {"params": {"start_bits": bits, "target_bits": bits}, "modules": [*modules, "word_embeddings"]}
-            },
-        },
-        "activation_quantization": {
-            "shared_parameters": {"enabled": True, "schedule_offset": 0},
-            "different_groups": {"aq1": {"params": {"bits": 8}, "modules": modules}},
-        },
-    }
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from configs import section  # noqa: E402  (the shipped recipes, shared with the tests)
 
 
 def compression_config(bits: int, pooler: bool = False) -> dict[str, Any]:
-    return {"compression_training": _quant_section(bits, pooler)}
+    """XTC's recipe (``ds_configs/ds_xtc_1bit.json``) at ``bits``-bit weights, without KD (nothing is trained).
+
+    ``pooler`` adds the pooler's Linear (the largest remaining fp32 tensor of a BERT-base student).
+    """
+    extra = ("pooler.dense",) if pooler else ()
+    return {"compression_training": section(bits=bits, kd=False, extra_modules=extra)}
 
 
 def minilm() -> torch.nn.Module:

@@ -51,8 +51,7 @@ def main() -> None:
     for _ in range(args.warmup + args.steps):
         dist.barrier()
         start = time.perf_counter()
-        outputs = engine(**batch, **engine.xtc.distillation.model_kwargs)
-        loss = engine.xtc.distillation_loss(outputs, engine.xtc.teacher_outputs(**batch))
+        loss = engine.xtc.student_loss(engine, batch)
         engine.backward(loss)
         engine.step()
         dist.barrier()

@@ -19,31 +19,16 @@ import time
 from collections.abc import Callable
 
 import torch
+from _models import section
 
 import xtc_ds
 from xtc_ds import ops
 from xtc_ds.ops import native
 from xtc_ds.state import compression_state
 
-W1A8 = {
-    "weight_quantization": {
-        "shared_parameters": {"enabled": True, "schedule_offset": 0, "quantize_weight_in_forward": True},
-        "different_groups": {
-            "wq1": {
-                "params": {"start_bits": 1, "target_bits": 1},
-                "modules": ["attention.self", "intermediate", "output.dense", "word_embeddings"],
-            }
-        },
-    },
-    "activation_quantization": {
-        "shared_parameters": {"enabled": True, "schedule_offset": 0},
-        "different_groups": {
-            "aq1": {"params": {"bits": 8}, "modules": ["attention.self", "intermediate", "output.dense"]}
-        },
-    },
-}
-W1A8_KD = {**W1A8, "knowledge_distillation": {"enabled": True}}
-KD_ONLY = {"knowledge_distillation": {"enabled": True}}
+W1A8 = section(kd=False)  # ds_configs/ds_xtc_1bit.json
+W1A8_KD = section(kd=True)
+KD_ONLY = {"knowledge_distillation": W1A8_KD["knowledge_distillation"]}
 
 
 def classifier(path: str, eager: bool) -> torch.nn.Module:

@@ -33,11 +33,8 @@ def _train(engine, steps, kd=False):
     ids, labels = _batch()
     losses = []
     for _ in range(steps):
-        if kd:
-            out = engine(input_ids=ids, **engine.xtc.distillation.model_kwargs)
-            loss = engine.xtc.distillation_loss(out, engine.xtc.teacher_outputs(input_ids=ids))
-        else:
-            loss = engine(input_ids=ids, labels=labels).loss
+        batch = {"input_ids": ids} if kd else {"input_ids": ids, "labels": labels}
+        loss = engine.xtc.student_loss(engine, batch)
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())

@@ -4,6 +4,7 @@ import csv
 
 import pytest
 import torch
+from configs import recipe
 
 from conftest import glue_task_dir, minilm_path
 from xtc_ds import initialize, redundancy_clean
@@ -11,39 +12,7 @@ from xtc_ds.state import compression_state
 
 pytestmark = pytest.mark.slow
 
-XTC_W1A8 = {
-    "train_batch_size": 32,
-    "train_micro_batch_size_per_gpu": 32,
-    "gradient_clipping": 1.0,
-    "compression_training": {
-        "weight_quantization": {
-            "shared_parameters": {
-                "enabled": True,
-                "schedule_offset": 0,
-                "quantize_groups": 1,
-                "quantization_type": "symmetric",
-                "quantize_weight_in_forward": True,
-            },
-            "different_groups": {
-                "wq1": {
-                    "params": {"start_bits": 1, "target_bits": 1, "quantization_period": 0},
-                    "modules": ["attention.self", "intermediate", "word_embeddings", "output.dense"],
-                }
-            },
-        },
-        "activation_quantization": {
-            "shared_parameters": {
-                "enabled": True,
-                "quantization_type": "symmetric",
-                "range_calibration": "dynamic",
-                "schedule_offset": 0,
-            },
-            "different_groups": {
-                "aq1": {"params": {"bits": 8}, "modules": ["attention.self", "intermediate", "output.dense"]}
-            },
-        },
-    },
-}
+XTC_W1A8 = recipe(kd=False, train_batch_size=32)  # ds_configs/ds_xtc_1bit.json without a teacher
 
 
 def _sst2_rows(n):

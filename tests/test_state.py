@@ -2,20 +2,14 @@
 
 import pytest
 import torch
+from configs import recipe
 from torch import nn
 
 from conftest import tiny_bert
 from xtc_ds import ConfigError, init_compression, load_compression_config
 from xtc_ds.state import compression_state, config_differences, require_same_config, unwrap_model
 
-CONFIG = {
-    "compression_training": {
-        "weight_quantization": {
-            "shared_parameters": {"enabled": True},
-            "different_groups": {"wq1": {"params": {"start_bits": 1, "target_bits": 1}, "modules": ["intermediate"]}},
-        }
-    }
-}
+CONFIG = recipe(kd=False)
 
 
 class _Forwarding(nn.Module):
@@ -48,11 +42,8 @@ def test_differences_name_the_key_and_both_values():
     recorded = load_compression_config(CONFIG)
     other = load_compression_config(CONFIG)
     assert config_differences(recorded, other) == []
-    changed = {"compression_training": {**CONFIG["compression_training"]}}
-    changed["compression_training"]["weight_quantization"] = {
-        "shared_parameters": {"enabled": True, "quantize_groups": 4},
-        "different_groups": {"wq1": {"params": {"start_bits": 2, "target_bits": 2}, "modules": ["intermediate"]}},
-    }
+    changed = recipe(kd=False, bits=2)
+    changed["compression_training"]["weight_quantization"]["shared_parameters"]["quantize_groups"] = 4
     differences = config_differences(recorded, load_compression_config(changed))
     assert "compression_training.weight_quantization.different_groups.wq1.params.target_bits: model 1, config 2" in (
         differences

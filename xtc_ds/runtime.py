@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -51,6 +52,18 @@ class XtcRuntime:
         if self.distillation is None:
             raise ValueError("compression_training.knowledge_distillation is not enabled")
         return self.distillation(student_outputs, teacher_outputs)
+
+    def student_loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one micro-batch of the student ``model`` (the engine).
+
+        With knowledge distillation: XTC's one-stage KD, the student's outputs against the frozen teacher's on
+        the same inputs (labels are not used). Without: the model's own loss from ``batch["labels"]``.
+        """
+        if self.distillation is None:
+            return model(**batch).loss
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        student_outputs = model(**inputs, **self.distillation.model_kwargs)
+        return self.distillation(student_outputs, self.teacher_outputs(**inputs))
 
 
 def _config_source(args: Any, config: Any, kwargs: dict[str, Any]) -> Any:
@@ -150,8 +163,7 @@ def initialize(
     Example:
         >>> engine, _, _, _ = xtc_ds.initialize(model=student, config="ds_configs/ds_xtc.json",
         ...                                     teacher_model=teacher, model_parameters=student.parameters())
-        >>> loss = engine.xtc.distillation_loss(engine(**batch, **engine.xtc.distillation.model_kwargs),
-        ...                                     engine.xtc.teacher_outputs(**batch))
+        >>> loss = engine.xtc.student_loss(engine, batch)  # KD against the teacher when configured
         >>> engine.backward(loss); engine.step()
     """
     import deepspeed

@@ -19,20 +19,15 @@
 #define XTC_VNNI 1
 #endif
 
+#include "xtc_checks.h"
 #include "xtc_ops.h"
 
 namespace xtc {
 namespace {
 
-constexpr int64_t kTileRows = 16;
 constexpr int kTileTokens = 8;
 constexpr int64_t kChunkTokens = 256;  // token rows whose int8 codes (256 x in_features) stay in L2
 constexpr float kTiny = std::numeric_limits<float>::min();
-
-int64_t storage_bits(int64_t bits) { return bits <= 2 ? bits : (bits <= 4 ? 4 : 8); }
-
-// Bytes of one (tile, quad) block: 16 rows x 4 inputs.
-int64_t block_bytes(int64_t bits) { return bits == 1 ? 8 : (bits == 2 ? 16 : 64); }
 
 inline int level(uint8_t code, int64_t bits) {
   if (bits == 1) return code ? 1 : -1;
@@ -45,17 +40,10 @@ inline uint8_t code_at(const uint8_t* row, int64_t k, int64_t sb) {
   return static_cast<uint8_t>((row[k / per_byte] >> ((k % per_byte) * sb)) & ((1 << sb) - 1));
 }
 
-void check_kernel_args(const torch::Tensor& kernel_weight, const torch::Tensor& row_sum, const torch::Tensor& row_scale,
-                       int64_t bits) {
-  TORCH_CHECK(bits == 1 || bits == 2 || (bits >= 3 && bits <= 8), "xtc packed_linear: bits must be 1..8, got ", bits);
+void check_kernel_weight(const torch::Tensor& kernel_weight, int64_t bits) {
   TORCH_CHECK(kernel_weight.device().is_cpu() && kernel_weight.scalar_type() == torch::kUInt8 &&
                   kernel_weight.dim() == 3 && kernel_weight.size(2) == block_bytes(bits) && kernel_weight.is_contiguous(),
               "xtc packed_linear: kernel_weight must come from prepack_weight with the same bits");
-  const int64_t n = kernel_weight.size(0) * kTileRows;
-  TORCH_CHECK(row_sum.scalar_type() == torch::kInt32 && row_sum.numel() == n, "xtc packed_linear: row_sum must be int32 (",
-              n, ",)");
-  TORCH_CHECK(row_scale.scalar_type() == torch::kFloat32 && row_scale.numel() == n,
-              "xtc packed_linear: row_scale must be float32 (", n, ",)");
 }
 
 // Codes of one token: clamp(round_half_even(x / scale)) + 128, the same float division as the fake quantizer.
@@ -232,15 +220,10 @@ void accumulate_portable(const uint8_t* codes, int64_t m, int64_t k, const uint8
 }  // namespace
 
 std::vector<torch::Tensor> prepack_weight(const torch::Tensor& packed_weight, int64_t bits, int64_t in_features) {
-  TORCH_CHECK(bits >= 1 && bits <= 8, "xtc prepack_weight: bits must be 1..8, got ", bits);
-  TORCH_CHECK(packed_weight.device().is_cpu() && packed_weight.scalar_type() == torch::kUInt8 && packed_weight.dim() == 2,
-              "xtc prepack_weight: expected a 2-D uint8 CPU tensor (out_features, packed bytes)");
+  check_prepack_args(packed_weight, bits, in_features, c10::DeviceType::CPU);
   const int64_t sb = storage_bits(bits), n = packed_weight.size(0), k = in_features;
   const int64_t row_bytes = packed_weight.size(1);
-  TORCH_CHECK(n % kTileRows == 0 && k % 4 == 0 && k > 0, "xtc prepack_weight: out_features (", n,
-              ") must be a multiple of 16 and in_features (", k, ") a positive multiple of 4");
-  TORCH_CHECK(row_bytes * 8 >= k * sb && (row_bytes - 1) * 8 < k * sb, "xtc prepack_weight: ", row_bytes,
-              " bytes per row do not hold ", k, " codes of ", sb, " bits");
+  TORCH_CHECK(n % kTileRows == 0, "xtc prepack_weight: out_features (", n, ") must be a multiple of ", kTileRows);
   auto src_tensor = packed_weight.contiguous();
   const uint8_t* src = src_tensor.data_ptr<uint8_t>();
   const int64_t tiles = n / kTileRows, quads = k / 4, bb = block_bytes(bits);
@@ -277,14 +260,10 @@ std::vector<torch::Tensor> prepack_weight(const torch::Tensor& packed_weight, in
 torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_weight, const torch::Tensor& row_sum,
                             const torch::Tensor& row_scale, const c10::optional<torch::Tensor>& bias, int64_t bits,
                             int64_t act_bits) {
-  check_kernel_args(kernel_weight, row_sum, row_scale, bits);
-  TORCH_CHECK(act_bits >= 2 && act_bits <= 8, "xtc packed_linear: act_bits must be 2..8, got ", act_bits);
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32, "xtc packed_linear: x must be float32 on CPU");
-  const int64_t k = kernel_weight.size(1) * 4, n = kernel_weight.size(0) * kTileRows;
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k, "xtc packed_linear: x has ", x.size(-1), " features, the weight ", k);
-  if (bias.has_value())
-    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->numel() == n, "xtc packed_linear: bias must be float32 (",
-                n, ",)");
+  TORCH_CHECK(bits >= 1 && bits <= 8, "xtc packed_linear: bits must be 1..8, got ", bits);
+  check_kernel_weight(kernel_weight, bits);
+  const int64_t k = kernel_weight.size(1) * kTileInputs, n = kernel_weight.size(0) * kTileRows;
+  check_packed_linear_args(x, row_sum, row_scale, bias, bits, act_bits, k, n, c10::DeviceType::CPU);
   auto input = x.reshape({-1, k}).contiguous();
   const int64_t m = input.size(0);
   auto out_sizes = x.sizes().vec();

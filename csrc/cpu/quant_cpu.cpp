@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "xtc_checks.h"
 #include "xtc_ops.h"
 
 namespace xtc {
@@ -156,26 +157,11 @@ void fake_quant_impl(const T* x, T* out, int64_t numel, int64_t groups, int64_t 
   });
 }
 
-void check_pack_args(const torch::Tensor& t, int64_t bits, const char* what) {
-  TORCH_CHECK(t.device().is_cpu(), "xtc ", what, ": expected a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == torch::kUInt8, "xtc ", what, ": expected uint8, got ", t.scalar_type());
-  TORCH_CHECK(bits == 1 || bits == 2 || bits == 4 || bits == 8, "xtc ", what, ": bits must be 1, 2, 4 or 8, got ", bits);
-  TORCH_CHECK(t.dim() >= 1, "xtc ", what, ": expected at least one dimension");
-}
-
 }  // namespace
 
 torch::Tensor fake_quant(const torch::Tensor& x, int64_t bits, int64_t num_groups, bool symmetric,
                          const c10::optional<torch::Tensor>& out_arg) {
-  TORCH_CHECK(x.device().is_cpu(), "xtc fake_quant: expected a CPU tensor");
-  TORCH_CHECK(bits >= 1 && bits <= 8, "xtc fake_quant: bits must be 1..8, got ", bits);
-  TORCH_CHECK(num_groups >= 1 && x.numel() % num_groups == 0, "xtc fake_quant: cannot split ", x.numel(),
-              " elements into ", num_groups, " equal groups");
-  auto input = x.contiguous();
-  auto out = out_arg.has_value() ? *out_arg : torch::empty_like(input);
-  TORCH_CHECK(out.is_contiguous() && out.sizes() == input.sizes() && out.scalar_type() == input.scalar_type() &&
-                  out.device().is_cpu(),
-              "xtc fake_quant: out must be a contiguous CPU tensor of the input's shape and dtype");
+  auto [input, out] = fake_quant_tensors(x, bits, num_groups, out_arg, c10::DeviceType::CPU);
   if (input.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "xtc_fake_quant", [&] {
     fake_quant_impl<scalar_t>(input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), input.numel(), num_groups, bits,
@@ -185,9 +171,8 @@ torch::Tensor fake_quant(const torch::Tensor& x, int64_t bits, int64_t num_group
 }
 
 torch::Tensor pack_bits(const torch::Tensor& codes, int64_t bits) {
-  check_pack_args(codes, bits, "pack_bits");
+  check_pack_args(codes, bits, true, c10::DeviceType::CPU);
   const int64_t per_byte = 8 / bits, n = codes.size(-1);
-  TORCH_CHECK(n % per_byte == 0, "xtc pack_bits: the last dimension (", n, ") must be a multiple of ", per_byte);
   auto input = codes.contiguous();
   auto sizes = input.sizes().vec();
   sizes.back() = n / per_byte;
@@ -206,7 +191,7 @@ torch::Tensor pack_bits(const torch::Tensor& codes, int64_t bits) {
 }
 
 torch::Tensor unpack_bits(const torch::Tensor& packed, int64_t bits) {
-  check_pack_args(packed, bits, "unpack_bits");
+  check_pack_args(packed, bits, false, c10::DeviceType::CPU);
   const int64_t per_byte = 8 / bits;
   auto input = packed.contiguous();
   auto sizes = input.sizes().vec();

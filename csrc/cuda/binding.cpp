@@ -4,6 +4,7 @@
 
 #include "quant_kernels.cuh"
 #include "xtc_binding.h"
+#include "xtc_checks.h"
 
 namespace xtc {
 namespace {
@@ -21,11 +22,8 @@ void check(cudaError_t err, const char* what) { TORCH_CHECK(err == cudaSuccess, 
 
 torch::Tensor packer(const torch::Tensor& t, int64_t bits, bool packing) {
   const char* what = packing ? "pack_bits" : "unpack_bits";
-  TORCH_CHECK(t.is_cuda() && t.scalar_type() == torch::kUInt8, "xtc ", what, ": expected a uint8 CUDA tensor");
-  TORCH_CHECK(bits == 1 || bits == 2 || bits == 4 || bits == 8, "xtc ", what, ": bits must be 1, 2, 4 or 8");
+  check_pack_args(t, bits, packing, c10::DeviceType::CUDA);
   const int64_t per_byte = 8 / bits;
-  TORCH_CHECK(!packing || t.size(-1) % per_byte == 0, "xtc pack_bits: the last dimension must be a multiple of ",
-              per_byte);
   const c10::cuda::CUDAGuard guard(t.device());
   auto input = t.contiguous();
   auto sizes = input.sizes().vec();
@@ -46,16 +44,8 @@ torch::Tensor packer(const torch::Tensor& t, int64_t bits, bool packing) {
 
 torch::Tensor fake_quant(const torch::Tensor& x, int64_t bits, int64_t num_groups, bool symmetric,
                          const c10::optional<torch::Tensor>& out_arg) {
-  TORCH_CHECK(x.is_cuda(), "xtc fake_quant: expected a CUDA tensor");
-  TORCH_CHECK(bits >= 1 && bits <= 8, "xtc fake_quant: bits must be 1..8, got ", bits);
-  TORCH_CHECK(num_groups >= 1 && x.numel() % num_groups == 0, "xtc fake_quant: cannot split ", x.numel(),
-              " elements into ", num_groups, " equal groups");
   const c10::cuda::CUDAGuard guard(x.device());
-  auto input = x.contiguous();
-  auto out = out_arg.has_value() ? *out_arg : torch::empty_like(input);
-  TORCH_CHECK(out.is_contiguous() && out.sizes() == input.sizes() && out.scalar_type() == input.scalar_type() &&
-                  out.device() == input.device(),
-              "xtc fake_quant: out must be a contiguous tensor of the input's shape, dtype and device");
+  auto [input, out] = fake_quant_tensors(x, bits, num_groups, out_arg, c10::DeviceType::CUDA);
   auto workspace = torch::empty({cuda::fake_quant_workspace_size(num_groups)}, input.options().dtype(torch::kFloat64));
   check(cuda::fake_quant(input.data_ptr(), out.data_ptr(), dtype_of(input), input.numel(), num_groups,
                          static_cast<int>(bits), symmetric, workspace.data_ptr<double>(),
@@ -65,15 +55,8 @@ torch::Tensor fake_quant(const torch::Tensor& x, int64_t bits, int64_t num_group
 }
 
 std::vector<torch::Tensor> prepack_weight(const torch::Tensor& packed_weight, int64_t bits, int64_t in_features) {
-  TORCH_CHECK(bits >= 1 && bits <= 8, "xtc prepack_weight: bits must be 1..8, got ", bits);
-  TORCH_CHECK(packed_weight.is_cuda() && packed_weight.scalar_type() == torch::kUInt8 && packed_weight.dim() == 2,
-              "xtc prepack_weight: expected a 2-D uint8 CUDA tensor (out_features, packed bytes)");
-  const int64_t storage = bits <= 2 ? bits : (bits <= 4 ? 4 : 8), row_bytes = packed_weight.size(1);
-  TORCH_CHECK(in_features > 0 && in_features % 4 == 0, "xtc prepack_weight: in_features (", in_features,
-              ") must be a positive multiple of 4");
-  TORCH_CHECK(row_bytes * 8 >= in_features * storage && (row_bytes - 1) * 8 < in_features * storage,
-              "xtc prepack_weight: ", row_bytes, " bytes per row do not hold ", in_features, " codes of ", storage,
-              " bits");
+  check_prepack_args(packed_weight, bits, in_features, c10::DeviceType::CUDA);
+  const int64_t row_bytes = packed_weight.size(1);
   const c10::cuda::CUDAGuard guard(packed_weight.device());
   auto kernel_weight = packed_weight.contiguous();  // the CUDA kernel reads the stored rows directly
   auto row_sum = torch::empty({packed_weight.size(0)}, packed_weight.options().dtype(torch::kInt32));
@@ -86,18 +69,11 @@ std::vector<torch::Tensor> prepack_weight(const torch::Tensor& packed_weight, in
 torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_weight, const torch::Tensor& row_sum,
                             const torch::Tensor& row_scale, const c10::optional<torch::Tensor>& bias, int64_t bits,
                             int64_t act_bits) {
-  TORCH_CHECK(bits >= 1 && bits <= 8 && act_bits >= 2 && act_bits <= 8, "xtc packed_linear: bits 1..8, act_bits 2..8");
-  TORCH_CHECK(x.is_cuda() && x.scalar_type() == torch::kFloat32, "xtc packed_linear: x must be float32 on CUDA");
   TORCH_CHECK(kernel_weight.is_cuda() && kernel_weight.scalar_type() == torch::kUInt8 && kernel_weight.dim() == 2,
               "xtc packed_linear: kernel_weight must come from prepack_weight");
   const int64_t k = x.size(-1), n = kernel_weight.size(0);
-  TORCH_CHECK(k % 4 == 0, "xtc packed_linear: in_features (", k, ") must be a multiple of 4");
-  TORCH_CHECK(row_sum.numel() == n && row_scale.numel() == n && row_scale.scalar_type() == torch::kFloat32 &&
-                  row_scale.is_cuda(),
-              "xtc packed_linear: row_scale must be float32 (", n, ",) on the weight's device");
-  if (bias.has_value())
-    TORCH_CHECK(bias->is_cuda() && bias->scalar_type() == torch::kFloat32 && bias->numel() == n,
-                "xtc packed_linear: bias must be float32 (", n, ",) on CUDA");
+  TORCH_CHECK(k % kTileInputs == 0, "xtc packed_linear: in_features (", k, ") must be a multiple of ", kTileInputs);
+  check_packed_linear_args(x, row_sum, row_scale, bias, bits, act_bits, k, n, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   auto input = x.reshape({-1, k}).contiguous();
   const int64_t m = input.size(0);

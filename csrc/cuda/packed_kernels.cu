@@ -6,6 +6,7 @@
 #include <cfloat>
 
 #include "quant_kernels.cuh"
+#include "xtc_layout.h"
 
 namespace xtc {
 namespace cuda {
@@ -96,8 +97,6 @@ __global__ void packed_linear_kernel(const int8_t* __restrict__ codes, const flo
   }
 }
 
-int storage_bits(int bits) { return bits <= 2 ? bits : (bits <= 4 ? 4 : 8); }
-
 }  // namespace
 
 cudaError_t packed_row_sum(const uint8_t* packed, int32_t* row_sum, int64_t n, int64_t k, int64_t row_bytes, int bits,
@@ -105,7 +104,7 @@ cudaError_t packed_row_sum(const uint8_t* packed, int32_t* row_sum, int64_t n, i
   if (n == 0) return cudaSuccess;
   const int threads = 128;
   row_sum_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
-      packed, row_sum, n, k, row_bytes, storage_bits(bits), bits);
+      packed, row_sum, n, k, row_bytes, static_cast<int>(storage_bits(bits)), bits);
   return cudaGetLastError();
 }
 
@@ -120,7 +119,7 @@ cudaError_t packed_linear(const float* x, const uint8_t* packed, const float* ro
   const dim3 block(kTileN, kTileM);
   const dim3 grid(static_cast<unsigned>((n + kTileN - 1) / kTileN), static_cast<unsigned>((m + kTileM - 1) / kTileM));
   packed_linear_kernel<<<grid, block, 0, stream>>>(codes, token_scale, packed, row_scale, bias, out, m, n, k, row_bytes,
-                                                   storage_bits(bits), bits);
+                                                   static_cast<int>(storage_bits(bits)), bits);
   return cudaGetLastError();
 }
 

@@ -21,44 +21,25 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (the tiny models)
 
+from configs import recipe  # noqa: E402
+
 from models import tiny_bert  # noqa: E402
 
 MICRO_BATCH = 8
 
 
 def xtc_config(stage: int, world: int, bits: int = 1, bf16: bool = False, teacher_zero3: bool = False) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": MICRO_BATCH,
-        "train_batch_size": MICRO_BATCH * world,
-        "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},  # partition every tensor
-        "bf16": {"enabled": bf16},
-        "compression_training": {
-            "layer_reduction": {
-                "enabled": True,
-                "keep_number_layer": 2,
-                "module_name_prefix": "bert.encoder.layer",
-                "teacher_layer": [1, 3],
-                "other_module_name": ["bert.pooler", "bert.embeddings", "classifier"],
-            },
-            "weight_quantization": {
-                "shared_parameters": {"enabled": True, "schedule_offset": 0},
-                "different_groups": {
-                    "wq1": {
-                        "params": {"start_bits": bits, "target_bits": bits},
-                        "modules": ["attention.self", "intermediate", "output.dense", "word_embeddings"],
-                    }
-                },
-            },
-            "activation_quantization": {
-                "shared_parameters": {"enabled": True, "schedule_offset": 0},
-                "different_groups": {
-                    "aq1": {"params": {"bits": 8}, "modules": ["attention.self", "intermediate", "output.dense"]}
-                },
-            },
-            "knowledge_distillation": {"enabled": True, "teacher_zero3": teacher_zero3},
-        },
-    }
+    """``ds_configs/ds_xtc_1bit.json`` at ``bits``, every tensor partitioned, teacher layers 1 and 3 kept."""
+    config = recipe(
+        bits=bits,
+        train_micro_batch_size_per_gpu=MICRO_BATCH,
+        train_batch_size=MICRO_BATCH * world,
+        zero_optimization={"stage": stage, "stage3_param_persistence_threshold": 0},
+        bf16={"enabled": bf16},
+    )
+    config["compression_training"]["layer_reduction"].update(enabled=True, keep_number_layer=2, teacher_layer=[1, 3])
+    config["compression_training"]["knowledge_distillation"]["teacher_zero3"] = teacher_zero3
+    return config
 
 
 def _weight_record(module: torch.nn.Module) -> dict:
@@ -99,8 +80,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         if rank == args.hang_rank and step == args.hang_step:
             time.sleep(3600)  # stuck, not dead: only the process-group timeout ends the job
         batch = {"input_ids": ids[rank].to(engine.device)}
-        outputs = engine(**batch, **engine.xtc.distillation.model_kwargs)
-        loss = engine.xtc.distillation_loss(outputs, engine.xtc.teacher_outputs(**batch))
+        loss = engine.xtc.student_loss(engine, batch)
         engine.backward(loss)
         engine.step()
         mean = loss.detach().float().clone()

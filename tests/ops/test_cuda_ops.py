@@ -31,6 +31,7 @@ def test_kernels_compile_for_sm80_and_sm90(tmp_path, source):
         "-std=c++17",
         "-O3",
         "-c",
+        f"-I{CSRC / 'include'}",
         str(CSRC / "cuda" / source),
         "-o",
         str(tmp_path / "k.o"),

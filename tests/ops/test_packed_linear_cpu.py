@@ -64,10 +64,14 @@ def test_reference_prepack_is_the_kernel_layout_byte_for_byte(cpu_ops, bits):
     assert kernel_weight.shape == (48 // library.TILE_ROWS, 36 // library.TILE_INPUTS, library.block_bytes(bits))
 
 
-def test_tile_constants_are_the_kernels():
-    source = (builder.csrc_dir() / "cpu" / "packed_cpu.cpp").read_text()
-    assert f"constexpr int64_t kTileRows = {library.TILE_ROWS};" in source
-    assert "4r+j" in library.__doc__.replace(" ", "") and "(t * quads + i / 4) * bb" in source
+def test_layout_constants_are_the_kernels():
+    header = (builder.csrc_dir() / "include" / "xtc_layout.h").read_text()
+    assert f"constexpr int64_t kTileRows = {library.TILE_ROWS};" in header
+    assert f"constexpr int64_t kTileInputs = {library.TILE_INPUTS};" in header
+    assert "return bits == 1 ? 8 : (bits == 2 ? 16 : 64);" in header
+    assert [library.block_bytes(bits) for bits in (1, 2, 3, 8)] == [8, 16, 64, 64]
+    assert "return bits <= 2 ? bits : (bits <= 4 ? 4 : 8);" in header
+    assert [reference.storage_bits(bits) for bits in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
 
 
 def test_tile_layout_worked_example():

@@ -311,18 +311,6 @@ def _resume_tag(args: Any, out: Path, phase: str) -> Optional[Path]:
     return rank_zero_decides(lambda: select_tag(out / phase / "checkpoints"))
 
 
-def _student_loss(compression: CompressionConfig):
-    if not compression.knowledge_distillation.enabled:
-        return lambda engine, batch: engine(**batch).loss
-
-    def kd_loss(engine: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {key: value for key, value in batch.items() if key != "labels"}  # one-stage KD: no labels
-        student = engine(**inputs, **engine.xtc.distillation.model_kwargs)
-        return engine.xtc.distillation_loss(student, engine.xtc.teacher_outputs(**inputs))
-
-    return kd_loss
-
-
 def _train(
     name,
     model,
@@ -414,7 +402,7 @@ def _train_student(args, ds_full, compression, data, tokenizer, teacher_path, ou
         max_steps=args.max_train_steps,
         lr=args.learning_rate,
         seed=args.seed + 1,
-        loss_fn=_student_loss(compression),
+        loss_fn=lambda engine, batch: engine.xtc.student_loss(engine, batch),
         teacher=teacher if kd.enabled else None,
         save_extra=save_extra,
     )
