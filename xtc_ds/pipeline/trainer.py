@@ -107,9 +107,9 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
 
 def _rng_states() -> list[torch.Tensor]:
     state = torch.get_rng_state()
-    if not dist.is_initialized() or dist.getrank_and_world()[1] == 1:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return [state]
-    states: list[Any] = [None] * dist.getrank_and_world()[1]
+    states: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, state)
     return states
 
