@@ -2,7 +2,7 @@
 """XTC on one GLUE task: ``deepspeed launch/train.py --deepspeed_config ds_configs/ds_xtc.json [flags]``.
 
 Also runs as ``python launch/train.py ...`` (one process, no launcher). ``--help`` lists the flags; the
-recipe itself lives in ``xtc_ds.pipeline.run``.
+recipe itself lives in ``xtc_ds.recipes.classification.run``.
 """
 
 import sys
@@ -13,7 +13,7 @@ try:
 except ImportError:  # running from a checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xtc_ds.pipeline.run import cli
+from xtc_ds.recipes.classification.run import cli
 
 if __name__ == "__main__":
     cli()

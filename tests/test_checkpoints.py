@@ -12,8 +12,8 @@ from xtc_ds.checkpoint_layout import LAYOUT_FILE
 from xtc_ds.checkpoints import MANIFEST_FILE, select_tag, verify_tag, write_manifest
 from xtc_ds.errors import CheckpointError
 from xtc_ds.export import checkpoint_state_dict
-from xtc_ds.pipeline.args import parse_args
-from xtc_ds.pipeline.run import _resume_tag
+from xtc_ds.recipes.classification.args import parse_args
+from xtc_ds.recipes.classification.run import _resume_tag
 from xtc_ds.safe_load import check_pickle, load_weights
 
 CONFIG = str(REPO_ROOT / "ds_configs" / "ds_xtc_1bit.json")

@@ -4,8 +4,8 @@ import csv
 
 import pytest
 import torch
-from configs import recipe
 
+from configs import recipe
 from conftest import glue_task_dir, minilm_path
 from xtc_ds import initialize, redundancy_clean
 from xtc_ds.state import compression_state

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from configs import recipe
 from torch import nn
 
+from configs import recipe
 from conftest import tiny_bert
 from xtc_ds import ConfigError, init_compression, load_compression_config
 from xtc_ds.state import compression_state, config_differences, require_same_config, unwrap_model

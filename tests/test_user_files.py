@@ -10,9 +10,9 @@ from conftest import REPO_ROOT, job_env, read_json, tiny_bert
 from xtc_ds import CompressionScheduler, export_packed, init_compression
 from xtc_ds.errors import OutputDirError
 from xtc_ds.files import TEMP_MARK, replace_dir_atomic, write_json_atomic
-from xtc_ds.pipeline.args import parse_args
-from xtc_ds.pipeline.io import remove_run_temporaries
-from xtc_ds.pipeline.run import _check_output_dir, _prepare_output_dir
+from xtc_ds.recipes.classification.args import parse_args
+from xtc_ds.recipes.classification.io import remove_run_temporaries
+from xtc_ds.recipes.classification.run import _check_output_dir, _prepare_output_dir
 
 CONFIG = REPO_ROOT / "ds_configs" / "ds_xtc_1bit.json"
 

@@ -22,7 +22,6 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (the tiny models)
 
 from configs import recipe  # noqa: E402
-
 from models import tiny_bert  # noqa: E402
 
 MICRO_BATCH = 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xtc_ds.glue.tasks import GlueTask
+from xtc_ds.recipes.classification.glue.tasks import GlueTask
 
 __all__ = ["accuracy", "f1_score", "matthews_corrcoef", "pearson", "spearman", "task_metrics", "primary_score"]
 

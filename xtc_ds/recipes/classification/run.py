@@ -41,14 +41,14 @@ from xtc_ds.files import (
     require_model_folder,
     write_json_atomic,
 )
-from xtc_ds.glue.data import encode, load_examples
-from xtc_ds.glue.tasks import GlueTask, get_task
 from xtc_ds.layer_reduction import build_student
 from xtc_ds.matching import plan_injection
-from xtc_ds.pipeline.args import parse_args, resolve_learning_rates
-from xtc_ds.pipeline.batches import EpochBatches
-from xtc_ds.pipeline.io import PHASES, RUN_OUTPUTS, remove_run_temporaries
-from xtc_ds.pipeline.plan import (
+from xtc_ds.recipes.classification.args import parse_args, resolve_learning_rates
+from xtc_ds.recipes.classification.batches import EpochBatches
+from xtc_ds.recipes.classification.glue.data import encode, load_examples
+from xtc_ds.recipes.classification.glue.tasks import GlueTask, get_task
+from xtc_ds.recipes.classification.io import PHASES, RUN_OUTPUTS, remove_run_temporaries
+from xtc_ds.recipes.classification.plan import (
     SEQ_CAP,
     describe,
     eval_seq_length,
@@ -58,7 +58,7 @@ from xtc_ds.pipeline.plan import (
     token_lengths,
     train_seq_length,
 )
-from xtc_ds.pipeline.trainer import Phase, evaluate, run_phase
+from xtc_ds.recipes.classification.trainer import Phase, evaluate, run_phase
 from xtc_ds.runtime import initialize
 from xtc_ds.schedule import CompressionScheduler
 
@@ -220,7 +220,7 @@ def _eval_seq_length(examples: dict[str, list], tokenizer: Any, task: GlueTask, 
 def _plan(
     args: Any, examples: dict[str, list], tokenizer: Any, hf_config: Any, student_layers: int, global_batch: int
 ) -> None:
-    """Fill in the sequence lengths and epochs that flags left open (:mod:`xtc_ds.pipeline.plan`); say the plan.
+    """Fill in the sequence lengths and epochs that flags left open (:mod:`.plan`); say the plan.
 
     A ``--max_train_steps``/``--teacher_max_train_steps`` flag is shown as the epochs it amounts to.
     """

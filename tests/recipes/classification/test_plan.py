@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import glue_task_dir, minilm_path
-from xtc_ds.pipeline import plan
+from xtc_ds.recipes.classification import plan
 
 
 def test_training_length_is_the_99th_percentile_rounded_up_and_capped():
@@ -43,8 +43,8 @@ def test_the_plan_says_what_runs_and_for_how_long():
 def test_sst2_lengths_with_the_real_tokenizer():
     from transformers import AutoTokenizer
 
-    from xtc_ds.glue.data import read_tsv
-    from xtc_ds.glue.tasks import get_task
+    from xtc_ds.recipes.classification.glue.data import read_tsv
+    from xtc_ds.recipes.classification.glue.tasks import get_task
 
     folder, task = glue_task_dir("SST-2"), get_task("sst2")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())

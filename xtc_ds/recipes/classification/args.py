@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from xtc_ds.config import CompressionConfig
-from xtc_ds.glue.tasks import TASKS
+from xtc_ds.recipes.classification.glue.tasks import TASKS
 
 __all__ = [
     "FINE_TUNE_LEARNING_RATE",

@@ -25,10 +25,10 @@ from xtc_ds.checkpoints import list_tags, write_manifest
 from xtc_ds.distributed import rank_and_world
 from xtc_ds.errors import CheckpointError, TrainingError
 from xtc_ds.files import append_jsonl, read_json, replace_dir_atomic, write_json_atomic
-from xtc_ds.glue.data import trim_padding
-from xtc_ds.glue.metrics import primary_score, task_metrics
-from xtc_ds.glue.tasks import GlueTask
-from xtc_ds.pipeline.batches import EpochBatches
+from xtc_ds.recipes.classification.batches import EpochBatches
+from xtc_ds.recipes.classification.glue.data import trim_padding
+from xtc_ds.recipes.classification.glue.metrics import primary_score, task_metrics
+from xtc_ds.recipes.classification.glue.tasks import GlueTask
 
 __all__ = ["Phase", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
 

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 
 from xtc_ds.errors import DataError
-from xtc_ds.glue.tasks import GlueTask
+from xtc_ds.recipes.classification.glue.tasks import GlueTask
 
 __all__ = [
     "GlueExample",

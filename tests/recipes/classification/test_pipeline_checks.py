@@ -9,7 +9,7 @@ from conftest import REPO_ROOT
 from xtc_ds import ConfigError, load_compression_config
 from xtc_ds.errors import OutputDirError
 from xtc_ds.files import read_jsonl, replace_dir_atomic, write_json_atomic
-from xtc_ds.pipeline.args import (
+from xtc_ds.recipes.classification.args import (
     FINE_TUNE_LEARNING_RATE,
     LONG_LOW_BIT_LEARNING_RATE,
     LONG_STUDENT_STEPS,
@@ -18,7 +18,7 @@ from xtc_ds.pipeline.args import (
     parse_args,
     resolve_learning_rates,
 )
-from xtc_ds.pipeline.run import _batch_config, _check_output_dir, _prepare_output_dir
+from xtc_ds.recipes.classification.run import _batch_config, _check_output_dir, _prepare_output_dir
 
 CONFIG = str(REPO_ROOT / "ds_configs" / "ds_xtc.json")
 
@@ -155,7 +155,7 @@ def test_parse_rejects_bad_values(flags, capsys):
 
 
 def test_every_numeric_flag_is_range_checked():
-    from xtc_ds.pipeline.args import _RANGES
+    from xtc_ds.recipes.classification.args import _RANGES
 
     numeric = {a.dest for a in build_parser()._actions if a.type in (int, float)} - {"local_rank"}
     assert numeric == set(_RANGES)
@@ -254,7 +254,7 @@ def _section_edit(tmp_path, edit):
 )
 def test_model_dependent_config_errors_come_before_any_training(tmp_path, tiny_teacher_dir, edit, message):
     """Raised by main() before the process group starts, so before any teacher step (no data is read either)."""
-    from xtc_ds.pipeline.run import main
+    from xtc_ds.recipes.classification.run import main
 
     config = _section_edit(tmp_path, edit)
     flags = ["--deepspeed_config", config, "--model_name_or_path", str(tiny_teacher_dir)]
@@ -265,7 +265,7 @@ def test_model_dependent_config_errors_come_before_any_training(tmp_path, tiny_t
 
 def test_a_config_that_compresses_nothing_is_refused_unless_asked(tmp_path, tiny_teacher_dir):
     from xtc_ds.errors import DataError
-    from xtc_ds.pipeline.run import main
+    from xtc_ds.recipes.classification.run import main
 
     path = tmp_path / "plain.json"
     path.write_text(json.dumps({"train_batch_size": 32}))
@@ -281,7 +281,7 @@ def test_eval_packed_on_a_missing_folder_is_one_line_and_exit_2(tmp_path, monkey
     import sys
 
     from conftest import GLUE_DIR, glue_task_dir
-    from xtc_ds.pipeline.run import cli
+    from xtc_ds.recipes.classification.run import cli
 
     glue_task_dir("SST-2")
     flags = ["--eval_packed", str(tmp_path / "nope"), "--data_dir", str(GLUE_DIR), "--max_eval_samples", "4"]
@@ -297,8 +297,8 @@ def test_eval_packed_on_a_missing_folder_is_one_line_and_exit_2(tmp_path, monkey
 
 def test_a_deleted_best_folder_is_named(tmp_path):
     from xtc_ds.errors import ModelError
-    from xtc_ds.glue.tasks import get_task
-    from xtc_ds.pipeline.run import _load_model
+    from xtc_ds.recipes.classification.glue.tasks import get_task
+    from xtc_ds.recipes.classification.run import _load_model
 
     with pytest.raises(ModelError, match=f"{tmp_path / 'teacher' / 'best'}: no config.json"):
         _load_model(str(tmp_path / "teacher" / "best"), get_task("sst2"), eager=False)
@@ -309,7 +309,7 @@ def test_a_deleted_best_folder_is_named(tmp_path):
 
 
 def test_flags_data_config_and_output_dir_are_checked_before_deepspeed_starts(tmp_path, monkeypatch):
-    from xtc_ds.pipeline import run
+    from xtc_ds.recipes.classification import run
 
     def started(**_):
         raise AssertionError("the process group started before the checks")

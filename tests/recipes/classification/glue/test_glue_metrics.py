@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from xtc_ds.glue import get_task, primary_score, task_metrics
-from xtc_ds.glue.metrics import accuracy, f1_score, matthews_corrcoef, pearson, spearman
+from xtc_ds.recipes.classification.glue import get_task, primary_score, task_metrics
+from xtc_ds.recipes.classification.glue.metrics import accuracy, f1_score, matthews_corrcoef, pearson, spearman
 
 
 def test_accuracy_and_f1():

@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from conftest import GLUE_DIR, glue_task_dir, tiny_bert
-from xtc_ds.glue import GlueDataError, GlueExample, encode, get_task, load_examples, read_tsv, trim_padding
-from xtc_ds.glue.data import resolve_task_dir
+from xtc_ds.recipes.classification.glue import (
+    GlueDataError,
+    GlueExample,
+    encode,
+    get_task,
+    load_examples,
+    read_tsv,
+    trim_padding,
+)
+from xtc_ds.recipes.classification.glue.data import resolve_task_dir
 
 # (task, dev rows, first dev example) from the official files in ../shared/data/glue
 OFFICIAL = [
@@ -171,7 +179,7 @@ def test_trim_padding_cuts_to_the_longest_row_and_keeps_logits():
 
 def test_hub_datasets_map_to_the_same_examples(monkeypatch):
     datasets = pytest.importorskip("datasets", exc_type=ImportError)  # skips where it cannot import
-    import xtc_ds.glue.data as data
+    import xtc_ds.recipes.classification.glue.data as data
 
     def fake_load_dataset(name, config):
         assert (name, config) == ("nyu-mll/glue", "mnli")

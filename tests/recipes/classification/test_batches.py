@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from xtc_ds.pipeline.batches import EpochBatches
+from xtc_ds.recipes.classification.batches import EpochBatches
 
 
 def test_ranks_get_disjoint_equal_shards_of_each_epoch():

@@ -1,1 +1,0 @@
-"""The GLUE training pipeline behind ``launch/train.py``."""
