@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from xtc_ds.recipes.classification.run import default_model_path
+from xtc_ds.recipes.classification.models import default_model_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from configs import section  # noqa: E402  (the shipped recipes, shared with the tests)

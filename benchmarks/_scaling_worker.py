@@ -29,7 +29,7 @@ def main() -> None:
     from xtc_ds import build_student, initialize
     from xtc_ds.config import load_deepspeed_config
     from xtc_ds.distributed import init_distributed
-    from xtc_ds.recipes.classification.run import default_model_path
+    from xtc_ds.recipes.classification.models import default_model_path
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     init_distributed(timedelta(minutes=5), dist_backend="gloo")

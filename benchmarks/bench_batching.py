@@ -23,7 +23,7 @@ import xtc_ds
 from xtc_ds.recipes.classification.batches import EpochBatches
 from xtc_ds.recipes.classification.glue import get_task
 from xtc_ds.recipes.classification.glue.data import encode, load_examples, trim_padding
-from xtc_ds.recipes.classification.run import default_model_path
+from xtc_ds.recipes.classification.models import default_model_path
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 

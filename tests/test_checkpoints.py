@@ -13,7 +13,9 @@ from xtc_ds.checkpoints import MANIFEST_FILE, select_tag, verify_tag, write_mani
 from xtc_ds.errors import CheckpointError
 from xtc_ds.export import checkpoint_state_dict
 from xtc_ds.recipes.classification.args import parse_args
-from xtc_ds.recipes.classification.run import _resume_tag
+from xtc_ds.recipes.classification.glue.tasks import get_task
+from xtc_ds.recipes.classification.phases import resume_tag
+from xtc_ds.recipes.classification.settings import RunConfig
 from xtc_ds.safe_load import check_pickle, load_weights
 
 CONFIG = str(REPO_ROOT / "ds_configs" / "ds_xtc_1bit.json")
@@ -147,30 +149,32 @@ def test_no_complete_tag_at_all_is_an_error_not_a_fresh_start(tmp_path):
     assert select_tag(tmp_path / "never_saved") is None
 
 
-def _args(out, *flags):
-    return parse_args(["--deepspeed_config", CONFIG, "--output_dir", str(out), *flags])
+def _run(out, *flags):
+    args = parse_args(["--deepspeed_config", CONFIG, "--output_dir", str(out), *flags])
+    args.task = get_task(args.task_name)
+    return RunConfig.from_args(args)
 
 
 def test_resume_from_a_folder_outside_the_output_dir(tmp_path):
     out = tmp_path / "out"
     copy = tmp_path / "copy_of_student_checkpoints"
     tag = _save_tag(copy, 30)
-    args = _args(out, "--resume_from_checkpoint", str(copy))
-    assert _resume_tag(args, out, "student") == tag
-    assert _resume_tag(args, out, "teacher") is None  # the teacher never saved: it starts
+    run = _run(out, "--resume_from_checkpoint", str(copy))
+    assert resume_tag(run, "student") == tag
+    assert resume_tag(run, "teacher") is None  # the teacher never saved: it starts
     teacher_tag = _save_tag(out / "teacher" / "checkpoints", 5, phase="teacher")
-    assert _resume_tag(args, out, "teacher") == teacher_tag  # the other phase continues its own
-    assert _resume_tag(_args(out, "--resume_from_checkpoint", str(tag)), out, "student") == tag
+    assert resume_tag(run, "teacher") == teacher_tag  # the other phase continues its own
+    assert resume_tag(_run(out, "--resume_from_checkpoint", str(tag)), "student") == tag
 
 
 def test_an_external_checkpoint_of_unknown_phase_is_refused_by_name(tmp_path):
     bare = tmp_path / "ds_ckpt" / "global_step3"
     bare.mkdir(parents=True)
     torch.save({"module": {}}, bare / "mp_rank_00_model_states.pt")
-    args = _args(tmp_path / "out", "--resume_from_checkpoint", str(bare))
+    run = _run(tmp_path / "out", "--resume_from_checkpoint", str(bare))
     with pytest.raises(CheckpointError, match="cannot tell whether it holds the teacher or the student"):
-        _resume_tag(args, tmp_path / "out", "student")
-    args = _args(tmp_path / "out", "--resume_from_checkpoint", str(bare), "--teacher_model", str(tmp_path))
-    assert _resume_tag(args, tmp_path / "out", "student") == bare
+        resume_tag(run, "student")
+    run = _run(tmp_path / "out", "--resume_from_checkpoint", str(bare), "--teacher_model", str(tmp_path))
+    assert resume_tag(run, "student") == bare
     with pytest.raises(CheckpointError, match="no such directory"):
-        _resume_tag(_args(tmp_path / "out", "--resume_from_checkpoint", str(tmp_path / "nope")), tmp_path, "student")
+        resume_tag(_run(tmp_path, "--resume_from_checkpoint", str(tmp_path / "nope")), "student")

@@ -11,8 +11,7 @@ from xtc_ds import CompressionScheduler, export_packed, init_compression
 from xtc_ds.errors import OutputDirError
 from xtc_ds.files import TEMP_MARK, replace_dir_atomic, write_json_atomic
 from xtc_ds.recipes.classification.args import parse_args
-from xtc_ds.recipes.classification.io import remove_run_temporaries
-from xtc_ds.recipes.classification.run import _check_output_dir, _prepare_output_dir
+from xtc_ds.recipes.classification.io import check_output_dir, prepare_output_dir, remove_run_temporaries
 
 CONFIG = REPO_ROOT / "ds_configs" / "ds_xtc_1bit.json"
 
@@ -114,8 +113,8 @@ def _run_args(out, *flags):
 
 def _prepare(args):
     """What a run does with its output directory: decide before DeepSpeed starts, then act."""
-    _check_output_dir(args)
-    return _prepare_output_dir(args)
+    check_output_dir(args)
+    return prepare_output_dir(args)
 
 
 def test_overwrite_output_dir_removes_only_what_a_run_writes(tmp_path):

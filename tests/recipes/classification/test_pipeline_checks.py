@@ -18,7 +18,8 @@ from xtc_ds.recipes.classification.args import (
     parse_args,
     resolve_learning_rates,
 )
-from xtc_ds.recipes.classification.run import _batch_config, _check_output_dir, _prepare_output_dir
+from xtc_ds.recipes.classification.io import check_output_dir, prepare_output_dir
+from xtc_ds.recipes.classification.run import _batch_config
 
 CONFIG = str(REPO_ROOT / "ds_configs" / "ds_xtc.json")
 
@@ -78,8 +79,8 @@ def test_missing_config_flag_is_refused():
 
 
 def _prepare(args):
-    _check_output_dir(args)
-    return _prepare_output_dir(args)
+    check_output_dir(args)
+    return prepare_output_dir(args)
 
 
 def test_output_dir_is_not_overwritten_without_the_flag(tmp_path):
@@ -96,7 +97,7 @@ def test_output_dir_is_not_overwritten_without_the_flag(tmp_path):
 
 def test_default_output_dir_is_named_after_task_and_config():
     args = _args("--task_name", "stsb")
-    _check_output_dir(args)
+    check_output_dir(args)
     assert args.output_dir == "out/stsb-ds_xtc"
 
 
@@ -104,11 +105,11 @@ def test_an_earlier_run_of_the_same_job_is_continued(tmp_path):
     first = _args("--output_dir", str(tmp_path))
     write_json_atomic(tmp_path / "args.json", vars(first))
     args = _args("--output_dir", str(tmp_path))
-    _check_output_dir(args)
+    check_output_dir(args)
     assert args.resume_from_checkpoint == "latest"
     other = _args("--output_dir", str(tmp_path), "--seed", "7")
     with pytest.raises(OutputDirError, match="holds a run with --seed 42 \\(this one: 7\\)"):
-        _check_output_dir(other)
+        check_output_dir(other)
 
 
 def test_atomic_writes_keep_the_old_version_on_failure(tmp_path):
@@ -298,14 +299,14 @@ def test_eval_packed_on_a_missing_folder_is_one_line_and_exit_2(tmp_path, monkey
 def test_a_deleted_best_folder_is_named(tmp_path):
     from xtc_ds.errors import ModelError
     from xtc_ds.recipes.classification.glue.tasks import get_task
-    from xtc_ds.recipes.classification.run import _load_model
+    from xtc_ds.recipes.classification.models import load_model
 
     with pytest.raises(ModelError, match=f"{tmp_path / 'teacher' / 'best'}: no config.json"):
-        _load_model(str(tmp_path / "teacher" / "best"), get_task("sst2"), eager=False)
+        load_model(str(tmp_path / "teacher" / "best"), get_task("sst2"), eager=False)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match="broken: cannot load the model"):
-        _load_model(str(tmp_path / "broken"), get_task("sst2"), eager=False)
+        load_model(str(tmp_path / "broken"), get_task("sst2"), eager=False)
 
 
 def test_flags_data_config_and_output_dir_are_checked_before_deepspeed_starts(tmp_path, monkeypatch):

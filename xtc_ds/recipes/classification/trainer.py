@@ -29,6 +29,7 @@ from xtc_ds.recipes.classification.batches import EpochBatches
 from xtc_ds.recipes.classification.glue.data import trim_padding
 from xtc_ds.recipes.classification.glue.metrics import primary_score, task_metrics
 from xtc_ds.recipes.classification.glue.tasks import GlueTask
+from xtc_ds.recipes.classification.settings import EvalSettings
 
 __all__ = ["Phase", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
 
@@ -200,7 +201,7 @@ def run_phase(
     dev_sets: dict[str, dict[str, torch.Tensor]],
     batches: EpochBatches,
     tokenizer: Any,
-    args: Any,
+    evaluation: EvalSettings,
     resume: Optional[Path] = None,
     keep_checkpoints: int = 2,
 ) -> dict[str, Any]:
@@ -228,7 +229,7 @@ def run_phase(
         losses = []
         for indices in micro_batches:
             batch = {key: value[indices] for key, value in train.items()}
-            if not args.pad_to_max_length:
+            if not evaluation.pad_to_max_length:
                 batch = trim_padding(batch)
             batch = {key: value.to(device) for key, value in batch.items()}
             loss = phase.loss_fn(engine, batch)
@@ -254,8 +255,8 @@ def run_phase(
             )
         elif done % max(1, engine.steps_per_print() or 100) == 0:
             logger.info("xtc_ds %s step %d loss %.4f", phase.name, done, record["loss"])
-        if done % args.eval_steps == 0 or done == phase.total_steps:
-            metrics = evaluate(engine, dev_sets, task, args.per_device_eval_batch_size, args.pad_to_max_length)
+        if done % evaluation.eval_steps == 0 or done == phase.total_steps:
+            metrics = evaluate(engine, dev_sets, task, evaluation.batch_size, evaluation.pad_to_max_length)
             score = primary_score(task, next(iter(metrics.values())))
             if rank_zero:
                 append_jsonl(phase.log_path, {"step": done, "eval": metrics, "score": score})
@@ -271,7 +272,7 @@ def run_phase(
             if math.isfinite(score) and score > phase.best.get("score", -math.inf):
                 phase.best = {"step": done, "score": score, "metrics": metrics}
                 _save_best(engine, phase, tokenizer, done, score, metrics)
-        if done % args.save_steps == 0 or done == phase.total_steps:
+        if done % evaluation.save_steps == 0 or done == phase.total_steps:
             _save_checkpoint(engine, phase, batches, done, keep_checkpoints)
     progress.close()
     if not phase.best:
