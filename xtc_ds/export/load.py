@@ -19,6 +19,7 @@ from xtc_ds.export.format import (
     verify_tensor_checksums,
 )
 from xtc_ds.inject import to_packed
+from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.packed_spec import PackedSpec
 
 __all__ = ["load_packed"]
@@ -142,6 +143,9 @@ def load_packed(
     leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise PackedFormatError(f"{path}: tensor '{leftover[0]}' is missing")
+    for module in model.modules():
+        if isinstance(module, XtcPackedLinear) and module.uses_packed_linear():
+            module.prepare_kernel()  # once here, so compiled and exported graphs read the prepacked weight
     model.config.quantization_config = block
     return model.eval()
 
