@@ -27,7 +27,7 @@ from xtc_ds.nn.packed_embedding import XtcPackedEmbedding
 from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.qat_embedding import XtcQATEmbedding
 from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, is_conv1d
-from xtc_ds.schedule import CompressionScheduler
+from xtc_ds.schedule import apply_schedule, quantizers
 from xtc_ds.state import attach_state, compression_state, detach_state, require_same_config, unwrap_model
 
 __all__ = ["inject", "revert", "to_packed"]
@@ -135,7 +135,7 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
         if plan.act_group is not None:
             report.activation_quantized[name] = plan.act_group
     attach_state(model, config, report)
-    CompressionScheduler(model)  # the step-0 state of every quantizer
+    apply_schedule(config, *quantizers(model), step=0)
     log_rank_zero(logging.INFO, "xtc_ds: " + report.summary().replace("\n", "; "))
     return report
 

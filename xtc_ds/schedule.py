@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from xtc_ds._log import log_rank_zero
-from xtc_ds.config import WeightQuantParams, load_compression_config
+from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression_config
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
 
-__all__ = ["CompressionScheduler", "scheduled_bits"]
+__all__ = ["CompressionScheduler", "scheduled_bits", "quantizers", "apply_schedule"]
 
 
 def scheduled_bits(params: WeightQuantParams, steps_since_offset: int) -> tuple[int, int]:
@@ -38,6 +38,42 @@ def scheduled_bits(params: WeightQuantParams, steps_since_offset: int) -> tuple[
         last_change = drop_at
         drop_at = drop_at * 2 if params.quantization_period > 0 else drop_at + 1
     return bits, last_change
+
+
+QuantizerList = list[tuple[str, Any]]
+
+
+def quantizers(root: nn.Module) -> tuple[QuantizerList, QuantizerList]:
+    """``(name, quantizer)`` of every weight and every activation fake-quantizer under ``root``."""
+    weight, act = [], []
+    for name, module in root.named_modules():
+        if isinstance(module, WeightFakeQuantizer):
+            weight.append((name, module))
+        elif isinstance(module, ActFakeQuantizer):
+            act.append((name, module))
+    return weight, act
+
+
+def apply_schedule(
+    config: CompressionConfig, weight: QuantizerList, act: QuantizerList, step: int, cleaned: bool = False
+) -> None:
+    """Set every quantizer's switches (on/off, bits, fp16 mixing) to what the schedule gives after ``step`` steps."""
+    wq, aq = config.weight_quantization, config.activation_quantization
+    since = step - wq.shared_parameters.schedule_offset
+    mixing = wq.shared_parameters.fp16_mixed_quantize
+    for name, quantizer in weight:
+        quantizer.enabled = since >= 0
+        if since < 0:
+            continue
+        bits, last_change = scheduled_bits(wq.different_groups[quantizer.group].params, since)
+        if bits != quantizer.bits and wq.shared_parameters.quantize_verbose:
+            log_rank_zero(logging.INFO, f"xtc_ds: {name} now at {bits} bits (step {step})")
+        quantizer.bits = bits
+        if mixing.enabled:
+            quantizer.real_ratio = max(0.0, 1.0 - mixing.quantize_change_ratio * (since - last_change))
+    act_on = cleaned or step >= aq.shared_parameters.schedule_offset
+    for _, quantizer in act:
+        quantizer.enabled = act_on
 
 
 class CompressionScheduler:
@@ -65,14 +101,7 @@ class CompressionScheduler:
             require_same_config(state, load_compression_config(deepspeed_config), "CompressionScheduler")
         self.state = state
         self.config = state.config
-        root: nn.Module = unwrap_model(model)
-        self._weight: list[tuple[str, WeightFakeQuantizer]] = []
-        self._act: list[tuple[str, ActFakeQuantizer]] = []
-        for name, module in root.named_modules():
-            if isinstance(module, WeightFakeQuantizer):
-                self._weight.append((name, module))
-            elif isinstance(module, ActFakeQuantizer):
-                self._act.append((name, module))
+        self._weight, self._act = quantizers(unwrap_model(model))
         self.step_count = 0
         self._apply()
 
@@ -83,22 +112,7 @@ class CompressionScheduler:
         self._apply()
 
     def _apply(self) -> None:
-        wq, aq = self.config.weight_quantization, self.config.activation_quantization
-        since = self.step_count - wq.shared_parameters.schedule_offset
-        mixing = wq.shared_parameters.fp16_mixed_quantize
-        for name, quantizer in self._weight:
-            quantizer.enabled = since >= 0
-            if since < 0:
-                continue
-            bits, last_change = scheduled_bits(wq.different_groups[quantizer.group].params, since)
-            if bits != quantizer.bits and wq.shared_parameters.quantize_verbose:
-                log_rank_zero(logging.INFO, f"xtc_ds: {name} now at {bits} bits (step {self.step_count})")
-            quantizer.bits = bits
-            if mixing.enabled:
-                quantizer.real_ratio = max(0.0, 1.0 - mixing.quantize_change_ratio * (since - last_change))
-        act_on = self.state.cleaned or self.step_count >= aq.shared_parameters.schedule_offset
-        for _, quantizer in self._act:
-            quantizer.enabled = act_on
+        apply_schedule(self.config, self._weight, self._act, self.step_count, self.state.cleaned)
 
     def state_dict(self) -> dict[str, Any]:
         """Step count and calibrated static activation ranges (kept out of the model's state_dict)."""
