@@ -118,11 +118,7 @@ def prepack_weight(packed_weight: torch.Tensor, bits: int, in_features: int) -> 
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be 1..8, got {bits}")
     out_features, row_bytes = packed_weight.shape
-    if out_features % TILE_ROWS or in_features <= 0 or in_features % TILE_INPUTS:
-        raise ValueError(
-            f"prepack_weight: out_features ({out_features}) must be a multiple of {TILE_ROWS} and in_features "
-            f"({in_features}) a positive multiple of {TILE_INPUTS}"
-        )
+    library.tile_shape(out_features, in_features, bits)
     if row_bytes != packing.padded_length(in_features, storage_bits(bits)) * storage_bits(bits) // 8:
         raise ValueError(f"prepack_weight: {row_bytes} bytes per row do not hold {in_features} codes of {bits} bits")
     return library.prepack_weight(packed_weight, bits, in_features)

@@ -33,6 +33,7 @@ __all__ = [
     "TILE_ROWS",
     "TILE_INPUTS",
     "block_bytes",
+    "tile_shape",
     "levels_of_codes",
     "fake_quant_weight",
     "fake_quant_activation",
@@ -144,7 +145,8 @@ def _(packed: Tensor, bits: int) -> Tensor:
     return packed.new_empty((*packed.shape[:-1], packed.shape[-1] * 8 // bits))
 
 
-def _tile_shape(out_features: int, in_features: int, bits: int) -> tuple[int, int, int]:
+def tile_shape(out_features: int, in_features: int, bits: int) -> tuple[int, int, int]:
+    """Shape of the CPU kernel layout of an ``(out_features, in_features)`` weight; ValueError if it cannot tile."""
     if out_features % TILE_ROWS or in_features % TILE_INPUTS or in_features <= 0:
         raise ValueError(
             f"prepack_weight: out_features ({out_features}) must be a multiple of {TILE_ROWS} and in_features "
@@ -156,7 +158,7 @@ def _tile_shape(out_features: int, in_features: int, bits: int) -> tuple[int, in
 def _tiles_of_levels(levels: Tensor, bits: int) -> Tensor:
     """``(N, K)`` int32 levels -> the kernel layout (module docstring)."""
     n, k = levels.shape
-    tiles, quads, _ = _tile_shape(n, k, bits)
+    tiles, quads, _ = tile_shape(n, k, bits)
     blocks = levels.reshape(tiles, TILE_ROWS, quads, TILE_INPUTS).permute(0, 2, 1, 3).reshape(tiles, quads, -1)
     if bits == 1:
         return packing.pack_bits((blocks > 0).to(torch.uint8), 1)
@@ -207,7 +209,7 @@ def _(packed_weight: Tensor, bits: int, in_features: int) -> tuple[Tensor, Tenso
     row_sum = packed_weight.new_empty((n,), dtype=torch.int32)
     if packed_weight.device.type == "cuda":
         return packed_weight.new_empty(packed_weight.shape), row_sum
-    return packed_weight.new_empty(_tile_shape(n, in_features, bits)), row_sum
+    return packed_weight.new_empty(tile_shape(n, in_features, bits)), row_sum
 
 
 def reference_packed_linear(
