@@ -21,8 +21,7 @@ from transformers import AutoTokenizer
 
 import xtc_ds
 from xtc_ds.recipes.classification.batches import EpochBatches
-from xtc_ds.recipes.classification.glue import get_task
-from xtc_ds.recipes.classification.glue.data import encode, load_examples, trim_padding
+from xtc_ds.recipes.classification.data import encode, get_task, load_glue, trim_padding
 from xtc_ds.recipes.classification.models import default_model_path
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
@@ -39,9 +38,9 @@ def main() -> None:
     if not (Path(args.data_dir) / "SST-2" / "train.tsv").exists():
         raise SystemExit(f"SST-2 not found: {args.data_dir}/SST-2/train.tsv (pass --data_dir GLUE_ROOT)")
 
-    task = get_task("sst2")
+    sst2 = get_task("sst2")
     path = str(default_model_path())
-    train = encode(load_examples(task, args.data_dir)["train"], AutoTokenizer.from_pretrained(path), args.seq, task)
+    train = encode(load_glue(sst2, args.data_dir)["train"], AutoTokenizer.from_pretrained(path), args.seq, sst2.task)
     lengths = train["attention_mask"].sum(dim=1)
     orders = {
         "random": EpochBatches(len(lengths), args.batch, 1, 0, 1, seed=42),

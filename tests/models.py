@@ -19,6 +19,30 @@ def tiny_bert(layers: int = 2, hidden: int = 32, num_labels: int = 2, eager: boo
     return BertForSequenceClassification(config)
 
 
+def save_tiny_teacher(folder, dropout: float = 0.1, num_labels: int = 2, layers: int = 4) -> None:
+    """A tiny random-init BERT with MiniLM's tokenizer saved as a Hugging Face folder: a base or teacher model
+    that launcher runs start from in seconds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from conftest import minilm_path
+
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+
+
 def tiny_model(arch: str):
     """Tiny random-init classifier of each supported family, with its natural layer prefix."""
     import transformers as tf

@@ -13,7 +13,7 @@ from xtc_ds.checkpoints import MANIFEST_FILE, select_tag, verify_tag, write_mani
 from xtc_ds.errors import CheckpointError
 from xtc_ds.export import checkpoint_state_dict
 from xtc_ds.recipes.classification.args import parse_args
-from xtc_ds.recipes.classification.glue.tasks import get_task
+from xtc_ds.recipes.classification.data import get_task
 from xtc_ds.recipes.classification.phases import resume_tag
 from xtc_ds.recipes.classification.settings import RunConfig
 from xtc_ds.safe_load import check_pickle, load_weights
@@ -151,7 +151,7 @@ def test_no_complete_tag_at_all_is_an_error_not_a_fresh_start(tmp_path):
 
 def _run(out, *flags):
     args = parse_args(["--deepspeed_config", CONFIG, "--output_dir", str(out), *flags])
-    args.task = get_task(args.task_name)
+    args.task = get_task(args.task_name).task
     return RunConfig.from_args(args)
 
 

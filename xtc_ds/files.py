@@ -23,6 +23,7 @@ __all__ = [
     "require_model_folder",
     "remove_path",
     "write_json_atomic",
+    "write_text_atomic",
     "read_json",
     "replace_dir_atomic",
     "remove_stale_temporaries",
@@ -110,7 +111,12 @@ def remove_stale_temporaries(path: Path, legacy: bool = False) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+    """:func:`write_text_atomic` of ``data`` as indented JSON."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text to a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     The file gets the permissions of an ordinary new file (``0666`` less the umask), not the temporary's ``0600``.
     """
@@ -118,8 +124,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fchmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())

@@ -9,11 +9,11 @@ import time
 
 import deepspeed
 import pytest
-import torch
 from packaging.version import Version
 from safetensors.torch import load_file
 
 from conftest import GLUE_DIR, REPO_ROOT, _free_port, glue_task_dir, job_env, minilm_path
+from models import save_tiny_teacher
 from xtc_ds.distributed import SHM_DIR
 from xtc_ds.files import read_jsonl
 
@@ -97,25 +97,6 @@ def _leaked_shm(port: int) -> list:
     return sorted(SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
 
 
-def _tiny_teacher(folder, dropout=0.1, num_labels=2):
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
-
-
 def _tiny_config(path, monitor_dir, stage=0, grad_accum=1, act_range="static"):
     config = {
         "train_micro_batch_size_per_gpu": 8,
@@ -178,7 +159,7 @@ def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, tot
     """Kill the whole job (all ranks) with SIGKILL, resume: same step, data, RNG, optimizer and schedule."""
     glue_task_dir("SST-2")
     teacher, config = tmp_path / "teacher", tmp_path / "ds.json"
-    _tiny_teacher(teacher)
+    save_tiny_teacher(teacher)
     _tiny_config(config, tmp_path / "monitor", stage)
     launcher, env = _two_ranks() if ranks > 1 else ([sys.executable], job_env())
 
@@ -249,7 +230,7 @@ def test_two_rank_checkpoint_resharded_to_one_process(tmp_path, stage, resumed_s
             "ds_to_universal fails on padded ZeRO-3 partitions; the pipeline reports its error, exit code 2)"
         )
     teacher, total = tmp_path / "teacher", 30
-    _tiny_teacher(teacher, dropout=0.0)
+    save_tiny_teacher(teacher, dropout=0.0)
     refused_stage = 3 if resumed_stage != 3 else 2
     for name, zero, accum in (
         ("two_ranks", stage, 1),
@@ -288,7 +269,7 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_from_a_copied_folder(
     folder outside the output directory is resumed from: either way the losses go on as if never stopped."""
     glue_task_dir("SST-2")
     teacher, config, total = tmp_path / "teacher", tmp_path / "ds.json", 10
-    _tiny_teacher(teacher)
+    save_tiny_teacher(teacher)
     _tiny_config(config, tmp_path / "monitor")
     out = tmp_path / "run"
     _run([sys.executable, *_tiny_run(config, out, teacher, total)])
@@ -327,7 +308,7 @@ def test_a_phase_without_a_finite_dev_score_fails_and_is_not_complete(tmp_path):
     (data / "train.tsv").write_text(header + "".join(rows))
     (data / "dev.tsv").write_text(header + "".join(rows[:8]))
     teacher = tmp_path / "teacher"
-    _tiny_teacher(teacher, num_labels=1)
+    save_tiny_teacher(teacher, num_labels=1)
     out = tmp_path / "run"
     cmd = [sys.executable, TRAIN, "--deepspeed_config", "ds_configs/ds_xtc_1bit.json", "--task_name", "stsb"]
     cmd += ["--data_dir", str(data), "--model_name_or_path", str(teacher), "--output_dir", str(out)]

@@ -101,6 +101,16 @@ def test_default_output_dir_is_named_after_task_and_config():
     assert args.output_dir == "out/stsb-ds_xtc"
 
 
+def test_a_run_recorded_before_the_data_flags_existed_is_continued(tmp_path):
+    new_flags = ("train_file", "validation_file", "dataset_name", "dataset_config_name", "text_column_names")
+    recorded = {k: v for k, v in vars(_args("--output_dir", str(tmp_path))).items() if k not in new_flags}
+    del recorded["label_column_name"], recorded["do_regression"]
+    write_json_atomic(tmp_path / "args.json", recorded)
+    args = _args("--output_dir", str(tmp_path))
+    check_output_dir(args)
+    assert args.resume_from_checkpoint == "latest"
+
+
 def test_an_earlier_run_of_the_same_job_is_continued(tmp_path):
     first = _args("--output_dir", str(tmp_path))
     write_json_atomic(tmp_path / "args.json", vars(first))
@@ -298,15 +308,15 @@ def test_eval_packed_on_a_missing_folder_is_one_line_and_exit_2(tmp_path, monkey
 
 def test_a_deleted_best_folder_is_named(tmp_path):
     from xtc_ds.errors import ModelError
-    from xtc_ds.recipes.classification.glue.tasks import get_task
+    from xtc_ds.recipes.classification.data import get_task
     from xtc_ds.recipes.classification.models import load_model
 
     with pytest.raises(ModelError, match=f"{tmp_path / 'teacher' / 'best'}: no config.json"):
-        load_model(str(tmp_path / "teacher" / "best"), get_task("sst2"), eager=False)
+        load_model(str(tmp_path / "teacher" / "best"), get_task("sst2").task, eager=False)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match="broken: cannot load the model"):
-        load_model(str(tmp_path / "broken"), get_task("sst2"), eager=False)
+        load_model(str(tmp_path / "broken"), get_task("sst2").task, eager=False)
 
 
 def test_flags_data_config_and_output_dir_are_checked_before_deepspeed_starts(tmp_path, monkeypatch):
@@ -322,3 +332,22 @@ def test_flags_data_config_and_output_dir_are_checked_before_deepspeed_starts(tm
         run.main(["--deepspeed_config", CONFIG, "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ConfigError):
         run.main(["--deepspeed_config", str(REPO_ROOT / "README.md"), "--output_dir", str(tmp_path / "new")])
+
+
+def test_a_teacher_fine_tuned_on_other_labels_is_refused(tiny_teacher_dir):
+    from transformers import AutoConfig
+
+    from xtc_ds.errors import ModelError
+    from xtc_ds.recipes.classification.data import get_task
+    from xtc_ds.recipes.classification.data.task import dataset_task
+    from xtc_ds.recipes.classification.models import check_model_labels
+
+    config = AutoConfig.from_pretrained(tiny_teacher_dir)
+    check_model_labels("base", config, get_task("mnli").task)  # LABEL_0, LABEL_1: a base model names no classes
+    config.update({"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}})
+    check_model_labels("teacher", config, dataset_task("reviews", ("neg", "pos"), False, None))
+    with pytest.raises(
+        ModelError,
+        match=r"teacher/config.json: the model's labels \['neg', 'pos'\] differ from the data's \['0', '1'\]",
+    ):
+        check_model_labels("teacher", config, get_task("sst2").task)

@@ -43,12 +43,11 @@ def test_the_plan_says_what_runs_and_for_how_long():
 def test_sst2_lengths_with_the_real_tokenizer():
     from transformers import AutoTokenizer
 
-    from xtc_ds.recipes.classification.glue.data import read_tsv
-    from xtc_ds.recipes.classification.glue.tasks import get_task
+    from xtc_ds.recipes.classification.data.glue import get_task, read_glue_tsv
 
     folder, task = glue_task_dir("SST-2"), get_task("sst2")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    rows = read_tsv(folder / "train.tsv", task)
+    rows = read_glue_tsv(folder / "train.tsv", task)
     sample = [rows[i] for i in plan.sample_rows(len(rows), seed=42)]
     lengths = plan.token_lengths([row.text_a for row in sample], None, tokenizer)
     assert len(sample) == 20000 and plan.sample_rows(len(rows), 42) == plan.sample_rows(len(rows), 42)

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import Optional
 
 from xtc_ds.config import CompressionConfig
-from xtc_ds.recipes.classification.glue.tasks import TASKS
+from xtc_ds.recipes.classification.data import METRIC_CHOICES, TASKS
+from xtc_ds.recipes.classification.data.sources import DEFAULT_TASK
+from xtc_ds.recipes.classification.data.tables import FILE_FORMATS
 
 __all__ = [
     "FINE_TUNE_LEARNING_RATE",
@@ -48,13 +50,48 @@ def build_parser() -> argparse.ArgumentParser:
     import deepspeed
 
     parser = argparse.ArgumentParser(
-        description="XTC on one GLUE task: fine-tune a teacher (unless --teacher_model), build and compress the "
-        "student from the DeepSpeed config's compression_training section, distill, evaluate, clean and save.",
+        description="XTC on one text-classification dataset (a GLUE task, your own CSV/TSV/JSON files, or a hub "
+        "dataset): fine-tune a teacher (unless --teacher_model), build and compress the student from the DeepSpeed "
+        "config's compression_training section, distill, evaluate, clean and save.",
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--task_name", default="sst2", choices=sorted(TASKS), help="GLUE task")
+    data.add_argument(
+        "--task_name",
+        default=None,
+        choices=sorted(TASKS),
+        help=f"GLUE task (default: {DEFAULT_TASK} unless --train_file or --dataset_name names other data)",
+    )
+    formats = "/".join(FILE_FORMATS)
+    data.add_argument("--train_file", default=None, help=f"training data of your own ({formats}, by extension)")
+    data.add_argument("--validation_file", default=None, help="dev data, same columns (required with --train_file)")
+    data.add_argument("--test_file", default=None, help="rows to predict with --do_predict (labels not needed)")
+    data.add_argument("--dataset_name", default=None, help="a datasets hub dataset (train and validation splits)")
+    data.add_argument("--dataset_config_name", default=None, help="its configuration")
+    data.add_argument(
+        "--text_column_names",
+        default=None,
+        help="one text column, or two separated by a comma (default: sentence1,sentence2, else sentence, else text)",
+    )
+    data.add_argument("--label_column_name", default="label", help="the label column")
+    data.add_argument(
+        "--do_regression",
+        action="store_true",
+        help="treat labels as regression targets (default: float labels are regression, integers or strings classes)",
+    )
+    data.add_argument(
+        "--metric_name",
+        default=None,
+        choices=METRIC_CHOICES,
+        help="what picks the best checkpoint on your data (default: accuracy for classes, which also reports "
+        "macro-F1; pearson for regression); GLUE tasks use GLUE's metrics",
+    )
+    data.add_argument(
+        "--do_predict",
+        action="store_true",
+        help="write predictions.tsv for --test_file (a GLUE task: its test.tsv) with the packed model",
+    )
     data.add_argument(
         "--data_dir",
         default=None,
@@ -218,12 +255,43 @@ _RANGES = {  # every numeric flag; None means "not given"
 }
 
 
+def _check_data_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One source of data, with the flags it needs; no data flag that the chosen source would ignore."""
+    sources = [f"--{flag}" for flag in ("task_name", "train_file", "dataset_name") if getattr(args, flag)]
+    if len(sources) > 1:
+        parser.error(f"{' and '.join(sources)}: choose one source of data")
+    if args.train_file and not args.validation_file:
+        parser.error("--train_file needs --validation_file (dev data to evaluate and pick the best checkpoint)")
+    if args.validation_file and not args.train_file:
+        parser.error("--validation_file is read only with --train_file")
+    if args.test_file and not args.do_predict:
+        parser.error("--test_file is read only with --do_predict; add --do_predict")
+    if args.do_predict and args.train_file and not args.test_file:
+        parser.error("--do_predict with --train_file needs --test_file")
+    if args.eval_packed and args.do_predict and not args.output_dir:
+        parser.error("--eval_packed with --do_predict needs --output_dir (where predictions.tsv is written)")
+    if args.data_dir and (args.train_file or args.dataset_name):
+        parser.error("--data_dir holds GLUE TSVs; with your own data use --train_file/--validation_file")
+    glue = not (args.train_file or args.dataset_name)
+    custom = [flag for flag in ("text_column_names", "metric_name", "dataset_config_name") if getattr(args, flag)]
+    custom += ["do_regression"] if args.do_regression else []
+    custom += ["label_column_name"] if args.label_column_name != "label" else []
+    if glue and custom:
+        parser.error(
+            f"--{custom[0]}: GLUE tasks have fixed columns, labels and metrics; it applies to --train_file "
+            "or --dataset_name data"
+        )
+    if glue:
+        args.task_name = args.task_name or DEFAULT_TASK
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse and check flags; a missing ``--deepspeed_config`` is an error (except with ``--eval_packed``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.deepspeed_config and not args.eval_packed:
         parser.error("--deepspeed_config is required (e.g. ds_configs/ds_xtc.json)")
+    _check_data_flags(parser, args)
     for name, rule in _RANGES.items():
         value = getattr(args, name)
         if value is not None and not _RULES[rule](value):

@@ -12,6 +12,7 @@ Layout of ``--output_dir``::
     student/                  same layout; best/ holds full-precision master weights + xtc_scheduler.pt
     final/                    the redundancy_clean'ed student: Hugging Face folder + xtc_compression.json
     packed/                   the same student packed (xtc_ds.export_packed)
+    predictions.tsv           --do_predict: the packed model's prediction for each test row (index, prediction)
     eval_results.json         teacher, best student and final-model metrics, steps and wall time
 
 ``--overwrite_output_dir`` removes exactly these names (:data:`RUN_OUTPUTS`); anything else a user keeps in the
@@ -29,11 +30,20 @@ import torch.distributed as dist
 from xtc_ds._log import announce, is_rank_zero
 from xtc_ds.errors import OutputDirError
 from xtc_ds.files import path_within, read_json, remove_path, remove_stale_temporaries
-from xtc_ds.recipes.classification.glue.tasks import get_task
+from xtc_ds.recipes.classification.data import data_name
 
 __all__ = ["RUN_OUTPUTS", "PHASES", "remove_run_temporaries", "check_output_dir", "prepare_output_dir"]
 
-RUN_OUTPUTS = ("args.json", "run_log.jsonl", "teacher", "student", "final", "packed", "eval_results.json")
+RUN_OUTPUTS = (
+    "args.json",
+    "run_log.jsonl",
+    "teacher",
+    "student",
+    "final",
+    "packed",
+    "eval_results.json",
+    "predictions.tsv",
+)
 """What a run writes at the top of its output directory, and all that ``--overwrite_output_dir`` removes."""
 PHASES = ("teacher", "student")
 _PHASE_ATOMIC = ("best", "eval_results.json")  # written atomically inside a phase folder
@@ -47,18 +57,32 @@ def remove_run_temporaries(out: Path) -> None:
         remove_stale_temporaries(target, legacy=True)
 
 
-_SAME_RUN_FLAGS = ("task_name", "deepspeed_config", "model_name_or_path", "teacher_model", "seed")
+_SAME_RUN_FLAGS = {  # flag -> its value in an args.json written before the flag existed
+    "task_name": None,
+    "train_file": None,
+    "validation_file": None,
+    "dataset_name": None,
+    "dataset_config_name": None,
+    "text_column_names": None,
+    "label_column_name": "label",
+    "do_regression": False,
+    "deepspeed_config": None,
+    "model_name_or_path": None,
+    "teacher_model": None,
+    "seed": None,
+}
 
 
 def check_output_dir(args: Any) -> None:
     """Decide what happens to ``--output_dir`` before anything starts; nothing is changed yet.
 
-    The default folder is ``out/<task>-<config name>``. A folder holding an earlier run of the same job (its
-    ``args.json`` records the same task, config, models and seed) is continued from its checkpoints, as
-    ``run_glue`` does; any other non-empty folder needs ``--overwrite_output_dir`` or ``--resume_from_checkpoint``.
+    The default folder is ``out/<data>-<config name>`` (:func:`~.data.data_name`). A folder holding an earlier
+    run of the same job (its ``args.json`` records the same data, config, models and seed) is continued from its
+    checkpoints, as ``run_glue`` does; any other non-empty folder needs ``--overwrite_output_dir`` or
+    ``--resume_from_checkpoint``.
     """
     if args.output_dir is None:
-        args.output_dir = str(Path("out") / f"{get_task(args.task_name).name}-{Path(args.deepspeed_config).stem}")
+        args.output_dir = str(Path("out") / f"{data_name(args)}-{Path(args.deepspeed_config).stem}")
     out = Path(args.output_dir)
     if os.path.lexists(out) and not out.is_dir():
         raise OutputDirError(f"--output_dir {out}: exists and is not a folder")
@@ -80,8 +104,8 @@ def check_output_dir(args: Any) -> None:
             "anyway (only what a run writes is replaced, other files are kept) or choose another --output_dir"
         )
     recorded = read_json(out / "args.json")
-    for flag in _SAME_RUN_FLAGS:
-        before, now = recorded.get(flag), getattr(args, flag)
+    for flag, absent in _SAME_RUN_FLAGS.items():
+        before, now = recorded.get(flag, absent), getattr(args, flag)
         if before != now:
             raise OutputDirError(
                 f"--output_dir {out} holds a run with --{flag} {before} (this one: {now}); pass "

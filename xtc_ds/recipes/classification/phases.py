@@ -23,6 +23,7 @@ from xtc_ds.layer_reduction import build_student
 from xtc_ds.recipes.classification.batches import EpochBatches
 from xtc_ds.recipes.classification.io import PHASES
 from xtc_ds.recipes.classification.models import load_model
+from xtc_ds.recipes.classification.predictions import write_predictions
 from xtc_ds.recipes.classification.settings import PhaseSettings, RunConfig
 from xtc_ds.recipes.classification.trainer import Phase, evaluate, run_phase
 from xtc_ds.runtime import initialize
@@ -151,7 +152,7 @@ def train_teacher(run: RunConfig, ds_config: dict[str, Any], data: dict[str, Any
         logger.info("xtc_ds: teacher already fine-tuned in %s", directory)
         return str(directory / "best"), read_json(results_path)
     torch.manual_seed(run.seed)
-    model = load_model(model_path, run.task, eager=False)
+    model = load_model(model_path, run.task, eager=False, new_head=True)
     best = _train(
         "teacher", model, ds_config, run, run.teacher, data, tokenizer, lambda engine, batch: engine(**batch).loss
     )
@@ -207,7 +208,7 @@ def finish(run: RunConfig, compression: CompressionConfig, data: dict[str, Any],
     """Rebuild the best student, bake its quantized weights (redundancy_clean), evaluate and save it.
 
     Then export it packed (``packed/``), load that back and evaluate it: the packed model's score is reported
-    beside the fake-quant one.
+    beside the fake-quant one. With test rows (``--do_predict``) the packed model writes ``predictions.tsv``.
     """
     out, evaluation = run.output_dir, run.evaluation
     best_dir = out / "student" / "best"
@@ -226,4 +227,10 @@ def finish(run: RunConfig, compression: CompressionConfig, data: dict[str, Any],
     packed_dir = export_packed(model, compression, out / "packed", tokenizer, dtype=run.packed_dtype)
     packed_model = load_packed(packed_dir)
     packed = evaluate(packed_model, data["dev"], run.task, evaluation.batch_size, evaluation.pad_to_max_length)
-    return {"final_dev": metrics, "packed_dev": packed}
+    results: dict[str, Any] = {"final_dev": metrics, "packed_dev": packed}
+    if "test" in data:
+        path = write_predictions(
+            packed_model, data["test"], run.task, out, evaluation.batch_size, evaluation.pad_to_max_length
+        )
+        results["predictions"] = str(path)
+    return results

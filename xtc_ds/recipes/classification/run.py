@@ -1,5 +1,5 @@
-"""The XTC GLUE recipe behind ``launch/train.py``: flags, data and plan checked before anything starts, then
-teacher -> compressed student with KD -> clean, save, report (:mod:`.phases`)."""
+"""The XTC text-classification recipe behind ``launch/train.py``: flags, data and plan checked before anything
+starts, then teacher -> compressed student with KD -> clean, save, predict, report (:mod:`.phases`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -23,10 +24,9 @@ from xtc_ds.errors import exit_on_user_error
 from xtc_ds.export import load_packed
 from xtc_ds.files import append_jsonl, write_json_atomic
 from xtc_ds.recipes.classification.args import parse_args, resolve_learning_rates
-from xtc_ds.recipes.classification.glue.data import encode, load_examples
-from xtc_ds.recipes.classification.glue.tasks import GlueTask, get_task
+from xtc_ds.recipes.classification.data import TaskData, TaskSpec, encode, load_task_data
 from xtc_ds.recipes.classification.io import check_output_dir, prepare_output_dir
-from xtc_ds.recipes.classification.models import check_against_model, default_model_path
+from xtc_ds.recipes.classification.models import check_against_model, check_model_labels, default_model_path
 from xtc_ds.recipes.classification.phases import finish, total_steps, train_student, train_teacher
 from xtc_ds.recipes.classification.plan import (
     SEQ_CAP,
@@ -38,6 +38,7 @@ from xtc_ds.recipes.classification.plan import (
     token_lengths,
     train_seq_length,
 )
+from xtc_ds.recipes.classification.predictions import write_predictions
 from xtc_ds.recipes.classification.settings import RunConfig
 from xtc_ds.recipes.classification.trainer import evaluate
 
@@ -69,18 +70,27 @@ def _batch_config(ds_config: dict[str, Any], args: Any, world_size: int) -> dict
     return ds_config
 
 
-def _token_lengths(rows: list, tokenizer: Any, task: GlueTask) -> torch.Tensor:
-    texts_b = [row.text_b for row in rows] if task.text_columns[1:] else None
+def _token_lengths(rows: list, tokenizer: Any, task: TaskSpec) -> torch.Tensor:
+    texts_b = [row.text_b for row in rows] if task.pair else None
     return token_lengths([row.text_a for row in rows], texts_b, tokenizer)
 
 
-def _eval_seq_length(examples: dict[str, list], tokenizer: Any, task: GlueTask, model_positions: int) -> int:
-    rows = [row for split, split_rows in examples.items() if split != "train" for row in split_rows]
+def _eval_seq_length(
+    examples: dict[str, list], test: Optional[list], tokenizer: Any, task: TaskSpec, model_positions: int
+) -> int:
+    """The longest dev (and test) example, up to the cap: what evaluation and predictions are encoded to."""
+    rows = [row for split, split_rows in examples.items() if split != "train" for row in split_rows] + (test or [])
     return eval_seq_length(_token_lengths(rows, tokenizer, task), model_positions)
 
 
 def _plan(
-    args: Any, examples: dict[str, list], tokenizer: Any, hf_config: Any, student_layers: int, global_batch: int
+    args: Any,
+    examples: dict[str, list],
+    test: Optional[list],
+    tokenizer: Any,
+    hf_config: Any,
+    student_layers: int,
+    global_batch: int,
 ) -> None:
     """Fill in the sequence lengths and epochs that flags left open (:mod:`.plan`); say the plan.
 
@@ -92,7 +102,7 @@ def _plan(
     if auto:
         positions = hf_config.max_position_embeddings
         args.max_seq_length = train_seq_length(lengths, positions)
-        args.eval_max_seq_length = _eval_seq_length(examples, tokenizer, args.task, positions)
+        args.eval_max_seq_length = _eval_seq_length(examples, test, tokenizer, args.task, positions)
     else:
         args.eval_max_seq_length = args.max_seq_length
     epoch_tokens = lengths.clamp(max=args.max_seq_length).double().mean().item() * len(train)
@@ -114,19 +124,28 @@ def _plan(
     announce(describe(args.task.name, len(train), lengths_used, auto, phases, device))
 
 
-def _eval_packed(args: Any, examples: dict[str, list]) -> dict[str, Any]:
-    """``--eval_packed DIR``: dev metrics of an exported folder, printed and returned."""
+def _eval_packed(args: Any, data: TaskData) -> dict[str, Any]:
+    """``--eval_packed DIR``: dev metrics of an exported folder, printed and returned (and with ``--do_predict``,
+    its predictions written to ``--output_dir``)."""
     from transformers import AutoTokenizer
 
+    examples = _select(data.splits, args)
     model = load_packed(args.eval_packed)
     tokenizer = AutoTokenizer.from_pretrained(args.eval_packed)
     length = args.max_seq_length
     if length is None:  # the dev sets' longest example, as a run evaluates them
         positions = getattr(model.config, "max_position_embeddings", SEQ_CAP)
-        length = _eval_seq_length(examples, tokenizer, args.task, positions)
-    dev = _encode_dev(examples, tokenizer, length, args.task)
-    metrics = evaluate(model, dev, args.task, args.per_device_eval_batch_size, args.pad_to_max_length)
-    results = {"task": args.task.name, "packed_model": str(args.eval_packed), "packed_dev": metrics}
+        length = _eval_seq_length(examples, data.test, tokenizer, data.task, positions)
+    dev = _encode_dev(examples, tokenizer, length, data.task)
+    metrics = evaluate(model, dev, data.task, args.per_device_eval_batch_size, args.pad_to_max_length)
+    results = {"task": data.task.name, "packed_model": str(args.eval_packed), "packed_dev": metrics}
+    if data.test is not None:
+        test = encode(data.test, tokenizer, length, data.task)
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        results["predictions"] = str(
+            write_predictions(model, test, data.task, out, args.per_device_eval_batch_size, args.pad_to_max_length)
+        )
     print(json.dumps(results))
     return results
 
@@ -139,14 +158,18 @@ def _select(examples: dict[str, list], args: Any) -> dict[str, list]:
     }
 
 
-def _encode_all(task: GlueTask, examples: dict[str, list], args: Any, tokenizer: Any) -> dict[str, Any]:
-    return {
-        "train": encode(examples["train"], tokenizer, args.max_seq_length, task),
-        "dev": _encode_dev(examples, tokenizer, args.eval_max_seq_length, task),
+def _encode_all(data: TaskData, examples: dict[str, list], args: Any, tokenizer: Any) -> dict[str, Any]:
+    """Token tensors: ``train``, ``dev`` (split -> tensors) and, with ``--do_predict``, ``test``."""
+    encoded = {
+        "train": encode(examples["train"], tokenizer, args.max_seq_length, data.task),
+        "dev": _encode_dev(examples, tokenizer, args.eval_max_seq_length, data.task),
     }
+    if data.test is not None:
+        encoded["test"] = encode(data.test, tokenizer, args.eval_max_seq_length, data.task)
+    return encoded
 
 
-def _encode_dev(examples: dict[str, list], tokenizer: Any, max_length: int, task: GlueTask) -> dict[str, Any]:
+def _encode_dev(examples: dict[str, list], tokenizer: Any, max_length: int, task: TaskSpec) -> dict[str, Any]:
     return {split: encode(rows, tokenizer, max_length, task) for split, rows in examples.items() if split != "train"}
 
 
@@ -157,9 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     started = time.time()
-    task = args.task = get_task(args.task_name)
     if args.eval_packed:
-        return _eval_packed(args, _select(load_examples(task, args.data_dir), args))
+        return _eval_packed(args, load_task_data(args))
     ds_full = load_deepspeed_config(args.deepspeed_config)
     compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
     if not compression.enabled and not args.allow_uncompressed:
@@ -169,13 +191,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         )
     check_output_dir(args)
     model_path = args.model_name_or_path or default_model_path()
-    hf_config, student_layers = check_against_model(args.teacher_model or model_path, task, compression)
-    examples = _select(load_examples(task, args.data_dir), args)  # and missing data, before anything is written
+    hf_config, student_layers = check_against_model(args.teacher_model or model_path, compression)
+    task_data = load_task_data(args)  # missing or bad data, before anything is written
+    task = args.task = task_data.task
+    if args.teacher_model:
+        check_model_labels(args.teacher_model, hf_config, task)
+    examples = _select(task_data.splits, args)
     map_mpi_environment()  # mpirun's variables first: a PMIx-only launch is not a one-process job
     single_process_defaults()
     ds_full = _batch_config(ds_full, args, int(os.environ["WORLD_SIZE"]))
     tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
-    _plan(args, examples, tokenizer, hf_config, student_layers, ds_full["train_batch_size"])
+    _plan(args, examples, task_data.test, tokenizer, hf_config, student_layers, ds_full["train_batch_size"])
     student_steps = total_steps(
         args.num_train_epochs, args.max_train_steps, len(examples["train"]) // ds_full["train_batch_size"]
     )
@@ -185,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ds_teacher = {**ds_full, SECTION: {}}  # the teacher is fine-tuned uncompressed, on purpose
     out = prepare_output_dir(args)
     run = RunConfig.from_args(args)
-    data = _encode_all(task, examples, args, tokenizer)
+    data = _encode_all(task_data, examples, args, tokenizer)
     if is_rank_zero():
         if not (out / "args.json").exists():
             write_json_atomic(out / "args.json", {k: v for k, v in vars(args).items() if k != "task"})

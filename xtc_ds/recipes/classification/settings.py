@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from xtc_ds.recipes.classification.glue.tasks import GlueTask
+from xtc_ds.recipes.classification.data import TaskSpec
 
 __all__ = ["PhaseSettings", "EvalSettings", "RunConfig"]
 
@@ -55,7 +55,7 @@ class RunConfig:
         packed_dtype: storage of the unquantized tensors of the packed export.
     """
 
-    task: GlueTask
+    task: TaskSpec
     output_dir: Path
     seed: int
     teacher_model: Optional[str]

@@ -26,12 +26,10 @@ from xtc_ds.distributed import rank_and_world
 from xtc_ds.errors import CheckpointError, TrainingError
 from xtc_ds.files import append_jsonl, read_json, replace_dir_atomic, write_json_atomic
 from xtc_ds.recipes.classification.batches import EpochBatches
-from xtc_ds.recipes.classification.glue.data import trim_padding
-from xtc_ds.recipes.classification.glue.metrics import primary_score, task_metrics
-from xtc_ds.recipes.classification.glue.tasks import GlueTask
+from xtc_ds.recipes.classification.data import TaskSpec, primary_score, task_metrics, trim_padding
 from xtc_ds.recipes.classification.settings import EvalSettings
 
-__all__ = ["Phase", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
+__all__ = ["Phase", "predict_logits", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
 
 PIPELINE_STATE_KEY = "xtc_pipeline"
 BEST_META = "xtc_best.json"
@@ -70,33 +68,42 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def evaluate(
-    model: nn.Module,
-    dev_sets: dict[str, dict[str, torch.Tensor]],
-    task: GlueTask,
-    batch_size: int,
-    pad_to_max_length: bool = False,
-) -> dict[str, dict[str, float]]:
-    """GLUE metrics per dev split; ``model`` may be a DeepSpeed engine. Restores the model's train/eval mode.
+def predict_logits(
+    model: nn.Module, tensors: dict[str, torch.Tensor], batch_size: int, pad_to_max_length: bool = False
+) -> torch.Tensor:
+    """The model's float32 logits on CPU for every row of ``tensors`` (``labels`` ignored); ``model`` may be a
+    DeepSpeed engine. Restores the model's train/eval mode.
 
     Each batch is cut to its longest example unless ``pad_to_max_length``.
     """
     was_training = model.training
     model.eval()
     device = getattr(model, "device", None) or next(model.parameters()).device
-    results = {}
+    inputs = {k: v for k, v in tensors.items() if k != "labels"}
+    rows = len(inputs["input_ids"])
+    logits = []
     with torch.no_grad():
-        for split, tensors in dev_sets.items():
-            inputs = {k: v for k, v in tensors.items() if k != "labels"}
-            logits = []
-            for i in range(0, len(tensors["labels"]), batch_size):
-                batch = {k: v[i : i + batch_size] for k, v in inputs.items()}
-                if not pad_to_max_length:
-                    batch = trim_padding(batch)
-                logits.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
-            results[split] = task_metrics(task, torch.cat(logits), tensors["labels"])
+        for i in range(0, rows, batch_size):
+            batch = {k: v[i : i + batch_size] for k, v in inputs.items()}
+            if not pad_to_max_length:
+                batch = trim_padding(batch)
+            logits.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
     model.train(was_training)
-    return results
+    return torch.cat(logits)
+
+
+def evaluate(
+    model: nn.Module,
+    dev_sets: dict[str, dict[str, torch.Tensor]],
+    task: TaskSpec,
+    batch_size: int,
+    pad_to_max_length: bool = False,
+) -> dict[str, dict[str, float]]:
+    """The task's metrics per dev split; ``model`` may be a DeepSpeed engine."""
+    return {
+        split: task_metrics(task, predict_logits(model, tensors, batch_size, pad_to_max_length), tensors["labels"])
+        for split, tensors in dev_sets.items()
+    }
 
 
 def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
@@ -196,7 +203,7 @@ def _resume(engine: Any, phase: Phase, tag_dir: Path, batches: EpochBatches) -> 
 def run_phase(
     engine: Any,
     phase: Phase,
-    task: GlueTask,
+    task: TaskSpec,
     train: dict[str, torch.Tensor],
     dev_sets: dict[str, dict[str, torch.Tensor]],
     batches: EpochBatches,

@@ -4,16 +4,9 @@ import pytest
 import torch
 
 from conftest import GLUE_DIR, glue_task_dir, tiny_bert
-from xtc_ds.recipes.classification.glue import (
-    GlueDataError,
-    GlueExample,
-    encode,
-    get_task,
-    load_examples,
-    read_tsv,
-    trim_padding,
-)
-from xtc_ds.recipes.classification.glue.data import resolve_task_dir
+from xtc_ds.errors import DataError
+from xtc_ds.recipes.classification.data import Example, encode, get_task, load_glue, trim_padding
+from xtc_ds.recipes.classification.data.glue import read_glue_tsv, resolve_task_dir
 
 # (task, dev rows, first dev example) from the official files in ../shared/data/glue
 OFFICIAL = [
@@ -37,13 +30,13 @@ OFFICIAL = [
 @pytest.mark.parametrize("name, rows, first", OFFICIAL, ids=[o[0] for o in OFFICIAL])
 def test_official_tsv_layouts(name, rows, first):
     task = get_task(name)
-    examples = read_tsv(glue_task_dir(task.folder) / "dev.tsv", task)
+    examples = read_glue_tsv(glue_task_dir(task.folder) / "dev.tsv", task)
     assert len(examples) == rows
     got = examples[0]
     if first[0] is not None:
         assert got.text_a == first[0]
     assert (got.text_b, got.label) == first[1:]
-    assert all(isinstance(e.label, float if task.is_regression else int) for e in examples)
+    assert all(isinstance(e.label, float if task.task.is_regression else int) for e in examples)
 
 
 def _write(path, text):
@@ -53,13 +46,13 @@ def _write(path, text):
 
 def test_qqp_mnli_qnli_layouts(tmp_path):
     qqp = _write(tmp_path / "qqp.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t1\t2\tA?\tB?\t1\n")
-    assert read_tsv(qqp, get_task("qqp"))[0] == GlueExample("A?", "B?", 1)
+    assert read_glue_tsv(qqp, get_task("qqp"))[0] == Example("A?", "B?", 1)
     header = "index\tpromptID\tpairID\tgenre\tb1\tb2\tp1\tp2\tsentence1\tsentence2\tlabel1\tgold_label\n"
     mnli = _write(tmp_path / "mnli.tsv", header + "0\t1\t2\tg\tx\tx\tx\tx\tPremise.\tHypo.\tneutral\tneutral\n")
-    example = read_tsv(mnli, get_task("mnli"))[0]
+    example = read_glue_tsv(mnli, get_task("mnli"))[0]
     assert (example.text_a, example.text_b, example.label) == ("Premise.", "Hypo.", 1)
     qnli = _write(tmp_path / "qnli.tsv", "index\tquestion\tsentence\tlabel\n0\tWho?\tHim.\tnot_entailment\n")
-    assert read_tsv(qnli, get_task("qnli"))[0].label == 1
+    assert read_glue_tsv(qnli, get_task("qnli"))[0].label == 1
 
 
 def test_mnli_has_matched_and_mismatched_dev(tmp_path):
@@ -67,51 +60,64 @@ def test_mnli_has_matched_and_mismatched_dev(tmp_path):
     row = "0\t1\t2\tg\tx\tx\tx\tx\tP.\tH.\tentailment\tentailment\n"
     for split in ("train", "dev_matched", "dev_mismatched"):
         _write(tmp_path / f"{split}.tsv", header + row)
-    splits = load_examples(get_task("mnli"), str(tmp_path))
+    splits = load_glue(get_task("mnli"), str(tmp_path))
     assert set(splits) == {"train", "dev_matched", "dev_mismatched"}
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("sentence\tlabel\ngood movie\t1\nbad\n", ":3: 1 columns, sst2 rows have 2"),
-        ("sentence\tlabel\ngood movie\t1\nbad\tpositive\n", ":3: label 'positive' is not one of ['0', '1']"),
-        ("sentence\tlabel\ngood\tmovie\t1\n", ":2: 3 columns, sst2 rows have 2 (as its header; is there a tab"),
+        ("sentence\tlabel\ngood movie\t1\nbad\n", ":3: no label (column 'label')"),
+        (
+            "sentence\tlabel\ngood movie\t1\nbad\tpositive\n",
+            ":3: label 'positive' is not one of the labels: ['0', '1']",
+        ),
+        (
+            "sentence\tlabel\ngood\tmovie\t1\n",
+            ": a row has more fields than the header (is there a tab inside a text?)",
+        ),
+        ("sentence\tlabel\nok\t1\ngood\tmovie\t1\n", ":3: 3 fields, rows have 2 (is there a tab inside a text?)"),
+        ("sentence\tlabel\n\t1\n", ":2: no text in column 'sentence'"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, content, message):
     path = _write(tmp_path / "train.tsv", content)
-    with pytest.raises(GlueDataError) as err:
-        read_tsv(path, get_task("sst2"))
+    with pytest.raises(DataError) as err:
+        read_glue_tsv(path, get_task("sst2"))
     assert str(path) + message in str(err.value)
 
 
 @pytest.mark.parametrize(
     "score, message",
-    [("five", "is not a number"), ("nan", "is outside stsb's range"), ("inf", "is outside"), ("99", "is outside")],
+    [
+        ("five", "is not a number"),
+        ("nan", "is not a finite number in"),
+        ("inf", "is not a finite"),
+        ("99", r"is not a finite number in \[0, 5\]"),
+    ],
 )
 def test_bad_stsb_score(tmp_path, score, message):
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
     path = _write(
         tmp_path / "dev.tsv", header + "0\tg\tf\ty\t0\tn\tn\tA.\tB.\t1.5\n" + f"1\tg\tf\ty\t0\tn\tn\tA.\tB.\t{score}\n"
     )
-    with pytest.raises(GlueDataError, match=f"dev.tsv:3: score '{score}' {message}"):
-        read_tsv(path, get_task("stsb"))
+    with pytest.raises(DataError, match=f"dev.tsv:3: regression target '{score}' {message}"):
+        read_glue_tsv(path, get_task("stsb"))
 
 
 def test_rte_text_with_a_tab_is_refused_not_split(tmp_path):
     header = "index\tsentence1\tsentence2\tlabel\n"
     path = _write(tmp_path / "train.tsv", header + "0\tA\tcat.\tA dog.\tentailment\n")
-    with pytest.raises(GlueDataError, match="train.tsv:2: 5 columns, rte rows have 4"):
-        read_tsv(path, get_task("rte"))
+    with pytest.raises(DataError, match="train.tsv: a row has more fields than the header"):
+        read_glue_tsv(path, get_task("rte"))
 
 
 @pytest.mark.parametrize("garbage, line", [(b"caf\xe9\t1\n", 3), (b"\x00\xff\xfe\x80\x81\n", 3)])
 def test_non_utf8_bytes_name_file_and_line(tmp_path, garbage, line):
     path = tmp_path / "train.tsv"
     path.write_bytes(b"sentence\tlabel\ngood\t1\n" + garbage)
-    with pytest.raises(GlueDataError, match=f"train.tsv:{line}: not UTF-8 text"):
-        read_tsv(path, get_task("sst2"))
+    with pytest.raises(DataError, match=f"train.tsv:{line}: not UTF-8 text"):
+        read_glue_tsv(path, get_task("sst2"))
 
 
 def test_data_dir_accepts_root_or_task_folder_and_glue_dir(monkeypatch):
@@ -121,15 +127,15 @@ def test_data_dir_accepts_root_or_task_folder_and_glue_dir(monkeypatch):
     assert resolve_task_dir(task, str(GLUE_DIR / "SST-2")) == GLUE_DIR / "SST-2"
     monkeypatch.setenv("GLUE_DIR", str(GLUE_DIR))
     assert resolve_task_dir(task, None) == GLUE_DIR / "SST-2"
-    with pytest.raises(GlueDataError, match="--data_dir /nonexistent: no train.tsv"):
+    with pytest.raises(DataError, match="--data_dir /nonexistent: no train.tsv"):
         resolve_task_dir(task, "/nonexistent")
 
 
 def test_offline_without_local_data_stops_at_once(monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(GlueDataError, match=r"pass --data_dir .* or set \$GLUE_DIR; .* HF_DATASETS_OFFLINE is set"):
-        load_examples(get_task("rte"))
+    with pytest.raises(DataError, match=r"pass --data_dir .* or set \$GLUE_DIR; .* HF_DATASETS_OFFLINE is set"):
+        load_glue(get_task("rte"))
 
 
 def test_unknown_task():
@@ -145,8 +151,8 @@ def test_encode_pairs_and_regression_labels():
 
     tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
     task = get_task("stsb")
-    examples = read_tsv(glue_task_dir("STS-B") / "dev.tsv", task)[:4]
-    tensors = encode(examples, tokenizer, 24, task)
+    examples = read_glue_tsv(glue_task_dir("STS-B") / "dev.tsv", task)[:4]
+    tensors = encode(examples, tokenizer, 24, task.task)
     assert tensors["input_ids"].shape == (4, 24) and tensors["labels"].dtype == torch.float32
     assert (tensors["token_type_ids"][0] == 1).any()  # the second sentence is segment B
 
@@ -179,18 +185,20 @@ def test_trim_padding_cuts_to_the_longest_row_and_keeps_logits():
 
 def test_hub_datasets_map_to_the_same_examples(monkeypatch):
     datasets = pytest.importorskip("datasets", exc_type=ImportError)  # skips where it cannot import
-    import xtc_ds.recipes.classification.glue.data as data
+    import xtc_ds.recipes.classification.data.tables as tables
 
-    def fake_load_dataset(name, config):
+    def fake_load_dataset(name, config, **kwargs):
         assert (name, config) == ("nyu-mll/glue", "mnli")
         row = {"premise": ["P."], "hypothesis": ["H."], "label": [2], "idx": [0]}
         splits = ("train", "validation_matched", "validation_mismatched")
         return datasets.DatasetDict({split: datasets.Dataset.from_dict(row) for split in splits})
 
     monkeypatch.delenv("GLUE_DIR", raising=False)
-    monkeypatch.setattr(data, "_offline_reason", lambda: None)
+    monkeypatch.setattr(tables, "_offline_reason", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    splits = load_examples(get_task("mnli"))
+    splits = load_glue(get_task("mnli"))
     assert set(splits) == {"train", "dev_matched", "dev_mismatched"}
-    assert splits["dev_mismatched"] == [GlueExample("P.", "H.", 2)]  # hub label 2 = contradiction, as in TSVs
-    assert get_task("mnli").tsv_labels["contradiction"] == 2
+    assert splits["dev_mismatched"] == [Example("P.", "H.", 2)]  # hub label 2 = contradiction, as in TSVs
+    assert (
+        get_task("mnli").tsv_labels["contradiction"] == 2 and get_task("mnli").task.label_names[2] == "contradiction"
+    )

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from xtc_ds.recipes.classification.glue import get_task, primary_score, task_metrics
-from xtc_ds.recipes.classification.glue.metrics import accuracy, f1_score, matthews_corrcoef, pearson, spearman
+from xtc_ds.recipes.classification.data import get_task, primary_score, task_metrics
+from xtc_ds.recipes.classification.data.metrics import accuracy, f1_score, matthews_corrcoef, pearson, spearman
 
 
 def test_accuracy_and_f1():
@@ -36,10 +36,10 @@ def test_pearson_and_spearman_with_ties():
 def test_task_metrics_and_primary_score():
     logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     labels = torch.tensor([1, 0, 0])
-    cola = task_metrics(get_task("cola"), logits, labels)
+    cola = task_metrics(get_task("cola").task, logits, labels)
     assert set(cola) == {"matthews_correlation", "accuracy"}
-    assert primary_score(get_task("cola"), cola) == cola["matthews_correlation"]
-    mrpc = task_metrics(get_task("mrpc"), logits, labels)
-    assert primary_score(get_task("mrpc"), mrpc) == pytest.approx((mrpc["f1"] + mrpc["accuracy"]) / 2)
-    stsb = task_metrics(get_task("stsb"), torch.tensor([[1.0], [2.0], [3.5]]), torch.tensor([1.5, 2.0, 3.0]))
+    assert primary_score(get_task("cola").task, cola) == cola["matthews_correlation"]
+    mrpc = task_metrics(get_task("mrpc").task, logits, labels)
+    assert primary_score(get_task("mrpc").task, mrpc) == pytest.approx((mrpc["f1"] + mrpc["accuracy"]) / 2)
+    stsb = task_metrics(get_task("stsb").task, torch.tensor([[1.0], [2.0], [3.5]]), torch.tensor([1.5, 2.0, 3.0]))
     assert set(stsb) == {"pearson", "spearmanr"} and stsb["spearmanr"] == pytest.approx(1.0)

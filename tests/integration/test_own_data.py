@@ -1,0 +1,124 @@
+"""launch/train.py on data of the user's own, through the real deepspeed launcher: a CSV with four string labels
+(teacher -> 1-bit student -> packed -> predictions.tsv) and a JSON Lines regression file."""
+
+import csv
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, _free_port, job_env
+from models import save_tiny_teacher
+
+pytestmark = pytest.mark.slow
+TRAIN = str(REPO_ROOT / "launch" / "train.py")
+TOPICS = {
+    "business": "stocks shares market profit bank merger",
+    "sports": "team match goal coach league final",
+    "tech": "chip software robot code cloud laptop",
+    "world": "election minister border treaty summit embassy",
+}
+
+
+def _run(cmd):
+    result = subprocess.run(cmd, env=job_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def _headline(rng, topic):
+    words = TOPICS[topic].split()
+    return " ".join(rng.sample(words, 3) + ["today"])
+
+
+def _write_csv(path, rows, header=("text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def _common(config, base, out):
+    return [
+        *("--deepspeed_config", config, "--model_name_or_path", str(base), "--output_dir", str(out)),
+        *("--max_seq_length", "16", "--teacher_max_train_steps", "6", "--max_train_steps", "6"),
+        *("--eval_steps", "3", "--save_steps", "3", "--per_device_train_batch_size", "16"),
+    ]
+
+
+def _small_config(tmp_path):
+    """ds_xtc_1bit.json as shipped, with the micro batch left to the flag."""
+    config = json.loads((REPO_ROOT / "ds_configs" / "ds_xtc_1bit.json").read_text())
+    del config["train_micro_batch_size_per_gpu"]
+    path = tmp_path / "ds_xtc_1bit.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_csv_with_four_string_labels_end_to_end(tmp_path):
+    rng = random.Random(0)
+    data = tmp_path / "news"
+    data.mkdir()
+    topics = sorted(TOPICS)
+    train = _write_csv(data / "train.csv", [(_headline(rng, t), t) for t in topics * 24])
+    dev = _write_csv(data / "dev.csv", [(_headline(rng, t), t) for t in topics * 4])
+    test = _write_csv(data / "test.csv", [(i, _headline(rng, t)) for i, t in enumerate(topics * 2)], ("id", "text"))
+    base, out = tmp_path / "base", tmp_path / "run"
+    save_tiny_teacher(base, layers=6)
+    flags = _common(_small_config(tmp_path), base, out)
+    flags += ["--train_file", train, "--validation_file", dev, "--test_file", test, "--do_predict"]
+    _run(["deepspeed", "--master_port", str(_free_port()), TRAIN, *flags])
+
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["task"] == "news" and results["teacher_training"]["steps"] == 6
+    assert set(results["packed_dev"]["dev"]) == {"accuracy", "macro_f1"}
+    assert abs(results["packed_dev"]["dev"]["accuracy"] - results["final_dev"]["dev"]["accuracy"]) <= 1 / 16
+    for folder in ("final", "packed"):
+        config = json.loads((out / folder / "config.json").read_text())
+        assert config["id2label"] == {str(i): name for i, name in enumerate(topics)}, folder
+    weights = load_file(out / "final" / "model.safetensors")
+    assert weights["bert.encoder.layer.0.intermediate.dense.weight"].unique().numel() == 2  # 1-bit
+    lines = (out / "predictions.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 9
+    assert {line.split("\t")[1] for line in lines[1:]} <= set(topics)
+    assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(8)]
+
+    alone = tmp_path / "alone"
+    result = _run(
+        [sys.executable, TRAIN, "--eval_packed", str(out / "packed"), "--train_file", train]
+        + ["--validation_file", dev, "--test_file", test, "--do_predict", "--output_dir", str(alone)]
+        + ["--max_seq_length", "16"]
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1])["packed_dev"] == results["packed_dev"]
+    assert (alone / "predictions.tsv").read_text() == (out / "predictions.tsv").read_text()
+
+
+def test_jsonl_regression_end_to_end(tmp_path):
+    rng = random.Random(1)
+
+    def record():
+        first, second = rng.choice(sorted(TOPICS)), rng.choice(sorted(TOPICS))
+        score = 4.0 if first == second else 0.5
+        return {"sentence1": _headline(rng, first), "sentence2": _headline(rng, second), "label": score + rng.random()}
+
+    train, dev = tmp_path / "pairs_train.jsonl", tmp_path / "pairs_dev.jsonl"
+    train.write_text("".join(json.dumps(record()) + "\n" for _ in range(96)), encoding="utf-8")
+    dev.write_text("".join(json.dumps(record()) + "\n" for _ in range(24)), encoding="utf-8")
+    base, out = tmp_path / "base", tmp_path / "run"
+    save_tiny_teacher(base, layers=6)
+    flags = _common(_small_config(tmp_path), base, out)
+    flags += ["--train_file", str(train), "--validation_file", str(dev), "--metric_name", "spearman"]
+    _run(["deepspeed", "--master_port", str(_free_port()), TRAIN, *flags])
+
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["task"] == "pairs_train"
+    packed = results["packed_dev"]["dev"]
+    assert set(packed) == {"pearson", "spearmanr"} and all(-1.0 <= v <= 1.0 for v in packed.values())
+    best = results["student_best"]
+    assert best["score"] == pytest.approx(best["metrics"]["dev"]["spearmanr"])  # --metric_name spearman
+    config = json.loads((out / "packed" / "config.json").read_text())
+    assert config["problem_type"] == "regression" and len(config["id2label"]) == 1
