@@ -43,37 +43,51 @@ def save_tiny_teacher(folder, dropout: float = 0.1, num_labels: int = 2, layers:
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
 
 
-def tiny_model(arch: str):
+def tiny_model(arch: str, layers: int = 2, eager: bool = False):
     """Tiny random-init classifier of each supported family, with its natural layer prefix."""
     import transformers as tf
 
+    small = dict(vocab_size=96, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64)
     if arch == "bert":
-        return tiny_bert()
-    if arch == "roberta":
-        config = tf.RobertaConfig(
-            vocab_size=96,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=40,
+        return tiny_bert(layers=layers, eager=eager)
+    if arch in ("roberta", "xlm-roberta"):
+        config_class, model_class = {
+            "roberta": (tf.RobertaConfig, tf.RobertaForSequenceClassification),
+            "xlm-roberta": (tf.XLMRobertaConfig, tf.XLMRobertaForSequenceClassification),
+        }[arch]
+        config = config_class(**small, max_position_embeddings=40)
+    elif arch == "electra":
+        config = tf.ElectraConfig(**small, embedding_size=16, max_position_embeddings=32)
+        model_class = tf.ElectraForSequenceClassification
+    elif arch == "deberta-v2":
+        config = tf.DebertaV2Config(
+            **small,
+            max_position_embeddings=32,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=8,
+            max_relative_positions=16,
         )
-        return tf.RobertaForSequenceClassification(config)
-    if arch == "distilbert":
+        model_class = tf.DebertaV2ForSequenceClassification
+    elif arch == "distilbert":
         config = tf.DistilBertConfig(
-            vocab_size=96, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=32
+            vocab_size=96, dim=32, n_layers=layers, n_heads=2, hidden_dim=64, max_position_embeddings=32
         )
-        return tf.DistilBertForSequenceClassification(config)
-    if arch == "gpt2":
+        model_class = tf.DistilBertForSequenceClassification
+    elif arch == "gpt2":
         config = tf.GPT2Config(
             vocab_size=96,
             n_embd=32,
-            n_layer=2,
+            n_layer=layers,
             n_head=2,
             n_positions=32,
             bos_token_id=0,
             eos_token_id=0,
             pad_token_id=0,
         )
-        return tf.GPT2ForSequenceClassification(config)
-    raise ValueError(arch)
+        model_class = tf.GPT2ForSequenceClassification
+    else:
+        raise ValueError(arch)
+    if eager:
+        config._attn_implementation = "eager"
+    return model_class(config)

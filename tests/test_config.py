@@ -173,7 +173,7 @@ MALFORMED = [
         "compression_training.layer_reduction.teacher_layer[1]: -3",
     ),
     ("layer_reduction.keep_number_layer", 4, "compression_training.layer_reduction.keep_number_layer: 4"),
-    ("layer_reduction.module_name_prefix", _DELETE, "compression_training.layer_reduction.module_name_prefix: None"),
+    ("layer_reduction.module_name_prefix", "", "compression_training.layer_reduction.module_name_prefix: ''"),
     (
         "sparse_pruning.shared_parameters.enabled",
         True,

@@ -16,7 +16,7 @@ from torch import nn
 from xtc_ds._log import log_rank_zero, warn_once
 from xtc_ds.config import SECTION, ConfigError, has_section, load_compression_config
 from xtc_ds.inject import inject
-from xtc_ds.layer_reduction import initialize_student, layer_list
+from xtc_ds.layer_reduction import initialize_student, layer_list, reduction_modules
 from xtc_ds.nn.qat_linear import is_conv1d
 from xtc_ds.ops import fake_quant_weight
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
@@ -60,7 +60,7 @@ def init_compression(
         if teacher_model is not None:
             initialize_student(model, teacher_model, reduction)
         else:
-            depth = len(layer_list(model, reduction.module_name_prefix, "student"))
+            depth = len(layer_list(model, reduction_modules(model, reduction, "student")[0], "student"))
             if depth != len(reduction.teacher_layer):
                 raise ConfigError(
                     f"{SECTION}.layer_reduction.teacher_layer: {list(reduction.teacher_layer)} (the student has "

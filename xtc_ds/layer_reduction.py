@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from xtc_ds._log import log_rank_zero
+from xtc_ds.architectures import layers_path, modules_outside
 from xtc_ds.config import SECTION, ConfigError, LayerReductionConfig, load_compression_config
 
-__all__ = ["build_student", "initialize_student", "layer_list"]
+__all__ = ["build_student", "initialize_student", "layer_list", "reduction_modules"]
 
 _PATH = f"{SECTION}.layer_reduction"
 
@@ -38,6 +39,16 @@ def layer_list(model: nn.Module, prefix: str, role: str) -> nn.ModuleList:
             "not the ModuleList of layers)"
         )
     return layers
+
+
+def reduction_modules(
+    model: nn.Module, reduction: LayerReductionConfig, role: str = "teacher"
+) -> tuple[str, tuple[str, ...]]:
+    """The layer list and the modules outside it that a student copies: ``module_name_prefix`` and
+    ``other_module_name`` as configured, or derived from ``model`` where left out (:mod:`xtc_ds.architectures`)."""
+    prefix = reduction.module_name_prefix or layers_path(model, f"{_PATH}.module_name_prefix")
+    layer_list(model, prefix, role)
+    return prefix, reduction.other_module_name or tuple(modules_outside(model, prefix))
 
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -67,13 +78,15 @@ def _reduction(deepspeed_config: Any) -> LayerReductionConfig:
 
 
 def initialize_student(student: nn.Module, teacher: nn.Module, reduction: LayerReductionConfig) -> None:
-    """Copy teacher layer ``teacher_layer[i]`` into student layer ``i``, and every ``other_module_name`` module.
+    """Copy teacher layer ``teacher_layer[i]`` into student layer ``i``, and every ``other_module_name`` module
+    (both derived from the teacher where the config leaves them out: :func:`reduction_modules`).
 
     Raises:
         ConfigError: depths or indices that do not fit the two models, or modules whose tensors differ.
     """
-    student_layers = layer_list(student, reduction.module_name_prefix, "student")
-    teacher_layers = layer_list(teacher, reduction.module_name_prefix, "teacher")
+    prefix, others = reduction_modules(teacher, reduction)
+    student_layers = layer_list(student, prefix, "student")
+    teacher_layers = layer_list(teacher, prefix, "teacher")
     if len(student_layers) != len(reduction.teacher_layer):
         raise ConfigError(
             f"{_PATH}.teacher_layer: {list(reduction.teacher_layer)} (lists {len(reduction.teacher_layer)} layers "
@@ -85,8 +98,8 @@ def initialize_student(student: nn.Module, teacher: nn.Module, reduction: LayerR
                 f"{_PATH}.teacher_layer[{i}]: {index} (the teacher has {len(teacher_layers)} layers, "
                 f"0..{len(teacher_layers) - 1})"
             )
-        _copy_exact(student_layers[i], teacher_layers[index], f"{reduction.module_name_prefix}.{index}")
-    for i, name in enumerate(reduction.other_module_name):
+        _copy_exact(student_layers[i], teacher_layers[index], f"{prefix}.{index}")
+    for i, name in enumerate(others):
         try:
             dst, src = student.get_submodule(name), teacher.get_submodule(name)
         except AttributeError:
@@ -124,7 +137,10 @@ def build_student(teacher_model: nn.Module, deepspeed_config: Any) -> nn.Module:
     reference = next(teacher_model.parameters())
     student = type(teacher_model)(student_config).to(device=reference.device, dtype=reference.dtype)
     initialize_student(student, teacher_model, reduction)
-    covered = (reduction.module_name_prefix, *reduction.other_module_name)
+    prefix, others = reduction_modules(teacher_model, reduction)
+    if not (reduction.module_name_prefix and reduction.other_module_name):
+        log_rank_zero(logging.INFO, f"xtc_ds: layer reduction of {prefix}; copied besides the layers: {list(others)}")
+    covered = (prefix, *others)
     fresh = [
         name
         for name, _ in student.named_parameters()

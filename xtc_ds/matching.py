@@ -1,4 +1,5 @@
-"""Which module gets which quantizer: legacy ``re.search`` patterns resolved against ``named_modules()``.
+"""Which module gets which quantizer: legacy ``re.search`` patterns (and ``"@role"`` names,
+:mod:`xtc_ds.architectures`) resolved against ``named_modules()``.
 
 All checks run here, before anything is replaced, so a bad config never leaves a half-injected model.
 """
@@ -12,6 +13,7 @@ from typing import Optional
 
 from torch import nn
 
+from xtc_ds.architectures import resolve_patterns
 from xtc_ds.config import PER_ROW, SECTION, CompressionConfig, ConfigError
 from xtc_ds.nn.qat_linear import CONV1D, is_conv1d
 
@@ -71,10 +73,13 @@ def _eligible(model: nn.Module, with_embeddings: bool) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if name and isinstance(module, types)}
 
 
-def _match_groups(groups: Mapping[str, object], eligible: Mapping[str, nn.Module], path: str) -> dict[str, str]:
+def _match_groups(
+    model: nn.Module, groups: Mapping[str, object], eligible: Mapping[str, nn.Module], path: str
+) -> dict[str, str]:
     owner: dict[str, str] = {}
     for group_name, group in groups.items():
-        patterns = [None if p == "*" else re.compile(p) for p in group.modules]
+        where = f"{path}.different_groups.{group_name}.modules"
+        patterns = [None if p == "*" else re.compile(p) for p in resolve_patterns(model, group.modules, where)]
         matched = [n for n in eligible if any(p is None or p.search(n) for p in patterns)]
         if not matched:
             shown = ", ".join(list(eligible)[:_CANDIDATES_SHOWN]) or "none"
@@ -128,9 +133,13 @@ def plan_injection(model: nn.Module, config: CompressionConfig) -> dict[str, Mod
     act_owner: dict[str, str] = {}
     wq, aq = config.weight_quantization, config.activation_quantization
     if wq.enabled:
-        weight_owner = _match_groups(wq.different_groups, _eligible(model, True), f"{SECTION}.weight_quantization")
+        weight_owner = _match_groups(
+            model, wq.different_groups, _eligible(model, True), f"{SECTION}.weight_quantization"
+        )
     if aq.enabled:
-        act_owner = _match_groups(aq.different_groups, _eligible(model, False), f"{SECTION}.activation_quantization")
+        act_owner = _match_groups(
+            model, aq.different_groups, _eligible(model, False), f"{SECTION}.activation_quantization"
+        )
     plans = {}
     for name, module in model.named_modules():
         if name not in weight_owner and name not in act_owner:

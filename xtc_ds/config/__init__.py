@@ -17,6 +17,8 @@ from typing import Any, Union
 from xtc_ds._schema import ConfigError, from_json, to_json
 from xtc_ds.config.base import (
     PER_ROW,
+    ROLE_MARK,
+    ROLES,
     SECTION,
     Checked,
     PruningMethod,
@@ -47,6 +49,8 @@ __all__ = [
     "has_section",
     "SECTION",
     "PER_ROW",
+    "ROLES",
+    "ROLE_MARK",
     "WeightQuantParams",
 ]
 

@@ -23,6 +23,8 @@ __all__ = [
     "require",
     "validate_tree",
     "GroupConfig",
+    "ROLES",
+    "ROLE_MARK",
 ]
 
 SECTION = "compression_training"
@@ -72,9 +74,25 @@ def validate_tree(obj: Any, path: str) -> None:
             validate_tree(item, f"{path}.{key}")
 
 
+ROLE_MARK = "@"
+ROLES: dict[str, tuple[str, ...]] = {
+    "attention.qkv": ("qkv",),
+    "attention.output": ("attention_output",),
+    "attention": ("qkv", "attention_output"),
+    "ffn.in": ("ffn_in",),
+    "ffn.out": ("ffn_out",),
+    "ffn": ("ffn_in", "ffn_out"),
+    "layers": ("qkv", "attention_output", "ffn_in", "ffn_out"),
+    "word_embeddings": ("word_embeddings",),
+}
+"""Module roles a group may name as ``"@role"`` instead of a regex -> the parts of a transformer they cover,
+resolved per architecture by :mod:`xtc_ds.architectures` (``@layers`` is every Linear of every layer)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class GroupConfig(Checked):
-    """Scope of one group: ``modules`` regexes (``re.search`` on module names); ``"*"`` means all eligible."""
+    """Scope of one group: ``modules`` regexes (``re.search`` on module names) or ``"@role"`` names (:data:`ROLES`);
+    ``"*"`` means all eligible."""
 
     modules: tuple[str, ...] = ("*",)
     related_modules: Optional[tuple[tuple[str, ...], ...]] = None
@@ -86,6 +104,10 @@ class GroupConfig(Checked):
             patterns += [(f"{path}.related_modules[{i}][{j}]", p) for j, p in enumerate(related)]
         for where, pattern in patterns:
             if pattern == "*":
+                continue
+            if pattern.startswith(ROLE_MARK):
+                known = ", ".join(ROLE_MARK + role for role in ROLES)
+                require(pattern[1:] in ROLES, where, pattern, f"unknown module role; roles: {known}")
                 continue
             try:
                 re.compile(pattern)

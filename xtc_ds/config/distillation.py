@@ -10,7 +10,10 @@ __all__ = ["LayerReductionConfig", "DistillationConfig"]
 
 @dataclass(frozen=True, kw_only=True)
 class LayerReductionConfig(Checked):
-    """Student layer ``i`` is initialized from teacher layer ``teacher_layer[i]`` under ``module_name_prefix``."""
+    """Student layer ``i`` is initialized from teacher layer ``teacher_layer[i]`` under ``module_name_prefix``.
+
+    ``module_name_prefix`` and ``other_module_name`` may be left out: :mod:`xtc_ds.architectures` derives them
+    from the model (its layer list, and every module outside it)."""
 
     enabled: bool = False
     keep_number_layer: Optional[int] = None
@@ -22,10 +25,10 @@ class LayerReductionConfig(Checked):
         if not self.enabled:
             return
         require(
-            bool(self.module_name_prefix),
+            self.module_name_prefix is None or bool(self.module_name_prefix),
             f"{path}.module_name_prefix",
             self.module_name_prefix,
-            "required when layer_reduction is enabled, e.g. 'bert.encoder.layer'",
+            "must name the layer list, e.g. 'bert.encoder.layer', or be left out to derive it from the model",
         )
         require(
             len(self.teacher_layer) > 0,
