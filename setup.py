@@ -31,6 +31,7 @@ setup(
         "torch>=2.1",
         "deepspeed>=0.14",
         "transformers>=4.40",
+        "accelerate>=1.1",  # transformers' Trainer needs it (xtc_ds.integrations.XtcTrainer)
         "datasets",
         "safetensors",
         "tqdm",

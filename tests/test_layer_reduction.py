@@ -96,11 +96,15 @@ def test_init_compression_student_depth_must_match():
         init_compression(tiny_bert(layers=3), _reduction([1, 3]), teacher_model=tiny_bert(layers=4))
 
 
-def test_disabled_reduction_cannot_build():
+def test_without_layer_reduction_the_student_is_a_copy_of_the_teacher():
     config = _reduction([0])
     config["compression_training"]["layer_reduction"]["enabled"] = False
-    with pytest.raises(ConfigError, match="layer_reduction.enabled: False"):
-        build_student(tiny_bert(), config)
+    teacher = tiny_bert(layers=3).eval()
+    student = build_student(teacher, config)
+    assert student is not teacher and not student.training
+    assert len(student.bert.encoder.layer) == 3
+    _assert_same(student, teacher)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(student.parameters(), teacher.parameters()))
 
 
 def test_default_ds_xtc_config_fits_minilm_shape():

@@ -8,6 +8,7 @@ names and shapes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -70,11 +71,15 @@ def _copy_exact(dst: nn.Module, src: nn.Module, what: str) -> None:
             tensor.copy_(src_tensors[name])
 
 
-def _reduction(deepspeed_config: Any) -> LayerReductionConfig:
-    reduction = load_compression_config(deepspeed_config).layer_reduction
-    if not reduction.enabled:
-        raise ConfigError(f"{_PATH}.enabled: False (layer reduction must be enabled to build a student)")
-    return reduction
+def _gathered(model: nn.Module) -> contextlib.AbstractContextManager:
+    """The model's full weights for reading: gathered when ZeRO-3 partitioned them (a model loaded under
+    ``zero.Init``, as Trainer does with a ZeRO-3 config; every rank must enter), else as they are."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def initialize_student(student: nn.Module, teacher: nn.Module, reduction: LayerReductionConfig) -> None:
@@ -110,33 +115,40 @@ def initialize_student(student: nn.Module, teacher: nn.Module, reduction: LayerR
 
 
 def build_student(teacher_model: nn.Module, deepspeed_config: Any) -> nn.Module:
-    """Build the shallower student that ``layer_reduction`` describes and initialize it from the teacher.
+    """The student XTC trains: the shallower model ``layer_reduction`` describes, initialized from the teacher,
+    or an exact copy of the teacher when layer reduction is off, so one code path serves every config.
 
-    The student has the teacher's class and config with ``num_hidden_layers = len(teacher_layer)``; its
-    layer ``i`` is an exact copy of teacher layer ``teacher_layer[i]``, and the ``other_module_name``
-    modules (embeddings, pooler, classifier) are copied too. Modules in neither list keep their fresh
-    initialization, which is logged.
+    With layer reduction the student has the teacher's class and config with ``num_hidden_layers =
+    len(teacher_layer)``; its layer ``i`` is an exact copy of teacher layer ``teacher_layer[i]``, and the
+    ``other_module_name`` modules (embeddings, pooler, classifier) are copied too. Modules in neither list keep
+    their fresh initialization, which is logged. A teacher whose weights ZeRO-3 partitioned is gathered to read.
 
     Args:
-        teacher_model: a Hugging Face ``PreTrainedModel`` (BERT, RoBERTa, DistilBERT, GPT-2, ...).
-        deepspeed_config: path, dict or :class:`CompressionConfig` with ``layer_reduction.enabled``.
+        teacher_model: a Hugging Face ``PreTrainedModel`` (BERT, RoBERTa, DistilBERT, DeBERTa, GPT-2, ...).
+        deepspeed_config: path, dict or :class:`CompressionConfig`.
     Returns:
         The student, on the teacher's device and dtype, in the teacher's train/eval mode.
 
     Example:
         >>> student = xtc_ds.build_student(teacher, "ds_configs/ds_xtc.json")
     """
-    reduction = _reduction(deepspeed_config)
+    reduction = load_compression_config(deepspeed_config).layer_reduction
     if not hasattr(teacher_model, "config"):
         raise TypeError(
             "build_student needs a Hugging Face model (with .config); build the student yourself and "
             "call init_compression(student, config, teacher_model=teacher) for other models"
         )
     student_config = copy.deepcopy(teacher_model.config)
-    student_config.num_hidden_layers = len(reduction.teacher_layer)
+    if reduction.enabled:
+        student_config.num_hidden_layers = len(reduction.teacher_layer)
     reference = next(teacher_model.parameters())
     student = type(teacher_model)(student_config).to(device=reference.device, dtype=reference.dtype)
-    initialize_student(student, teacher_model, reduction)
+    with _gathered(teacher_model):
+        if not reduction.enabled:
+            _copy_exact(student, teacher_model, "the teacher")
+            log_rank_zero(logging.INFO, "xtc_ds: layer_reduction is off; the student starts as a copy of the teacher")
+            return student.train(teacher_model.training)
+        initialize_student(student, teacher_model, reduction)
     prefix, others = reduction_modules(teacher_model, reduction)
     if not (reduction.module_name_prefix and reduction.other_module_name):
         log_rank_zero(logging.INFO, f"xtc_ds: layer reduction of {prefix}; copied besides the layers: {list(others)}")

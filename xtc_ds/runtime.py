@@ -25,7 +25,7 @@ from xtc_ds.distill import DistillationLoss, require_eager_attention
 from xtc_ds.distributed import prepare_deepspeed_ops, release_shm_workspace
 from xtc_ds.schedule import CompressionScheduler
 
-__all__ = ["initialize", "XtcRuntime", "CHECKPOINT_KEY"]
+__all__ = ["initialize", "prepare_models", "partitioned_teacher", "XtcRuntime", "CHECKPOINT_KEY"]
 
 CHECKPOINT_KEY = "xtc_compression"
 
@@ -116,7 +116,7 @@ def _attach(engine: Any, runtime: XtcRuntime) -> None:
     engine.step, engine.save_checkpoint, engine.load_checkpoint = step, save_checkpoint, load_checkpoint
 
 
-def _partitioned_teacher(teacher: nn.Module, ds_config: dict[str, Any], engine: Any) -> nn.Module:
+def partitioned_teacher(teacher: nn.Module, ds_config: dict[str, Any], engine: Any) -> nn.Module:
     """``teacher`` with its parameters partitioned by ZeRO-3 (no optimizer: DeepSpeed's inference mode).
 
     The returned module gathers each layer's parameters for its forward and releases them after, like the
@@ -136,6 +136,30 @@ def _partitioned_teacher(teacher: nn.Module, ds_config: dict[str, Any], engine: 
             teacher_config[precision] = ds_config[precision]
     teacher_engine, *_ = deepspeed.initialize(model=teacher, config=teacher_config)
     return teacher_engine.module.eval()
+
+
+def prepare_models(
+    model: nn.Module, compression: CompressionConfig, teacher_model: Optional[nn.Module], mpu: Any = None
+) -> Optional[DistillationLoss]:
+    """Inject compression into the student (initializing it from the teacher under layer reduction) and make
+    both ready for KD: layer maps checked, eager attention where attention maps are distilled, teacher frozen.
+
+    Returns:
+        The KD loss when knowledge distillation is enabled, else None.
+    """
+    init_compression(model, compression, teacher_model=teacher_model, mpu=mpu)
+    distillation = DistillationLoss(compression) if compression.knowledge_distillation.enabled else None
+    if distillation is not None and teacher_model is not None:
+        depths = [getattr(getattr(m, "config", None), "num_hidden_layers", None) for m in (model, teacher_model)]
+        if None not in depths:  # Hugging Face models: check the layer maps now, not at the first KD step
+            distillation.check_layers(*depths)
+    if distillation is not None and compression.knowledge_distillation.attention_weight > 0:
+        require_eager_attention(model)
+        if teacher_model is not None:
+            require_eager_attention(teacher_model)
+    if teacher_model is not None:
+        teacher_model.eval().requires_grad_(False)
+    return distillation
 
 
 def initialize(
@@ -171,18 +195,7 @@ def initialize(
     if model is None:
         raise ValueError("xtc_ds.initialize needs model=")
     compression, ds_config = split_deepspeed_config(_config_source(args, config, kwargs))
-    init_compression(model, compression, teacher_model=teacher_model, mpu=kwargs.get("mpu"))
-    distillation = DistillationLoss(compression) if compression.knowledge_distillation.enabled else None
-    if distillation is not None and teacher_model is not None:
-        depths = [getattr(getattr(m, "config", None), "num_hidden_layers", None) for m in (model, teacher_model)]
-        if None not in depths:  # Hugging Face models: check the layer maps now, not at the first KD step
-            distillation.check_layers(*depths)
-    if distillation is not None and compression.knowledge_distillation.attention_weight > 0:
-        require_eager_attention(model)
-        if teacher_model is not None:
-            require_eager_attention(teacher_model)
-    if teacher_model is not None:
-        teacher_model.eval().requires_grad_(False)
+    distillation = prepare_models(model, compression, teacher_model, mpu=kwargs.get("mpu"))
     ds_args = copy.copy(args)
     for name in ("deepspeed_config", "deepscale_config"):
         if hasattr(ds_args, name):
@@ -195,7 +208,7 @@ def initialize(
     release_shm_workspace()  # when deepspeed.initialize started the process group itself
     if teacher_model is not None:
         if compression.knowledge_distillation.teacher_zero3:
-            teacher_model = _partitioned_teacher(teacher_model, ds_config, engine)
+            teacher_model = partitioned_teacher(teacher_model, ds_config, engine)
         else:
             teacher_model.to(engine.device)
     _attach(engine, XtcRuntime(compression, CompressionScheduler(model), teacher_model, distillation))

@@ -1,7 +1,6 @@
 """launch/train.py on data of the user's own, through the real deepspeed launcher: a CSV with four string labels
 (teacher -> 1-bit student -> packed -> predictions.tsv) and a JSON Lines regression file."""
 
-import csv
 import json
 import random
 import subprocess
@@ -12,34 +11,16 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, _free_port, job_env
 from models import save_tiny_teacher
+from text_files import TOPICS, headline, news_csv, write_csv
 
 pytestmark = pytest.mark.slow
 TRAIN = str(REPO_ROOT / "launch" / "train.py")
-TOPICS = {
-    "business": "stocks shares market profit bank merger",
-    "sports": "team match goal coach league final",
-    "tech": "chip software robot code cloud laptop",
-    "world": "election minister border treaty summit embassy",
-}
 
 
 def _run(cmd):
     result = subprocess.run(cmd, env=job_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
-
-
-def _headline(rng, topic):
-    words = TOPICS[topic].split()
-    return " ".join(rng.sample(words, 3) + ["today"])
-
-
-def _write_csv(path, rows, header=("text", "label")):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(path)
 
 
 def _common(config, base, out):
@@ -60,13 +41,12 @@ def _small_config(tmp_path):
 
 
 def test_csv_with_four_string_labels_end_to_end(tmp_path):
-    rng = random.Random(0)
     data = tmp_path / "news"
     data.mkdir()
     topics = sorted(TOPICS)
-    train = _write_csv(data / "train.csv", [(_headline(rng, t), t) for t in topics * 24])
-    dev = _write_csv(data / "dev.csv", [(_headline(rng, t), t) for t in topics * 4])
-    test = _write_csv(data / "test.csv", [(i, _headline(rng, t)) for i, t in enumerate(topics * 2)], ("id", "text"))
+    train, dev = news_csv(data)
+    rng = random.Random(1)
+    test = write_csv(data / "test.csv", [(i, headline(rng, t)) for i, t in enumerate(topics * 2)], ("id", "text"))
     base, out = tmp_path / "base", tmp_path / "run"
     save_tiny_teacher(base, layers=6)
     flags = _common(_small_config(tmp_path), base, out)
@@ -103,7 +83,7 @@ def test_jsonl_regression_end_to_end(tmp_path):
     def record():
         first, second = rng.choice(sorted(TOPICS)), rng.choice(sorted(TOPICS))
         score = 4.0 if first == second else 0.5
-        return {"sentence1": _headline(rng, first), "sentence2": _headline(rng, second), "label": score + rng.random()}
+        return {"sentence1": headline(rng, first), "sentence2": headline(rng, second), "label": score + rng.random()}
 
     train, dev = tmp_path / "pairs_train.jsonl", tmp_path / "pairs_dev.jsonl"
     train.write_text("".join(json.dumps(record()) + "\n" for _ in range(96)), encoding="utf-8")

@@ -1,0 +1,120 @@
+"""A Hugging Face Trainer job with XtcTrainer through the deepspeed launcher, 2 CPU ranks, ZeRO-2 and ZeRO-3:
+binary weights on both ranks, the KD loss trained on, SIGKILL then resume at the right step, packed export."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from configs import recipe
+from conftest import REPO_ROOT, _free_port, job_env
+from models import save_tiny_teacher
+from text_files import news_csv
+
+pytestmark = pytest.mark.slow
+WORKER = str(REPO_ROOT / "tests" / "distributed" / "trainer_worker.py")
+
+
+def _config(path, stage):
+    config = recipe(
+        train_micro_batch_size_per_gpu="auto",
+        gradient_accumulation_steps="auto",
+        train_batch_size="auto",
+        gradient_clipping="auto",
+        zero_optimization={"stage": stage, "stage3_param_persistence_threshold": 0},
+    )
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def _job(tmp_path, stage, *extra):
+    teacher = tmp_path / "teacher"
+    if not teacher.exists():
+        save_tiny_teacher(teacher, dropout=0.0, num_labels=4)
+    train, dev = news_csv(tmp_path)
+    flags = [
+        *("--teacher", str(teacher), "--train_file", train, "--validation_file", dev),
+        *("--output_dir", str(tmp_path / "out"), "--deepspeed", _config(tmp_path / "ds.json", stage)),
+        *("--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--max_steps", "12"),
+        *("--save_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4", "--logging_steps", "1"),
+        *("--learning_rate", "1e-3", "--report_to", "none", "--seed", "0", "--disable_tqdm", "true"),
+    ]
+    launcher = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), WORKER]
+    return launcher + flags + list(extra)
+
+
+def _env():
+    return job_env(OMP_NUM_THREADS="1")
+
+
+def _finish(cmd):
+    result = subprocess.run(cmd, env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+
+
+def _check_result(out, teacher_forwards):
+    for rank in (0, 1):
+        record = json.loads((out / f"rank{rank}.json").read_text())
+        assert record["global_step"] == 12 and record["schedule_step"] == 12, record
+        linear = {name: levels for name, levels in record["levels"].items() if "embeddings" not in name}
+        assert linear and set(linear.values()) == {2}, linear  # 1-bit on every rank
+        assert record["teacher_forwards"] == teacher_forwards, record  # the KD loss ran the teacher
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert steps == list(range(1, 13))
+    from xtc_ds import load_packed
+
+    model = load_packed(out / "packed")
+    logits = model(input_ids=torch.tensor([[101, 2000, 102]])).logits
+    assert logits.shape == (1, 4) and torch.isfinite(logits).all()
+
+
+def test_zero2_sigkill_then_resume(tmp_path):
+    cmd = _job(tmp_path, 2)
+    log = open(tmp_path / "killed_run.log", "w")
+    job = subprocess.Popen(
+        cmd, env=_env(), cwd=REPO_ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+    )
+    marker = tmp_path / "out" / "checkpoint-8" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not marker.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    log.close()
+    assert marker.exists(), (tmp_path / "killed_run.log").read_text()[-4000:]
+    assert not (tmp_path / "out" / "rank0.json").exists()  # killed before the end
+    _finish(cmd + ["--resume", "true"])
+    _check_result(tmp_path / "out", teacher_forwards=4 * 2)  # steps 9-12 after resuming at 8, 2 micro-batches each
+
+
+def test_zero3_two_ranks(tmp_path):
+    _finish(_job(tmp_path, 3))
+    _check_result(tmp_path / "out", teacher_forwards=12 * 2)
+
+
+def test_the_example_script_with_its_ds_config(tmp_path):
+    """examples/trainer/run_classification_xtc.py as documented, 2 ranks at ZeRO-2, on a CSV with string labels."""
+    teacher = tmp_path / "teacher"
+    save_tiny_teacher(teacher, dropout=0.0, num_labels=4)
+    train, dev = news_csv(tmp_path)
+    out = tmp_path / "out"
+    script = REPO_ROOT / "examples" / "trainer" / "run_classification_xtc.py"
+    flags = [
+        *("--deepspeed", str(REPO_ROOT / "examples" / "trainer" / "ds_config.json")),
+        *("--model_name_or_path", str(teacher), "--train_file", train, "--validation_file", dev),
+        *("--text_column_names", "text", "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "4"),
+        *("--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true"),
+    ]
+    _finish(["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), str(script), *flags])
+    assert 0.0 <= json.loads((out / "eval_results.json").read_text())["eval_accuracy"] <= 1.0
+    assert torch.load(out / "xtc_scheduler.pt", weights_only=True)["step"] == 4
+    from xtc_ds import load_packed
+
+    model = load_packed(out / "packed")
+    assert model.config.id2label == {0: "business", 1: "sports", 2: "tech", 3: "world"}
