@@ -72,7 +72,11 @@ def main() -> None:
         label2id={str(label): i for label, i in label_to_id.items()},
     )
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    teacher = AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path, config=config)  # XTC
+    teacher = AutoModelForSequenceClassification.from_pretrained(  # XTC
+        model_args.model_name_or_path,
+        config=config,
+        attn_implementation="eager",  # XTC: KD reads attention maps
+    )  # XTC
     model = xtc_ds.build_student(teacher, training_args.compression())  # XTC
 
     text_columns = data_args.text_column_names.split(",")

@@ -19,6 +19,23 @@ pytestmark = pytest.mark.slow
 WORKER = str(REPO_ROOT / "tests" / "distributed" / "trainer_worker.py")
 
 
+def _old_transformers_reason():
+    """Why this transformers cannot run the job at all, or None: 4.46 wraps every accumulated micro-batch in
+    ``no_sync``, which DeepSpeed refuses at ZeRO-2/3, and cannot read its own ``rng_state.pth`` under torch >= 2.6
+    (the legacy stack of .ci/run)."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) < Version("4.47"):
+        return f"transformers {transformers.__version__}: gradient accumulation under ZeRO-2/3 and resuming are broken"
+    return None
+
+
+needs_current_transformers = pytest.mark.skipif(
+    _old_transformers_reason() is not None, reason=str(_old_transformers_reason())
+)
+
+
 def _config(path, stage):
     config = recipe(
         train_micro_batch_size_per_gpu="auto",
@@ -73,6 +90,7 @@ def _check_result(out, teacher_forwards):
     assert logits.shape == (1, 4) and torch.isfinite(logits).all()
 
 
+@needs_current_transformers
 def test_zero2_sigkill_then_resume(tmp_path):
     cmd = _job(tmp_path, 2)
     log = open(tmp_path / "killed_run.log", "w")
@@ -93,6 +111,7 @@ def test_zero2_sigkill_then_resume(tmp_path):
     _check_result(tmp_path / "out", teacher_forwards=4 * 2)  # steps 9-12 after resuming at 8, 2 micro-batches each
 
 
+@needs_current_transformers
 def test_zero3_two_ranks(tmp_path):
     _finish(_job(tmp_path, 3))
     _check_result(tmp_path / "out", teacher_forwards=12 * 2)

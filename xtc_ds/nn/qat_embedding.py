@@ -58,7 +58,9 @@ class XtcQATEmbedding(nn.Embedding):
         if self.weight_quantizer is None:
             return rows
         flat = rows.reshape(-1, self.embedding_dim)
-        return self.weight_quantizer(flat).reshape(rows.shape)
+        # A copy, not a view of the quantizer's output: models add position embeddings to this in place
+        # (DeBERTa-v2 in transformers 4.x), which autograd forbids on views of a custom Function's output.
+        return self.weight_quantizer(flat).reshape(rows.shape).clone()
 
     def to_embedding(self) -> nn.Embedding:
         """A plain ``nn.Embedding`` with the same Parameter."""

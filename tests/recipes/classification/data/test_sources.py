@@ -114,8 +114,8 @@ def test_bad_dev_rows_name_file_and_line(tmp_path, dev_rows, message):
 def test_bad_regression_target_and_json_records(tmp_path):
     train = _jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": 0.5}, {"text": "b", "label": 1.5}])
     dev = tmp_path / "d.json"
-    dev.write_text(json.dumps([{"text": "a", "label": 0.5}, {"text": "b", "label": "high"}]), encoding="utf-8")
-    with pytest.raises(DataError, match=r"d.json: record 2: regression target 'high' is not a number"):
+    dev.write_text(json.dumps([{"text": "a", "label": 0.5}, {"text": "b", "label": None}]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.json: record 2: no label \(column 'label'\)"):
         load_task_data(_args("--train_file", train, "--validation_file", str(dev)))
     nan = tmp_path / "nan.csv"
     nan.write_text("text,label\na,0.5\nb,nan\n", encoding="utf-8")
