@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""XTC on one GLUE task: ``deepspeed launch/train.py --deepspeed_config ds_configs/ds_xtc.json [flags]``.
+"""XTC on one text-classification dataset (a GLUE task or your own files): ``deepspeed launch/train.py
+--deepspeed_config ds_configs/ds_xtc.json [flags]``.
 
 Also runs as ``python launch/train.py ...`` (one process, no launcher). ``--help`` lists the flags; the
 recipe itself lives in ``xtc_ds.recipes.classification.run``.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Text classification with Hugging Face ``Trainer``, in the shape of transformers' ``run_classification.py``,
-compressed with XTC. The lines marked ``# XTC`` are all that changes from a plain Trainer job (docs/TRAINER.md
-shows them as a diff):
+compressed with XTC. The lines marked ``# XTC`` are all that changes from a plain Trainer job (the README's
+"Add XTC to an existing DeepSpeed or Trainer job" shows them as a diff):
 
     deepspeed examples/trainer/run_classification_xtc.py --deepspeed examples/trainer/ds_config.json \\
         --model_name_or_path TEACHER_DIR --train_file train.csv --validation_file dev.csv \\
