@@ -125,23 +125,16 @@ def test_bad_regression_target_and_json_records(tmp_path):
 
 def test_column_and_file_errors(tmp_path):
     odd = _csv(tmp_path / "odd.csv", "body,label", ["x,0", "y,1"])
+
+    def on_odd(*flags):
+        return _args("--train_file", odd, "--validation_file", odd, *flags)
+
     with pytest.raises(
         DataError, match=r"odd.csv: no 'sentence', 'text' .* \(columns: body, label\).*--text_column_names"
     ):
-        load_task_data(_args("--train_file", odd, "--validation_file", odd))
+        load_task_data(on_odd())
     with pytest.raises(DataError, match=r"odd.csv: no column 'stars' \(columns: body, label\).*--label_column_name"):
-        load_task_data(
-            _args(
-                "--train_file",
-                odd,
-                "--validation_file",
-                odd,
-                "--text_column_names",
-                "body",
-                "--label_column_name",
-                "stars",
-            )
-        )
+        load_task_data(on_odd("--text_column_names", "body", "--label_column_name", "stars"))
     one = _csv(tmp_path / "one.csv", "text,label", ["x,0", "y,0"])
     with pytest.raises(DataError, match="every label is '0'; a classifier needs at least two classes"):
         load_task_data(_args("--train_file", one, "--validation_file", one))
@@ -154,17 +147,7 @@ def test_column_and_file_errors(tmp_path):
     with pytest.raises(DataError, match=r"broken.jsonl: cannot be read as JSON"):
         read_table(broken)
     with pytest.raises(DataError, match="--metric_name pearson: not a classification metric"):
-        load_task_data(
-            _args(
-                "--train_file",
-                odd,
-                "--validation_file",
-                odd,
-                "--text_column_names",
-                "body",
-                "--metric_name",
-                "pearson",
-            )
+        load_task_data(on_odd("--text_column_names", "body", "--metric_name", "pearson"))
         )
 
 
