@@ -148,7 +148,6 @@ def test_column_and_file_errors(tmp_path):
         read_table(broken)
     with pytest.raises(DataError, match="--metric_name pearson: not a classification metric"):
         load_task_data(on_odd("--text_column_names", "body", "--metric_name", "pearson"))
-        )
 
 
 def test_test_file_rows_need_no_labels(tmp_path):
