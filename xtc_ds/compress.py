@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from xtc_ds._log import log_rank_zero, warn_once
+from xtc_ds._log import announce, log_rank_zero, warn_once
 from xtc_ds.config import SECTION, ConfigError, has_section, load_compression_config
 from xtc_ds.inject import inject
 from xtc_ds.layer_reduction import initialize_student, layer_list, reduction_modules
@@ -53,6 +53,7 @@ def init_compression(
     """
     config = load_compression_config(deepspeed_config)
     _warn_mpu(mpu)
+    _refuse_shared_teacher(model, teacher_model)
     if not has_section(deepspeed_config):
         warn_once(f"xtc_ds: the DeepSpeed config has no {SECTION} section: nothing is compressed")
     reduction = config.layer_reduction
@@ -71,8 +72,43 @@ def init_compression(
                 "xtc_ds: layer_reduction enabled without teacher_model; the student is used "
                 "as given (built by build_student or loaded from a checkpoint)",
             )
-    inject(model, config)
+    report = inject(model, config)
+    announce(_summary(model, config, report))
     return model
+
+
+def _refuse_shared_teacher(model: nn.Module, teacher_model: Optional[nn.Module]) -> None:
+    """A teacher that is the student, or shares a parameter with it, would freeze the student (the teacher is
+    frozen) and fail only at the first backward, deep inside DeepSpeed."""
+    if teacher_model is None:
+        return
+    student_params = {id(p) for p in model.parameters()}
+    if teacher_model is model or any(id(p) in student_params for p in teacher_model.parameters()):
+        raise ValueError(
+            "teacher_model is the student model or shares its parameters; freezing the teacher would leave the "
+            "student nothing to train. Pass a separate student: student = xtc_ds.build_student(teacher, config) "
+            "(a copy of the teacher when layer reduction is off)"
+        )
+
+
+def _summary(model: nn.Module, config: Any, report: Any) -> str:
+    """One line saying what is compressed, printed on rank 0 whatever the logging level."""
+    wq, aq = config.weight_quantization, config.activation_quantization
+    parts = []
+    for kind, table, groups in (
+        ("weights", report.weight_quantized, wq.different_groups),
+        ("activations", report.activation_quantized, aq.different_groups),
+    ):
+        for group in sorted(set(table.values())):
+            params = groups[group].params
+            bits = getattr(params, "target_bits", None) or params.bits
+            count = sum(1 for g in table.values() if g == group)
+            parts.append(f"{kind} {bits}-bit in {count} modules ('{group}')")
+    if config.layer_reduction.enabled:
+        parts.append(f"{len(config.layer_reduction.teacher_layer)} layers kept")
+    if config.knowledge_distillation.enabled:
+        parts.append("knowledge distillation on")
+    return f"xtc_ds: compressing {type(unwrap_model(model)).__name__}: " + ("; ".join(parts) or "nothing selected")
 
 
 @contextlib.contextmanager
@@ -87,7 +123,7 @@ def _full_weight(weight: torch.nn.Parameter) -> Iterator[None]:
         yield
 
 
-def redundancy_clean(model: nn.Module, deepspeed_config: Any, mpu: Any = None) -> nn.Module:
+def redundancy_clean(model: nn.Module, deepspeed_config: Any = None, mpu: Any = None) -> nn.Module:
     """Bake the quantized weights into the model, as DeepSpeed's ``redundancy_clean`` did.
 
     Every weight-quantized module's weight is replaced by its quantized value at ``target_bits`` (whatever
@@ -95,16 +131,21 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any, mpu: Any = None) -
     quantizers stay and are switched on: the result is the compressed model as it will be evaluated and
     exported. Works on the model or on a DeepSpeed engine (its ``module``).
 
+    Args:
+        model: a model prepared by ``init_compression``/``initialize`` (or its engine).
+        deepspeed_config: None to use the config the model was compressed with; one given must equal it (an
+            error names every difference), as the legacy signature passed it again.
+        mpu: accepted for signature compatibility.
     Returns:
         The cleaned model (``engine.module`` when given an engine), modified in place.
     """
-    config = load_compression_config(deepspeed_config)
     _warn_mpu(mpu)
     state = compression_state(model)
     root = unwrap_model(model)
     if state is None:
         raise ValueError("redundancy_clean: the model was not prepared by xtc_ds.init_compression / xtc_ds.initialize")
-    require_same_config(state, config, f"{SECTION}: redundancy_clean")
+    if deepspeed_config is not None:
+        require_same_config(state, load_compression_config(deepspeed_config), f"{SECTION}: redundancy_clean")
     for module in root.modules():
         quantizer = getattr(module, "weight_quantizer", None)
         if quantizer is not None:

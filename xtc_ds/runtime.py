@@ -22,7 +22,12 @@ from xtc_ds._log import log_rank_zero
 from xtc_ds.compress import init_compression
 from xtc_ds.config import CompressionConfig, split_deepspeed_config
 from xtc_ds.distill import DistillationLoss, require_eager_attention
-from xtc_ds.distributed import prepare_deepspeed_ops, release_shm_workspace
+from xtc_ds.distributed import (
+    map_mpi_environment,
+    prepare_deepspeed_ops,
+    release_shm_workspace,
+    single_process_defaults,
+)
 from xtc_ds.schedule import CompressionScheduler
 
 __all__ = ["initialize", "prepare_models", "partitioned_teacher", "XtcRuntime", "CHECKPOINT_KEY"]
@@ -38,6 +43,11 @@ class XtcRuntime:
     scheduler: CompressionScheduler
     teacher: Optional[nn.Module] = None
     distillation: Optional[DistillationLoss] = None
+
+    def report(self) -> dict[str, Any]:
+        """What is compressed and where the schedule stands (:meth:`CompressionScheduler.report`), plus whether
+        knowledge distillation runs."""
+        return {**self.scheduler.report(), "distillation": self.distillation is not None}
 
     def teacher_outputs(self, *args: Any, **kwargs: Any) -> Any:
         """Run the frozen teacher without gradients, asking for what the KD loss reads."""
@@ -201,6 +211,8 @@ def initialize(
         if hasattr(ds_args, name):
             setattr(ds_args, name, None)
     if not torch.distributed.is_initialized():  # deepspeed.initialize starts the process group itself
+        map_mpi_environment()
+        single_process_defaults()  # `python job.py`: a loopback one-process group, no MPI discovery
         prepare_deepspeed_ops()
     engine, optimizer, dataloader, lr_scheduler = deepspeed.initialize(
         args=ds_args, model=model, config=ds_config, **kwargs

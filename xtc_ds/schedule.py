@@ -114,6 +114,18 @@ class CompressionScheduler:
     def _apply(self) -> None:
         apply_schedule(self.config, self._weight, self._act, self.step_count, self.state.cleaned)
 
+    def report(self) -> dict[str, Any]:
+        """Where compression stands: the schedule step and, per group, its modules and their current bits
+        (None while the group's quantization is off)."""
+        groups: dict[str, dict[str, dict[str, Any]]] = {"weight": {}, "activation": {}}
+        for kind, quantizer_list in (("weight", self._weight), ("activation", self._act)):
+            for name, quantizer in quantizer_list:
+                group = groups[kind].setdefault(quantizer.group, {"modules": [], "bits": None})
+                group["modules"].append(name.rsplit(".", 1)[0])
+                if quantizer.enabled:
+                    group["bits"] = quantizer.bits
+        return {"step": self.step_count, "cleaned": self.state.cleaned, **groups}
+
     def state_dict(self) -> dict[str, Any]:
         """Step count and calibrated static activation ranges (kept out of the model's state_dict)."""
         ranges = {
