@@ -35,20 +35,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from xtc_ds._log import log_rank_zero
 from xtc_ds.compress import redundancy_clean
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config
-from xtc_ds.errors import CheckpointError
 from xtc_ds.export import export_packed
-from xtc_ds.files import write_json_atomic
 from xtc_ds.runtime import XtcRuntime, partitioned_teacher, prepare_models
-from xtc_ds.safe_load import load_weights
+from xtc_ds.saved_state import COMPRESSION_FILE, SCHEDULER_FILE, load_compression_state, save_compression_state
 from xtc_ds.schedule import CompressionScheduler
 from xtc_ds.state import compression_state, config_differences
 
 __all__ = ["XtcTrainer", "XtcTrainingArguments", "XtcScheduleCallback", "SCHEDULER_FILE", "COMPRESSION_FILE"]
-
-SCHEDULER_FILE = "xtc_scheduler.pt"
-"""The compression schedule's state (step, static activation ranges) in a saved model or checkpoint folder."""
-COMPRESSION_FILE = "xtc_compression.json"
-"""The ``compression_training`` section the model was compressed with."""
 
 
 class XtcScheduleCallback(TrainerCallback):
@@ -243,20 +236,7 @@ class XtcTrainer(Trainer):
         """Save as ``Trainer`` does, plus the compression state and config beside the weights."""
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            folder = Path(output_dir or self.args.output_dir)
-            temporary = folder / f".{SCHEDULER_FILE}.tmp-{os.getpid()}"
-            torch.save(self.xtc.scheduler.state_dict(), temporary)
-            os.replace(temporary, folder / SCHEDULER_FILE)
-            write_json_atomic(folder / COMPRESSION_FILE, {SECTION: self.xtc.config.to_dict()})
-
-    def _load_compression_state(self, folder: Union[str, Path]) -> None:
-        path = Path(folder) / SCHEDULER_FILE
-        if not path.is_file():
-            raise CheckpointError(
-                f"{path}: missing, so the checkpoint holds no compression schedule state (was it saved by a plain "
-                "Trainer?); resume from a checkpoint XtcTrainer wrote"
-            )
-        self.xtc.scheduler.load_state_dict(load_weights(path))
+            save_compression_state(output_dir or self.args.output_dir, self.xtc.scheduler, self.xtc.config)
 
     def train(self, resume_from_checkpoint: Optional[Union[str, bool]] = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; a resumed run also restores the compression schedule of its checkpoint."""
@@ -265,12 +245,12 @@ class XtcTrainer(Trainer):
 
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # Trainer names a miss
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
-            self._load_compression_state(resume_from_checkpoint)
+            load_compression_state(resume_from_checkpoint, self.xtc.scheduler)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_best_model(self) -> None:
         super()._load_best_model()
-        self._load_compression_state(self.state.best_model_checkpoint)
+        load_compression_state(self.state.best_model_checkpoint, self.xtc.scheduler)
 
     def save_packed(self, output_dir: Union[str, Path], dtype: torch.dtype = torch.float32) -> Optional[Path]:
         """Bake the quantized weights (``redundancy_clean``) and write the packed export (``export_packed``) with

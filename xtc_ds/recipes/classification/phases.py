@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -27,20 +26,16 @@ from xtc_ds.recipes.classification.predictions import write_predictions
 from xtc_ds.recipes.classification.settings import PhaseSettings, RunConfig
 from xtc_ds.recipes.classification.trainer import Phase, evaluate, run_phase
 from xtc_ds.runtime import initialize
+from xtc_ds.saved_state import COMPRESSION_FILE, load_compression_state, save_compression_state
 from xtc_ds.schedule import CompressionScheduler
 
 __all__ = [
-    "SCHEDULER_FILE",
-    "COMPRESSION_FILE",
     "total_steps",
     "resume_tag",
     "train_teacher",
     "train_student",
     "finish",
 ]
-
-SCHEDULER_FILE = "xtc_scheduler.pt"
-COMPRESSION_FILE = "xtc_compression.json"
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -179,11 +174,10 @@ def train_student(
     kd = compression.knowledge_distillation
     teacher = load_model(teacher_path, run.task, eager=_kd_needs_eager(compression))
     torch.manual_seed(run.seed)
-    student = build_student(teacher, compression) if compression.layer_reduction.enabled else copy.deepcopy(teacher)
+    student = build_student(teacher, compression)
 
     def save_extra(engine: Any, folder: Path) -> None:
-        torch.save(engine.xtc.scheduler.state_dict(), folder / SCHEDULER_FILE)
-        write_json_atomic(folder / COMPRESSION_FILE, {SECTION: compression.to_dict()})
+        save_compression_state(folder, engine.xtc.scheduler, compression)
 
     best = _train(
         "student",
@@ -214,7 +208,7 @@ def finish(run: RunConfig, compression: CompressionConfig, data: dict[str, Any],
     best_dir = out / "student" / "best"
     model = load_model(str(best_dir), run.task, eager=_kd_needs_eager(compression))
     init_compression(model, compression)
-    CompressionScheduler(model).load_state_dict(torch.load(best_dir / SCHEDULER_FILE, weights_only=True))
+    load_compression_state(best_dir, CompressionScheduler(model))
     redundancy_clean(model, compression)
     metrics = evaluate(model, data["dev"], run.task, evaluation.batch_size, evaluation.pad_to_max_length)
 
