@@ -75,6 +75,16 @@ def test_csv_with_four_string_labels_end_to_end(tmp_path):
     )
     assert json.loads(result.stdout.strip().splitlines()[-1])["packed_dev"] == results["packed_dev"]
     assert (alone / "predictions.tsv").read_text() == (out / "predictions.tsv").read_text()
+    again = subprocess.run(
+        [sys.executable, TRAIN, "--eval_packed", str(out / "packed"), "--train_file", train]
+        + ["--validation_file", dev, "--test_file", test, "--do_predict", "--output_dir", str(alone)],
+        env=job_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 2 and "predictions.tsv: exists; pass --overwrite_output_dir" in again.stderr
 
 
 def test_jsonl_regression_end_to_end(tmp_path):

@@ -20,7 +20,7 @@ from deepspeed.accelerator import get_accelerator
 from xtc_ds._log import announce, is_rank_zero, logger
 from xtc_ds.config import SECTION, ConfigError, load_compression_config, load_deepspeed_config
 from xtc_ds.distributed import init_distributed, map_mpi_environment, rank_and_world, single_process_defaults
-from xtc_ds.errors import exit_on_user_error
+from xtc_ds.errors import OutputDirError, exit_on_user_error
 from xtc_ds.export import load_packed
 from xtc_ds.files import append_jsonl, write_json_atomic
 from xtc_ds.recipes.classification.args import parse_args, resolve_learning_rates
@@ -38,7 +38,7 @@ from xtc_ds.recipes.classification.plan import (
     token_lengths,
     train_seq_length,
 )
-from xtc_ds.recipes.classification.predictions import write_predictions
+from xtc_ds.recipes.classification.predictions import PREDICTIONS_FILE, write_predictions
 from xtc_ds.recipes.classification.settings import RunConfig
 from xtc_ds.recipes.classification.trainer import evaluate
 
@@ -142,6 +142,11 @@ def _eval_packed(args: Any, data: TaskData) -> dict[str, Any]:
     if data.test is not None:
         test = encode(data.test, tokenizer, length, data.task)
         out = Path(args.output_dir)
+        if (out / PREDICTIONS_FILE).exists() and not args.overwrite_output_dir:
+            raise OutputDirError(
+                f"{out / PREDICTIONS_FILE}: exists; pass --overwrite_output_dir to replace it or choose another "
+                "--output_dir"
+            )
         out.mkdir(parents=True, exist_ok=True)
         results["predictions"] = str(
             write_predictions(model, test, data.task, out, args.per_device_eval_batch_size, args.pad_to_max_length)
