@@ -84,11 +84,17 @@ def _gathered(model: nn.Module) -> contextlib.AbstractContextManager:
 
 def initialize_student(student: nn.Module, teacher: nn.Module, reduction: LayerReductionConfig) -> None:
     """Copy teacher layer ``teacher_layer[i]`` into student layer ``i``, and every ``other_module_name`` module
-    (both derived from the teacher where the config leaves them out: :func:`reduction_modules`).
+    (both derived from the teacher where the config leaves them out: :func:`reduction_modules`). A teacher whose
+    weights ZeRO-3 partitioned is gathered to read (every rank must call this then).
 
     Raises:
         ConfigError: depths or indices that do not fit the two models, or modules whose tensors differ.
     """
+    with _gathered(teacher):
+        _copy_layers(student, teacher, reduction)
+
+
+def _copy_layers(student: nn.Module, teacher: nn.Module, reduction: LayerReductionConfig) -> None:
     prefix, others = reduction_modules(teacher, reduction)
     student_layers = layer_list(student, prefix, "student")
     teacher_layers = layer_list(teacher, prefix, "teacher")
@@ -143,12 +149,12 @@ def build_student(teacher_model: nn.Module, deepspeed_config: Any) -> nn.Module:
         student_config.num_hidden_layers = len(reduction.teacher_layer)
     reference = next(teacher_model.parameters())
     student = type(teacher_model)(student_config).to(device=reference.device, dtype=reference.dtype)
-    with _gathered(teacher_model):
-        if not reduction.enabled:
+    if not reduction.enabled:
+        with _gathered(teacher_model):
             _copy_exact(student, teacher_model, "the teacher")
-            log_rank_zero(logging.INFO, "xtc_ds: layer_reduction is off; the student starts as a copy of the teacher")
-            return student.train(teacher_model.training)
-        initialize_student(student, teacher_model, reduction)
+        log_rank_zero(logging.INFO, "xtc_ds: layer_reduction is off; the student starts as a copy of the teacher")
+        return student.train(teacher_model.training)
+    initialize_student(student, teacher_model, reduction)
     prefix, others = reduction_modules(teacher_model, reduction)
     if not (reduction.module_name_prefix and reduction.other_module_name):
         log_rank_zero(logging.INFO, f"xtc_ds: layer reduction of {prefix}; copied besides the layers: {list(others)}")

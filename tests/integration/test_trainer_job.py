@@ -117,15 +117,25 @@ def test_zero3_two_ranks(tmp_path):
     _check_result(tmp_path / "out", teacher_forwards=12 * 2)
 
 
-def test_the_example_script_with_its_ds_config(tmp_path):
-    """examples/trainer/run_classification_xtc.py as documented, 2 ranks at ZeRO-2, on a CSV with string labels."""
+@pytest.mark.parametrize("zero3_layer_reduction", [False, True], ids=["as-shipped", "zero3-layer-reduction"])
+def test_the_example_script_with_its_ds_config(tmp_path, zero3_layer_reduction):
+    """examples/trainer/run_classification_xtc.py as documented, 2 ranks on a CSV with string labels: with its
+    ds_config (ZeRO-2), and at ZeRO-3 with layer reduction (the teacher loads partitioned; build_student and the
+    student's initialization gather it)."""
     teacher = tmp_path / "teacher"
     save_tiny_teacher(teacher, dropout=0.0, num_labels=4)
     train, dev = news_csv(tmp_path)
     out = tmp_path / "out"
     script = REPO_ROOT / "examples" / "trainer" / "run_classification_xtc.py"
+    ds_config = REPO_ROOT / "examples" / "trainer" / "ds_config.json"
+    if zero3_layer_reduction:
+        config = json.loads(ds_config.read_text())
+        config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
+        config["compression_training"]["layer_reduction"] = {"enabled": True, "teacher_layer": [1, 3]}
+        ds_config = tmp_path / "ds_config.json"
+        ds_config.write_text(json.dumps(config))
     flags = [
-        *("--deepspeed", str(REPO_ROOT / "examples" / "trainer" / "ds_config.json")),
+        *("--deepspeed", str(ds_config)),
         *("--model_name_or_path", str(teacher), "--train_file", train, "--validation_file", dev),
         *("--text_column_names", "text", "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "4"),
         *("--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true"),
@@ -137,3 +147,4 @@ def test_the_example_script_with_its_ds_config(tmp_path):
 
     model = load_packed(out / "packed")
     assert model.config.id2label == {0: "business", 1: "sports", 2: "tech", 3: "world"}
+    assert model.config.num_hidden_layers == (2 if zero3_layer_reduction else 4)
