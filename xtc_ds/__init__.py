@@ -15,6 +15,7 @@ from xtc_ds.export import PackedFormatError, export_packed, load_packed
 from xtc_ds.inject import inject, revert
 from xtc_ds.layer_reduction import build_student
 from xtc_ds.matching import InjectionReport
+from xtc_ds.onnx_export import export_onnx
 from xtc_ds.ops.cache import configure_extensions_dir
 from xtc_ds.runtime import XtcRuntime, initialize
 from xtc_ds.schedule import CompressionScheduler
@@ -38,6 +39,7 @@ __all__ = [
     "revert",
     "export_packed",
     "load_packed",
+    "export_onnx",
     "PackedFormatError",
     "InjectionReport",
     "XtcRuntime",

@@ -19,6 +19,7 @@ __all__ = [
     "DataError",
     "ModelError",
     "TrainingError",
+    "OnnxExportError",
     "exit_on_user_error",
 ]
 
@@ -53,6 +54,10 @@ class ModelError(XtcError):
 
 class TrainingError(XtcError):
     """A training phase that ended without a usable result (no finite dev score, so no best checkpoint)."""
+
+
+class OnnxExportError(XtcError):
+    """A module the ONNX export cannot express exactly (or a missing ``[onnx]`` extra); the message names it."""
 
 
 def exit_on_user_error(main: Callable[[], Any]) -> Any:

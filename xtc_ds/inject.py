@@ -30,7 +30,7 @@ from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, is_conv1d
 from xtc_ds.schedule import apply_schedule, quantizers
 from xtc_ds.state import attach_state, compression_state, detach_state, require_same_config, unwrap_model
 
-__all__ = ["inject", "revert", "to_packed"]
+__all__ = ["inject", "revert", "to_packed", "set_submodule"]
 
 
 def _announce(config: CompressionConfig) -> None:
@@ -95,7 +95,7 @@ def _replacement(module: nn.Module, weight_q: Any, act_q: Any) -> nn.Module:
     raise TypeError(f"xtc_ds cannot compress {type(module).__name__}")
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
@@ -129,7 +129,7 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
                 f"{SECTION}: module '{name}' is already an xtc_ds module but the model has no record of it"
             )
         weight_q, act_q = _quantizers(config, plan)
-        _set_submodule(model, name, _replacement(module, weight_q, act_q))
+        set_submodule(model, name, _replacement(module, weight_q, act_q))
         if plan.weight_group is not None:
             report.weight_quantized[name] = plan.weight_group
         if plan.act_group is not None:
@@ -147,11 +147,11 @@ def revert(model: nn.Module) -> nn.Module:
     model = unwrap_model(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, XtcQATEmbedding):
-            _set_submodule(model, name, module.to_embedding())
+            set_submodule(model, name, module.to_embedding())
         elif isinstance(module, XtcQATLinear):
-            _set_submodule(model, name, module.to_linear())
+            set_submodule(model, name, module.to_linear())
         elif XtcQATConv1D is not None and isinstance(module, XtcQATConv1D):
-            _set_submodule(model, name, module.to_conv1d())
+            set_submodule(model, name, module.to_conv1d())
     detach_state(model)
     return model
 
@@ -169,7 +169,7 @@ def to_packed(model: nn.Module, specs: dict[str, Any]) -> nn.Module:
             packed = _act_only(modules[name], spec)
         else:
             packed = (XtcPackedEmbedding if spec.kind == "embedding" else XtcPackedLinear)(spec)
-        _set_submodule(model, name, packed)
+        set_submodule(model, name, packed)
     return model
 
 

@@ -1,4 +1,4 @@
-"""``python -m xtc_ds.export --model DIR --deepspeed_config FILE --output_dir DIR [--checkpoint CKPT]``."""
+"""``python -m xtc_ds.export --model DIR --output_dir DIR [--format packed|onnx] [--deepspeed_config FILE] ...``."""
 
 from __future__ import annotations
 
@@ -8,15 +8,46 @@ from typing import Optional
 
 import torch
 
-from xtc_ds.errors import exit_on_user_error
+from xtc_ds.errors import ConfigError, exit_on_user_error
 from xtc_ds.export.write import export_packed
 
 
+def _export(args: argparse.Namespace):
+    if args.format == "onnx":
+        from xtc_ds.onnx_export import export_onnx
+
+        return export_onnx(
+            args.model,
+            args.output_dir,
+            deepspeed_config=args.deepspeed_config,
+            accuracy_level=args.accuracy_level,
+            block_size=args.block_size,
+            overwrite=args.overwrite_output_dir,
+        )
+    if args.deepspeed_config is None:
+        raise ConfigError("--deepspeed_config: required for --format packed (the config the model was trained with)")
+    return export_packed(
+        args.model,
+        args.deepspeed_config,
+        args.output_dir,
+        dtype=getattr(torch, args.dtype),
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite_output_dir,
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m xtc_ds.export``: export a compressed Hugging Face folder."""
+    """``python -m xtc_ds.export``: export a compressed Hugging Face folder (packed, or ONNX Runtime)."""
     parser = argparse.ArgumentParser(prog="python -m xtc_ds.export", description=main.__doc__)
-    parser.add_argument("--model", required=True, help="Hugging Face folder of the compressed (or cleaned) model")
-    parser.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON with compression_training")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Hugging Face folder of the compressed (or cleaned) model; for --format onnx also a packed export",
+    )
+    parser.add_argument(
+        "--deepspeed_config",
+        help="DeepSpeed JSON with compression_training (needed unless --format onnx reads a packed export)",
+    )
     parser.add_argument(
         "--output_dir",
         required=True,
@@ -27,21 +58,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         action="store_true",
         help="also replace a non-empty --output_dir that is not an earlier export (everything in it is lost)",
     )
+    parser.add_argument(
+        "--format",
+        choices=("packed", "onnx"),
+        default="packed",
+        help="packed: xtc_ds's packed folder (load_packed); onnx: model.onnx with MatMulNBits for ONNX Runtime",
+    )
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="unquantized tensors")
     parser.add_argument(
         "--checkpoint", help="DeepSpeed checkpoint directory (or global_stepN folder) whose weights to export"
     )
-    args = parser.parse_args(argv)
-    out = exit_on_user_error(
-        lambda: export_packed(
-            args.model,
-            args.deepspeed_config,
-            args.output_dir,
-            dtype=getattr(torch, args.dtype),
-            checkpoint=args.checkpoint,
-            overwrite=args.overwrite_output_dir,
-        )
+    parser.add_argument(
+        "--accuracy_level",
+        type=int,
+        choices=(0, 4),
+        default=4,
+        help="onnx: 4 = int8 activations inside MatMulNBits (fast), 0 = float32 with xtc_ds's own activation grid",
     )
+    parser.add_argument("--block_size", type=int, default=128, help="onnx: codes per scale along a row (16..256)")
+    args = parser.parse_args(argv)
+    if args.format == "onnx" and (args.checkpoint or args.dtype != "float32"):
+        parser.error("--checkpoint and --dtype are for --format packed (export it first, then --format onnx)")
+    out = exit_on_user_error(lambda: _export(args))
     print(f"wrote {out}")
 
 

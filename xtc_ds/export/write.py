@@ -15,7 +15,7 @@ import copy
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -43,7 +43,7 @@ from xtc_ds.files import path_within, replace_dir_atomic
 from xtc_ds.nn.packed_linear import packed_weight_tensors
 from xtc_ds.nn.packed_spec import PackedSpec
 
-__all__ = ["export_packed"]
+__all__ = ["export_packed", "check_output_dir", "copy_tokenizer", "is_export"]
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -75,7 +75,7 @@ def _static_ranges(model: nn.Module, specs: dict[str, PackedSpec]) -> dict[str, 
     return ranges
 
 
-def _is_export(folder: Path) -> bool:
+def is_export(folder: Path) -> bool:
     """True for a folder an earlier :func:`export_packed` wrote (its config.json has an xtc quantization_config)."""
     try:
         block = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization_config")
@@ -84,8 +84,12 @@ def _is_export(folder: Path) -> bool:
     return isinstance(block, dict) and block.get("quant_method") == QUANT_METHOD
 
 
-def _check_output_dir(output_dir: Path, sources: Sequence[Any], overwrite: bool) -> None:
+def check_output_dir(
+    output_dir: Path, sources: Sequence[Any], overwrite: bool, is_ours: Callable[[Path], bool] = is_export
+) -> None:
     """Refuse an ``output_dir`` whose replacement would delete what xtc_ds did not write.
+
+    ``is_ours`` recognizes an earlier export of the kind being written (by default a packed one).
 
     Raises:
         OutputDirError: ``output_dir`` is a file; is, is inside or holds a source folder; or is a non-empty
@@ -101,14 +105,14 @@ def _check_output_dir(output_dir: Path, sources: Sequence[Any], overwrite: bool)
             )
     if os.path.lexists(output_dir) and not output_dir.is_dir():
         raise OutputDirError(f"output_dir {output_dir}: exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite and not _is_export(output_dir):
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite and not is_ours(output_dir):
         raise OutputDirError(
             f"output_dir {output_dir}: not empty and not an earlier xtc_ds export; choose a new or empty folder, or "
             "pass overwrite=True (python -m xtc_ds.export --overwrite_output_dir) to replace everything in it"
         )
 
 
-def _copy_tokenizer(tokenizer: Any, folder: Path) -> None:
+def copy_tokenizer(tokenizer: Any, folder: Path) -> None:
     if tokenizer is None:
         return
     if hasattr(tokenizer, "save_pretrained"):
@@ -174,7 +178,7 @@ def export_packed(
     if tokenizer is None and isinstance(model, (str, Path)):
         tokenizer = model
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir, (model, tokenizer, checkpoint), overwrite)
+    check_output_dir(output_dir, (model, tokenizer, checkpoint), overwrite)
     root = source_model(model)
     config = export_config(root, deepspeed_config)
     specs = packed_specs(root, config)
@@ -215,7 +219,7 @@ def export_packed(
 
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _copy_tokenizer(tokenizer, folder)
+        copy_tokenizer(tokenizer, folder)
 
     replace_dir_atomic(output_dir, fill)
     if collective:

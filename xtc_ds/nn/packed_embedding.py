@@ -41,6 +41,12 @@ class XtcPackedEmbedding(nn.Module):
                 setattr(packed, name, tensor)
         return packed
 
+    def quantized_weight(self) -> QuantizedWeight:
+        """Codes and per-row scales of the whole table."""
+        return QuantizedWeight(
+            unpacked_codes(self.packed_weight, self.spec), self.weight_scale, self.weight_zero_point
+        )
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         flat = input.reshape(-1)
         codes = unpacked_codes(self.packed_weight[flat], self.spec)

@@ -1,0 +1,10 @@
+"""ONNX export: :func:`export_onnx` writes a compressed classifier as an ONNX Runtime folder whose 1/2-bit
+Linears are ``MatMulNBits`` nodes; :class:`OnnxClassifier` runs such a folder.
+
+``ops`` (the contrib ops as PyTorch custom ops and their ONNX translations), ``mapping`` (packed tensors <-> op
+initializers), ``modules`` (export-time modules) and ``export`` each do one job. Needs the ``[onnx]`` extra.
+"""
+
+from xtc_ds.onnx_export.export import export_onnx
+
+__all__ = ["export_onnx"]

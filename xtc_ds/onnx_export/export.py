@@ -1,0 +1,168 @@
+"""export_onnx(): a compressed classifier as an ONNX Runtime folder that loads without xtc_ds.
+
+The folder holds ``model.onnx`` (inputs ``input_ids``, ``attention_mask`` and, where the model has token types,
+``token_type_ids``, with dynamic batch and sequence axes; output ``logits``), the model's plain ``config.json``,
+the tokenizer files and ``xtc_onnx.json`` (what was exported and how). Quantized Linears are
+``com.microsoft::MatMulNBits`` nodes and quantized embeddings ``GatherBlockQuantized`` (2/4/8-bit) or a
+1-bit unpack, holding the packed export's codes and scales unchanged (:mod:`xtc_ds.onnx_export.mapping`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from xtc_ds.errors import OnnxExportError
+from xtc_ds.export.load import load_packed
+from xtc_ds.export.write import check_output_dir, copy_tokenizer, export_packed, is_export
+from xtc_ds.files import replace_dir_atomic
+from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.onnx_export import ops
+from xtc_ds.onnx_export.mapping import NBitsWeight, packed_from_nbits
+from xtc_ds.onnx_export.modules import ACCURACY_LEVELS, NBitsEmbedding, NBitsLinear, onnx_ready
+
+__all__ = ["export_onnx", "ONNX_FILE", "RECORD_FILE", "DEFAULT_BLOCK_SIZE", "model_input_names"]
+
+ONNX_FILE = "model.onnx"
+RECORD_FILE = "xtc_onnx.json"
+DEFAULT_BLOCK_SIZE = 128
+_OPSET = 18
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise OnnxExportError(
+            f"ONNX export needs the onnx and onnxscript packages ({err}); pip install 'xtc_ds[onnx]'"
+        ) from None
+
+
+def model_input_names(model: nn.Module) -> list[str]:
+    """The inputs a Hugging Face sequence classifier is exported with (token types only where the model has them)."""
+    names = ["input_ids", "attention_mask"]
+    if getattr(model.config, "type_vocab_size", 0) > 1:
+        names.append("token_type_ids")
+    return names
+
+
+class _Logits(nn.Module):
+    """The classifier called with positional inputs, returning only its logits (what ONNX exports)."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs))).logits
+
+
+def _is_onnx_export(folder: Path) -> bool:
+    return (folder / RECORD_FILE).is_file()
+
+
+def _packed_source(source: Any, deepspeed_config: Any, scratch: Path) -> tuple[nn.Module, Optional[Path]]:
+    """A packed model (and the folder it came from): a packed folder is loaded, anything else exported first."""
+    if isinstance(source, (str, Path)) and is_export(Path(source)):
+        return load_packed(source, attn_implementation="eager"), Path(source)
+    folder = export_packed(source, deepspeed_config, scratch / "packed")
+    return load_packed(folder, attn_implementation="eager"), folder
+
+
+def _check_round_trip(model: nn.Module, ready: nn.Module, specs: dict[str, PackedSpec]) -> None:
+    """Every ONNX-form weight decodes back to the packed module's codes and scales, bit for bit."""
+    modules, onnx_modules = dict(model.named_modules()), dict(ready.named_modules())
+    for name, spec in specs.items():
+        target = onnx_modules[name]
+        if not isinstance(target, (NBitsLinear, NBitsEmbedding)) or target.bits == 1:
+            continue
+        weight = NBitsWeight(target.codes, target.scales, target.zero_points, target.bits, target.block_size, 0)
+        decoded, held = packed_from_nbits(weight, spec), modules[name].quantized_weight()
+        same = torch.equal(decoded.codes, held.codes) and torch.equal(decoded.weight_scale, held.weight_scale.float())
+        if not same:
+            raise OnnxExportError(f"{name}: its ONNX codes or scales do not decode to the packed ones (a bug)")
+
+
+def export_onnx(
+    source: Any,
+    output_dir: Union[str, Path],
+    deepspeed_config: Optional[Any] = None,
+    accuracy_level: int = 4,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a compressed sequence classifier as an ONNX Runtime folder, atomically.
+
+    Args:
+        source: a folder written by :func:`xtc_ds.export_packed`, or what ``export_packed`` accepts (a compressed
+            model, a DeepSpeed engine, a Hugging Face folder of a compressed model); the latter is packed first.
+        output_dir: new, empty, or an earlier ONNX export (replaced as a whole); never the source folder.
+        deepspeed_config: the compression config for a ``source`` that is not a packed folder (None: the one the
+            model was compressed with in this process).
+        accuracy_level: ``MatMulNBits`` arithmetic: 4 quantizes 8-bit-activation inputs to int8 inside ONNX
+            Runtime (fastest; logits within about 1e-2 of :func:`xtc_ds.load_packed`'s), 0 computes in float32
+            after quantizing activations exactly as xtc_ds does (within float rounding of ``load_packed``).
+        block_size: codes per scale along a row (16..256, a power of two); smaller where the scale groups need it.
+        tokenizer: a tokenizer or a folder to copy tokenizer files from (default: the packed folder's).
+        overwrite: also replace a non-empty ``output_dir`` that is not an earlier ONNX export.
+    Returns:
+        ``output_dir``.
+    Raises:
+        OnnxExportError: a module the export cannot express exactly, bad arguments, or missing ``onnx``/
+            ``onnxscript``; OutputDirError: an ``output_dir`` that may not be replaced.
+    """
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise OnnxExportError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level!r}")
+    if block_size not in (16, 32, 64, 128, 256):
+        raise OnnxExportError(f"block_size must be a power of two from 16 to 256, got {block_size!r}")
+    _require_onnx()
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, (source, tokenizer), overwrite, is_ours=_is_onnx_export)
+    with tempfile.TemporaryDirectory(prefix=".xtc-onnx-") as scratch:
+        model, packed_dir = _packed_source(source, deepspeed_config, Path(scratch))
+        specs = {
+            name: PackedSpec.from_dict(spec) for name, spec in model.config.quantization_config["modules"].items()
+        }
+        ready = onnx_ready(model, specs, accuracy_level, block_size)
+        _check_round_trip(model, ready, specs)
+        names = model_input_names(model)
+        example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
+        axes = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
+        with torch.no_grad():
+            program = torch.onnx.export(
+                _Logits(ready, names),
+                example,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_shapes=(tuple({0: axes["batch"], 1: axes["sequence"]} for _ in names),),
+                custom_translation_table=ops.translations(),
+                opset_version=_OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        record = {
+            "accuracy_level": accuracy_level,
+            "block_size": block_size,
+            "inputs": names,
+            "modules": {name: spec.to_dict() for name, spec in specs.items()},
+            "packed_config_sha256": model.config.quantization_config.get("config_sha256"),
+        }
+
+        def fill(folder: Path) -> None:
+            program.save(str(folder / ONNX_FILE), external_data=False)
+            (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            (folder / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            copy_tokenizer(tokenizer if tokenizer is not None else packed_dir, folder)
+
+        replace_dir_atomic(output_dir, fill)
+    return output_dir
