@@ -13,7 +13,8 @@ from xtc_ds import export_packed, load_packed
 from xtc_ds.errors import OnnxExportError, OutputDirError
 from xtc_ds.nn import XtcPackedEmbedding, XtcPackedLinear
 from xtc_ds.onnx_export import export_onnx
-from xtc_ds.onnx_export.mapping import NBitsWeight, packed_from_nbits
+from xtc_ds.onnx_export.compact import BITS1_SUFFIX, FP16_SUFFIX, ROWS_SUFFIX, nbits_weights
+from xtc_ds.onnx_export.mapping import packed_from_nbits
 
 ort = pytest.importorskip("onnxruntime", reason="pip install 'xtc_ds[onnx]' for the ONNX export")
 onnx = pytest.importorskip("onnx")
@@ -39,22 +40,9 @@ def _with_types(inputs):
 
 
 def _onnx_weights(folder):
-    """Module name -> NBitsWeight of every MatMulNBits / GatherBlockQuantized in model.onnx."""
-    from onnx import numpy_helper
-
-    model = onnx.load(str(folder / "model.onnx"))
-    inits = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
-    found = {}
-    for node in model.graph.node:
-        if node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
-            continue
-        attrs = {a.name: a.i for a in node.attribute}
-        data = node.input[0 if node.op_type == "GatherBlockQuantized" else 1]
-        zero = node.input[3] if len(node.input) > 3 and node.input[3] else None
-        name = data.removeprefix("model.").removesuffix(".codes")
-        weight = NBitsWeight(inits[data], inits[node.input[2]], inits.get(zero), attrs["bits"], attrs["block_size"], 0)
-        found[name] = weight
-    return found
+    """Module name -> NBitsWeight of every MatMulNBits / GatherBlockQuantized in model.onnx (compact ones expanded)."""
+    written = nbits_weights(onnx.load(str(folder / "model.onnx")))
+    return {name.removeprefix("model.").removesuffix(".codes"): weight for name, weight in written.items()}
 
 
 CONFIGS = [
@@ -80,7 +68,7 @@ def _config_of(name, shared, bits):
 def test_exact_codes_and_float_parity_at_accuracy_level_0(tmp_path, reference_kernels, name, shared, bits):
     config = _config_of(name, shared, bits)
     packed = _load(export_packed(_compressed(config), config, tmp_path / "packed"))
-    folder = export_onnx(tmp_path / "packed", tmp_path / "onnx", accuracy_level=0)
+    folder = export_onnx(tmp_path / "packed", tmp_path / "onnx", accuracy_level=0, one_bit_storage=True)
     inputs = _with_types(_inputs())
     assert _relative(_run(_session(folder), inputs), _logits(packed, inputs)) <= 1e-5
 
@@ -97,12 +85,15 @@ def test_exact_codes_and_float_parity_at_accuracy_level_0(tmp_path, reference_ke
         assert torch.equal(back.weight_scale, held.weight_scale.float()), module_name
         if held.weight_zero_point is not None:
             assert torch.equal(back.weight_zero_point, held.weight_zero_point.float()), module_name
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert not any(node.metadata_props for node in graph.node)  # no source annotations in the file
+    initializers = {i.name: i for i in graph.initializer}
+    query = modules["bert.encoder.layer.0.attention.self.query"].spec
+    prefix = "model.bert.encoder.layer.0.attention.self.query"
+    assert (f"{prefix}.codes{BITS1_SUFFIX}" in initializers) == (query.bits == 1)  # binary codes at 1 bit
+    assert (f"{prefix}.scales{ROWS_SUFFIX}" in initializers) == (query.num_groups == query.out_features)
     for table in one_bit_tables:  # a 1-bit table is stored as the packed export's own bytes
-        codes = onnx.numpy_helper.to_array(
-            next(
-                i for i in onnx.load(str(folder / "model.onnx")).graph.initializer if i.name == f"model.{table}.codes"
-            )
-        )
+        codes = onnx.numpy_helper.to_array(initializers[f"model.{table}.codes"])
         assert np.array_equal(codes, modules[table].packed_weight.numpy())
 
 
@@ -111,10 +102,18 @@ def test_accuracy_level_4_quantizes_inside_matmulnbits(tmp_path, reference_kerne
     config = _config(name)
     model = _compressed(config)
     packed = _load(export_packed(model, config, tmp_path / "packed"))
+    half = export_packed(model, config, tmp_path / "half", dtype=torch.float16)
+    half_inits = {
+        i.name for i in onnx.load(str(export_onnx(half, tmp_path / "onnx16") / "model.onnx")).graph.initializer
+    }
+    assert f"model.bert.embeddings.position_embeddings.weight{FP16_SUFFIX}" in half_inits  # exact in float16
+    inputs = _with_types(_inputs())
+    assert _relative(_run(_session(tmp_path / "onnx16"), inputs), _logits(_load(half), inputs)) <= 1e-2
     folder = export_onnx(model, tmp_path / "onnx", deepspeed_config=config)  # an in-memory model is packed first
     graph = onnx.load(str(folder / "model.onnx")).graph
     levels = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
     assert levels == {4}
+    assert not [i for i in graph.initializer if i.name.endswith(BITS1_SUFFIX)]  # 2-bit codes unless asked
     assert not [n for n in graph.node if n.op_type == "Round"]  # no second activation quantizer
     inputs = _with_types(_inputs())
     assert _relative(_run(_session(folder), inputs), _logits(packed, inputs)) <= 1e-2
@@ -208,3 +207,19 @@ def test_command_line_exports_a_packed_folder(tmp_path, reference_kernels, capsy
         main(["--model", str(tmp_path / "packed"), "--output_dir", str(tmp_path / "again")])
     assert exit_info.value.code == 2
     assert "--deepspeed_config: required for --format packed" in capsys.readouterr().err
+
+
+def test_onnx_classifier_evaluates_like_the_packed_model(tmp_path, reference_kernels):
+    from xtc_ds.onnx_export import OnnxClassifier
+    from xtc_ds.recipes.classification.trainer import predict_logits
+
+    config = _config()
+    packed = _load(export_packed(_compressed(config), config, tmp_path / "packed"))
+    model = OnnxClassifier(export_onnx(tmp_path / "packed", tmp_path / "onnx", accuracy_level=0), threads=1)
+    tensors = _with_types(_inputs())
+    assert _relative(predict_logits(model, tensors, batch_size=2), predict_logits(packed, tensors, 2)) <= 1e-5
+    assert model(input_ids=tensors["input_ids"]).logits.shape == (3, 2)  # mask and token types default
+    assert model.config.max_position_embeddings == packed.config.max_position_embeddings
+    (tmp_path / "onnx" / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(OnnxExportError, match=r"model\.onnx: ONNX Runtime cannot load it"):
+        OnnxClassifier(tmp_path / "onnx")

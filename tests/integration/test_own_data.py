@@ -1,6 +1,7 @@
 """launch/train.py on data of the user's own, through the real deepspeed launcher: a CSV with four string labels
 (teacher -> 1-bit student -> packed -> predictions.tsv) and a JSON Lines regression file."""
 
+import importlib.util
 import json
 import random
 import subprocess
@@ -85,6 +86,17 @@ def test_csv_with_four_string_labels_end_to_end(tmp_path):
         timeout=600,
     )
     assert again.returncode == 2 and "predictions.tsv: exists; pass --overwrite_output_dir" in again.stderr
+
+    # with onnxruntime installed the run also writes onnx/ and scores it; --eval_onnx reproduces that score
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    assert (out / "onnx" / "model.onnx").is_file() and (out / "onnx" / "tokenizer_config.json").is_file()
+    assert abs(results["onnx_dev"]["dev"]["accuracy"] - results["packed_dev"]["dev"]["accuracy"]) <= 1 / 16
+    result = _run(
+        [sys.executable, TRAIN, "--eval_onnx", str(out / "onnx"), "--train_file", train]
+        + ["--validation_file", dev, "--max_seq_length", "16"]
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1])["onnx_dev"] == results["onnx_dev"]
 
 
 def test_jsonl_regression_end_to_end(tmp_path):

@@ -23,6 +23,7 @@ def _export(args: argparse.Namespace):
             accuracy_level=args.accuracy_level,
             block_size=args.block_size,
             overwrite=args.overwrite_output_dir,
+            one_bit_storage=args.one_bit_storage,
         )
     if args.deepspeed_config is None:
         raise ConfigError("--deepspeed_config: required for --format packed (the config the model was trained with)")
@@ -76,6 +77,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         help="onnx: 4 = int8 activations inside MatMulNBits (fast), 0 = float32 with xtc_ds's own activation grid",
     )
     parser.add_argument("--block_size", type=int, default=128, help="onnx: codes per scale along a row (16..256)")
+    parser.add_argument(
+        "--one_bit_storage",
+        action="store_true",
+        help="onnx: binary weights at 1 bit in the file (about a third smaller; more memory while ONNX Runtime loads)",
+    )
     args = parser.parse_args(argv)
     if args.format == "onnx" and (args.checkpoint or args.dtype != "float32"):
         parser.error("--checkpoint and --dtype are for --format packed (export it first, then --format onnx)")

@@ -2,9 +2,11 @@
 Linears are ``MatMulNBits`` nodes; :class:`OnnxClassifier` runs such a folder.
 
 ``ops`` (the contrib ops as PyTorch custom ops and their ONNX translations), ``mapping`` (packed tensors <-> op
-initializers), ``modules`` (export-time modules) and ``export`` each do one job. Needs the ``[onnx]`` extra.
+initializers), ``modules`` (export-time modules), ``export`` and ``session`` each do one job. Needs the ``[onnx]``
+extra.
 """
 
 from xtc_ds.onnx_export.export import export_onnx
+from xtc_ds.onnx_export.session import OnnxClassifier, onnxruntime_available
 
-__all__ = ["export_onnx"]
+__all__ = ["export_onnx", "OnnxClassifier", "onnxruntime_available"]

@@ -70,8 +70,10 @@ def _group_of_blocks(spec: PackedSpec, block_size: int) -> Optional[torch.Tensor
 
 
 def _block_size(spec: PackedSpec, name: str, preferred: int) -> int:
-    """``preferred`` if it keeps every block inside one scale group, else the largest smaller size that does."""
-    for size in sorted((s for s in BLOCK_SIZES if s <= preferred), reverse=True):
+    """``preferred`` (or, for short rows, the smallest size that covers a row) if it keeps every block inside one
+    scale group, else the largest smaller size that does."""
+    cover = next((size for size in BLOCK_SIZES if size >= spec.in_features), BLOCK_SIZES[-1])
+    for size in sorted((s for s in BLOCK_SIZES if s <= min(preferred, cover)), reverse=True):
         if _group_of_blocks(spec, size) is not None:
             return size
     group_len = spec.out_features * spec.in_features // spec.num_groups

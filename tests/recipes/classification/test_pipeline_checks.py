@@ -351,3 +351,25 @@ def test_a_teacher_fine_tuned_on_other_labels_is_refused(tiny_teacher_dir):
         match=r"teacher/config.json: the model's labels \['neg', 'pos'\] differ from the data's \['0', '1'\]",
     ):
         check_model_labels("teacher", config, get_task("sst2").task)
+
+
+def test_eval_onnx_on_a_packed_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from conftest import GLUE_DIR, glue_task_dir
+    from xtc_ds.recipes.classification.run import cli
+
+    glue_task_dir("SST-2")
+    (tmp_path / "packed").mkdir()
+    flags = ["--eval_onnx", str(tmp_path / "packed"), "--data_dir", str(GLUE_DIR), "--max_eval_samples", "4"]
+    monkeypatch.setattr(sys, "argv", ["launch/train.py", *flags])
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'packed'}: not an ONNX export (no xtc_onnx.json and model.onnx); see export_onnx"
+    )
+    monkeypatch.setattr(sys, "argv", ["launch/train.py", *flags, "--eval_packed", str(tmp_path / "packed")])
+    with pytest.raises(SystemExit):
+        cli()
+    assert "--eval_packed and --eval_onnx: evaluate one exported folder per run" in capsys.readouterr().err

@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="only evaluate the packed model exported to DIR (by a run or python -m xtc_ds.export) on the dev set",
     )
     models.add_argument(
+        "--eval_onnx",
+        default=None,
+        metavar="DIR",
+        help="only evaluate the ONNX model exported to DIR (by a run or python -m xtc_ds.export --format onnx) with "
+        "ONNX Runtime on the dev set",
+    )
+    models.add_argument(
         "--packed_dtype",
         choices=("float32", "float16"),
         default="float32",
@@ -268,8 +275,11 @@ def _check_data_flags(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--test_file is read only with --do_predict; add --do_predict")
     if args.do_predict and args.train_file and not args.test_file:
         parser.error("--do_predict with --train_file needs --test_file")
-    if args.eval_packed and args.do_predict and not args.output_dir:
-        parser.error("--eval_packed with --do_predict needs --output_dir (where predictions.tsv is written)")
+    if args.eval_packed and args.eval_onnx:
+        parser.error("--eval_packed and --eval_onnx: evaluate one exported folder per run")
+    exported = "--eval_packed" if args.eval_packed else "--eval_onnx"
+    if (args.eval_packed or args.eval_onnx) and args.do_predict and not args.output_dir:
+        parser.error(f"{exported} with --do_predict needs --output_dir (where predictions.tsv is written)")
     if args.data_dir and (args.train_file or args.dataset_name):
         parser.error("--data_dir holds GLUE TSVs; with your own data use --train_file/--validation_file")
     glue = not (args.train_file or args.dataset_name)
@@ -286,10 +296,11 @@ def _check_data_flags(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse and check flags; a missing ``--deepspeed_config`` is an error (except with ``--eval_packed``)."""
+    """Parse and check flags; a missing ``--deepspeed_config`` is an error (except with ``--eval_packed``/
+    ``--eval_onnx``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.deepspeed_config and not args.eval_packed:
+    if not args.deepspeed_config and not (args.eval_packed or args.eval_onnx):
         parser.error("--deepspeed_config is required (e.g. ds_configs/ds_xtc.json)")
     _check_data_flags(parser, args)
     for name, rule in _RANGES.items():

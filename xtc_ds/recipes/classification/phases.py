@@ -19,6 +19,7 @@ from xtc_ds.errors import CheckpointError
 from xtc_ds.export import export_packed, load_packed
 from xtc_ds.files import path_within, read_json, replace_dir_atomic, write_json_atomic
 from xtc_ds.layer_reduction import build_student
+from xtc_ds.onnx_export import OnnxClassifier, export_onnx, onnxruntime_available
 from xtc_ds.recipes.classification.batches import EpochBatches
 from xtc_ds.recipes.classification.io import PHASES
 from xtc_ds.recipes.classification.models import load_model
@@ -203,6 +204,8 @@ def finish(run: RunConfig, compression: CompressionConfig, data: dict[str, Any],
 
     Then export it packed (``packed/``), load that back and evaluate it: the packed model's score is reported
     beside the fake-quant one. With test rows (``--do_predict``) the packed model writes ``predictions.tsv``.
+    Where ``onnxruntime`` is installed (the ``[onnx]`` extra) the packed model is also exported for ONNX Runtime
+    (``onnx/``) and that model's score reported too.
     """
     out, evaluation = run.output_dir, run.evaluation
     best_dir = out / "student" / "best"
@@ -222,6 +225,13 @@ def finish(run: RunConfig, compression: CompressionConfig, data: dict[str, Any],
     packed_model = load_packed(packed_dir)
     packed = evaluate(packed_model, data["dev"], run.task, evaluation.batch_size, evaluation.pad_to_max_length)
     results: dict[str, Any] = {"final_dev": metrics, "packed_dev": packed}
+    if onnxruntime_available():
+        onnx_model = OnnxClassifier(export_onnx(packed_dir, out / "onnx"))
+        results["onnx_dev"] = evaluate(
+            onnx_model, data["dev"], run.task, evaluation.batch_size, evaluation.pad_to_max_length
+        )
+    else:
+        logger.info("xtc_ds: no onnx/ export: onnxruntime is not installed (pip install 'xtc_ds[onnx]')")
     if "test" in data:
         path = write_predictions(
             packed_model, data["test"], run.task, out, evaluation.batch_size, evaluation.pad_to_max_length

@@ -23,6 +23,7 @@ from xtc_ds.distributed import init_distributed, map_mpi_environment, rank_and_w
 from xtc_ds.errors import OutputDirError, exit_on_user_error
 from xtc_ds.export import load_packed
 from xtc_ds.files import append_jsonl, write_json_atomic
+from xtc_ds.onnx_export import OnnxClassifier
 from xtc_ds.recipes.classification.args import parse_args, resolve_learning_rates
 from xtc_ds.recipes.classification.data import TaskData, TaskSpec, encode, load_task_data
 from xtc_ds.recipes.classification.io import check_output_dir, prepare_output_dir
@@ -124,21 +125,24 @@ def _plan(
     announce(describe(args.task.name, len(train), lengths_used, auto, phases, device))
 
 
-def _eval_packed(args: Any, data: TaskData) -> dict[str, Any]:
-    """``--eval_packed DIR``: dev metrics of an exported folder, printed and returned (and with ``--do_predict``,
-    its predictions written to ``--output_dir``)."""
+def _eval_exported(args: Any, data: TaskData) -> dict[str, Any]:
+    """``--eval_packed DIR`` / ``--eval_onnx DIR``: dev metrics of an exported folder, printed and returned (and
+    with ``--do_predict``, its predictions written to ``--output_dir``)."""
     from transformers import AutoTokenizer
 
     examples = _select(data.splits, args)
-    model = load_packed(args.eval_packed)
-    tokenizer = AutoTokenizer.from_pretrained(args.eval_packed)
+    if args.eval_onnx:
+        folder, kind, model = args.eval_onnx, "onnx", OnnxClassifier(args.eval_onnx)
+    else:
+        folder, kind, model = args.eval_packed, "packed", load_packed(args.eval_packed)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     length = args.max_seq_length
     if length is None:  # the dev sets' longest example, as a run evaluates them
         positions = getattr(model.config, "max_position_embeddings", SEQ_CAP)
         length = _eval_seq_length(examples, data.test, tokenizer, data.task, positions)
     dev = _encode_dev(examples, tokenizer, length, data.task)
     metrics = evaluate(model, dev, data.task, args.per_device_eval_batch_size, args.pad_to_max_length)
-    results = {"task": data.task.name, "packed_model": str(args.eval_packed), "packed_dev": metrics}
+    results = {"task": data.task.name, f"{kind}_model": str(folder), f"{kind}_dev": metrics}
     if data.test is not None:
         test = encode(data.test, tokenizer, length, data.task)
         out = Path(args.output_dir)
@@ -185,8 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     started = time.time()
-    if args.eval_packed:
-        return _eval_packed(args, load_task_data(args))
+    if args.eval_packed or args.eval_onnx:
+        return _eval_exported(args, load_task_data(args))
     ds_full = load_deepspeed_config(args.deepspeed_config)
     compression = load_compression_config(ds_full)  # every config error surfaces here, before any work
     if not compression.enabled and not args.allow_uncompressed:
