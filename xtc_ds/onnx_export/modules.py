@@ -95,8 +95,6 @@ class NBitsEmbedding(nn.Module):
         if self.one_bit:
             self.register_buffer("codes", packed.packed_weight.clone())
             self.register_buffer("scales", packed.weight_scale.float().clone())
-            self.bits = self.block_size = 1
-            self.register_buffer("zero_points", None)
             return
         weight = to_nbits(packed.quantized_weight(), spec, name, block_size)
         self.bits, self.block_size = weight.bits, weight.block_size
