@@ -223,3 +223,17 @@ def test_onnx_classifier_evaluates_like_the_packed_model(tmp_path, reference_ker
     (tmp_path / "onnx" / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(OnnxExportError, match=r"model\.onnx: ONNX Runtime cannot load it"):
         OnnxClassifier(tmp_path / "onnx")
+
+
+@pytest.mark.parametrize(
+    "bits, symmetric, static",
+    [(8, True, False), (4, True, False), (8, False, False), (8, True, True), (4, False, True)],
+)
+def test_export_activation_quantizer_equals_the_reference(bits, symmetric, static):
+    """The export's activation grid (written in ops every ONNX opset has) is the reference quantizer's, bit for bit."""
+    from xtc_ds.onnx_export.modules import fake_quant_activation
+    from xtc_ds.quant.reference import fake_quant_activation as reference
+
+    x = torch.randn(3, 7, 48) * torch.logspace(-3, 2, 48)
+    low, high = (torch.tensor(-1.5), torch.tensor(2.5)) if static else (None, None)
+    assert torch.equal(fake_quant_activation(x, bits, symmetric, low, high), reference(x, bits, symmetric, low, high))
