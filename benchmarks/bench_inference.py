@@ -1,20 +1,22 @@
 """Inference speed, file size and load memory on CPU: PyTorch and ONNX Runtime, fp32, int8 dynamic and XTC.
 
 Usage: ``python benchmarks/bench_inference.py [--rounds 5] [--seq 128] [--batches 1 32] [--models minilm base]
-[--no-onnx]``
+[--no-onnx] [--flavours avx2 generic ...]``
 
 One process, the same inputs for every variant, timed in interleaved rounds (median forward time under
 ``torch.inference_mode``, ratio to fp32). Variants: the fp32 model; ``torch.ao.quantization.quantize_dynamic``
-(int8 weights, per-batch int8 activations, fbgemm) on every Linear; and the XTC 1-/2-bit-weight, 8-bit per-token
-activation model exported with ``export_packed`` and loaded with ``load_packed`` (the AVX512-VNNI packed kernel
-when built). With ``onnxruntime`` installed (the ``[onnx]`` extra) also ONNX Runtime: the fp32 model
-exported by ``torch.onnx.export``; that file after ``onnxruntime.quantization.quantize_dynamic`` (int8 weights and
-activations: what a BERT user deploys on CPU today); and ``xtc_ds.export_onnx`` of the packed W1A8 / W2A8 models
-(``MatMulNBits``, ``accuracy_level`` 4). ONNX Runtime sessions get the same thread count as torch. Peak memory of
-loading each is measured in a fresh subprocess: peak RSS while loading and running one short forward pass (which
-touches every weight), minus the RSS of the interpreter with torch, transformers, onnxruntime and the BERT model
-code imported. File size is the model's weights file (``model.safetensors`` or ``model.onnx``). Models: the
-real MiniLM-L6 and a BERT-base-shaped one.
+(int8 weights, per-batch int8 activations, fbgemm) on every Linear; the QAT model itself (fake-quantized W1A8:
+what evaluation during training runs); and the XTC 1-/2-bit-weight, 8-bit per-token activation model exported
+with ``export_packed`` and loaded with ``load_packed``, on the best CPU kernel flavour this machine has and, for
+W1A8, side by side on each other flavour it executes (``--flavours``; e.g. AVX2 and the portable loops on an
+AVX-512 VNNI CPU: what a fleet of older CPUs would run). With ``onnxruntime`` installed (the ``[onnx]`` extra)
+also ONNX Runtime: the fp32 model exported by ``torch.onnx.export``; that file after
+``onnxruntime.quantization.quantize_dynamic`` (int8 weights and activations: what a BERT user deploys on CPU
+today); and ``xtc_ds.export_onnx`` of the packed W1A8 / W2A8 models (``MatMulNBits``, ``accuracy_level`` 4).
+ONNX Runtime sessions get the same thread count as torch. Peak memory of loading each is measured in a fresh
+subprocess: peak RSS while loading and running one short forward pass (which touches every weight), minus the
+RSS of the interpreter with torch, transformers, onnxruntime and the BERT model code imported. File size is the
+model's weights file (``model.safetensors`` or ``model.onnx``). Models: the real MiniLM-L6 and a BERT-base-shaped one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 from _models import bert_base, compressed, compression_config, minilm
 
 from xtc_ds import export_onnx, export_packed, load_packed
+from xtc_ds.ops import builder, native
 
 _LOADERS = {
     "fp32": "from transformers import AutoModelForSequenceClassification as A; m = A.from_pretrained(path)",
@@ -73,6 +76,17 @@ def _time(model: Any, inputs: dict[str, torch.Tensor]) -> float:
         start = time.perf_counter()
         model(**inputs)
         return time.perf_counter() - start
+
+
+class _Flavoured:
+    """A packed model whose CPU ops run on one kernel flavour for every call (``native.use_cpu_flavour``)."""
+
+    def __init__(self, model: torch.nn.Module, isa: str) -> None:
+        self.model, self.isa = model, isa
+
+    def __call__(self, **inputs: torch.Tensor) -> Any:
+        with native.use_cpu_flavour(self.isa):
+            return self.model(**inputs)
 
 
 class _OrtModel:
@@ -118,16 +132,24 @@ def _onnx_variants(model: torch.nn.Module, packed: dict[int, Path], tmp: Path, n
     return {key: (_OrtModel(path), "onnx", path) for key, path in variants.items()}
 
 
-def _file_mb(kind: str, path: Path) -> Optional[float]:
-    """Size of the weights file a variant loads (None for torch.ao int8, which is built in memory)."""
-    if kind == "int8 dynamic":
+def _file_mb(kind: Optional[str], path: Path) -> Optional[float]:
+    """Size of the weights file a variant loads (None for torch.ao int8, which is built in memory, and for a
+    second kernel flavour of a packed model already in the table)."""
+    if kind in ("int8 dynamic", None):
         return None
     file = path if kind == "onnx" else path / "model.safetensors"
     return file.stat().st_size / 1e6
 
 
 def bench(
-    name: str, model: torch.nn.Module, batches: list[int], seq: int, rounds: int, tmp: Path, onnx: bool
+    name: str,
+    model: torch.nn.Module,
+    batches: list[int],
+    seq: int,
+    rounds: int,
+    tmp: Path,
+    onnx: bool,
+    flavours: list[str],
 ) -> list[tuple]:
     fp32_dir = tmp / f"{name}-fp32"
     model.save_pretrained(fp32_dir)
@@ -137,10 +159,13 @@ def bench(
         dynamic = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     variants["int8 dynamic"] = (dynamic, "int8 dynamic", fp32_dir)
     packed = {}
+    variants["fake-quant W1A8"] = (compressed(model, 1), None, fp32_dir)
     for bits in (1, 2):
         folder = export_packed(compressed(model, bits), compression_config(bits), tmp / f"{name}-w{bits}")
         variants[f"packed W{bits}A8"] = (load_packed(folder), "packed", folder)
         packed[bits] = folder
+    for isa in flavours:
+        variants[f"packed W1A8 {isa}"] = (_Flavoured(variants["packed W1A8"][0], isa), None, packed[1])
     if onnx:
         variants.update(_onnx_variants(model, packed, tmp, name))
     rows = []
@@ -158,7 +183,7 @@ def bench(
         for key, (_, kind, path) in variants.items():
             median = statistics.median(times[key])
             first = batch == batches[0]
-            peak = _load_peak_mb(kind, path) if first else None
+            peak = _load_peak_mb(kind, path) if first and kind is not None else None
             size = _file_mb(kind, path) if first else None
             rows.append((name, batch, key, median * 1e3, base / median, size, peak))
     return rows
@@ -172,6 +197,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=("minilm", "base"), default=["minilm", "base"])
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime variants")
+    best = builder.cpu_isa()
+    parser.add_argument(
+        "--flavours",
+        nargs="*",
+        choices=builder.supported_isas(),
+        default=[isa for isa in builder.supported_isas() if isa != best],
+        help=f"other CPU kernel flavours to time the W1A8 packed model on (default: all but {best}, the one in use)",
+    )
     args = parser.parse_args()
     if args.onnx and importlib.util.find_spec("onnxruntime") is None:
         print("onnxruntime is not installed (pip install 'xtc_ds[onnx]'): ONNX Runtime variants skipped")
@@ -181,13 +214,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
             name, build = builders[key]
-            rows += bench(name, build(), args.batches, args.seq, args.rounds, Path(tmp), args.onnx)
+            rows += bench(name, build(), args.batches, args.seq, args.rounds, Path(tmp), args.onnx, args.flavours)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, seq {args.seq}, median of {args.rounds}")
-    print(f"{'model':<10} {'batch':>5} {'variant':<18} {'ms':>9} {'speed-up':>9} {'file MB':>8} {'load peak MB':>13}")
+    print(f"CPU kernel flavour of 'packed': {best} (this CPU runs {', '.join(builder.supported_isas())})")
+    print(f"{'model':<10} {'batch':>5} {'variant':<23} {'ms':>9} {'speed-up':>9} {'file MB':>8} {'load peak MB':>13}")
     for name, batch, key, ms, speedup, size, peak in rows:
         peak_text = "" if peak is None else f"{peak:.0f}"
         size_text = "" if size is None else f"{size:.1f}"
-        print(f"{name:<10} {batch:>5} {key:<18} {ms:>9.1f} {speedup:>8.2f}x {size_text:>8} {peak_text:>13}")
+        print(f"{name:<10} {batch:>5} {key:<23} {ms:>9.1f} {speedup:>8.2f}x {size_text:>8} {peak_text:>13}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -36,6 +36,7 @@ def main() -> None:
     print(f"{'op set':<10} {'compatible':<11} {'status'}")
     statuses = native.status()
     print(f"{'cpu':<10} {'yes (' + builder.cpu_isa() + ')':<11} {statuses['cpu']}")
+    print(f"cpu flavours this CPU runs: {', '.join(builder.supported_isas())} (XTC_CPU_ISA picks one)")
     print(f"{'cuda':<10} {'yes' if torch.cuda.is_available() else 'no':<11} {statuses['cuda']}")
     fused = ops.kernels() != "reference" and "cpu" in native.registered_devices()
     print(f"kernels: {ops.kernels()} (XTC_KERNELS); in use on cpu: {'fused' if fused else 'reference'}")

@@ -3,7 +3,8 @@
 // prepack_weight rewrites the on-disk rows (pack_bits layout) into the kernel layout documented in xtc_ops.h,
 // once per module. packed_linear quantizes the activations per token exactly as the fake quantizer does
 // (symmetric, ties to even, the same float division), then computes u8 x s8 dot products: with AVX512-VNNI,
-// one vpdpbusd per 4 inputs x 16 outputs, the 1-bit weights expanded from a 64-bit mask by one vpmovm2b.
+// one vpdpbusd per 4 inputs x 16 outputs, the 1-bit weights expanded from a 64-bit mask by one vpmovm2b; with
+// AVX2, the same per 8 outputs with vpdpbusd in its VEX form (AVX-VNNI) or vpmaddubsw + vpmaddwd.
 // Activation codes are stored as q + 128 (unsigned); the 128 * sum(w) term is removed with the row sums.
 #include <ATen/Parallel.h>
 
@@ -17,6 +18,9 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define XTC_VNNI 1
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define XTC_AVX2 1
 #endif
 
 #include "xtc_checks.h"
@@ -58,6 +62,16 @@ inline void quantize_row(const float* row, int64_t k, float scale, float q_max, 
     q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
                      _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(q), offset)));
+  }
+#elif defined(XTC_AVX2)
+  const __m256 s = _mm256_set1_ps(scale), hi = _mm256_set1_ps(q_max), lo = _mm256_set1_ps(-q_max);
+  const __m256i offset = _mm256_set1_epi32(128);
+  for (; i + 8 <= k; i += 8) {
+    __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(row + i), s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm256_min_ps(_mm256_max_ps(q, lo), hi);
+    const __m256i codes = _mm256_add_epi32(_mm256_cvtps_epi32(q), offset);
+    const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(words, words));
   }
 #endif
   for (; i < k; ++i) {
@@ -178,6 +192,119 @@ void accumulate(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* const
     tile_rows<Bits, 2>(codes, m, k, tiles, acc, stride);
   else
     tile_rows<Bits, 1>(codes, m, k, tiles, acc, stride);
+}
+#endif
+
+#ifdef XTC_AVX2
+constexpr int kTokensAvx2 = 4;  // tokens per micro-kernel: 4 x 2 accumulators (x 2 without AVX-VNNI) in 16 registers
+constexpr int64_t kFlushQuads = 32;  // int16 partial sums of 1/2-bit products: 32 quads x 2 x 255 < 32767
+
+// Bytes of `mask` as 32 bytes, 0xFF where bit i of the mask is set (byte i): AVX2 has no vpmovm2b.
+inline __m256i bit_bytes(uint32_t mask) {
+  const __m256i select = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
+                                          3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
+  const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int32_t>(mask)), select);
+  return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+}
+
+// Half h (rows 8h..8h+7, 4 inputs each) of a kernel-layout block as int8 levels.
+template <int Bits>
+inline __m256i decode_half(const uint8_t* block, int h) {
+  if constexpr (Bits == 8) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 32 * h));
+  } else {
+    uint32_t first;
+    std::memcpy(&first, block + 4 * h, 4);
+    const __m256i set = bit_bytes(first);
+    const __m256i one = _mm256_set1_epi8(1);
+    if constexpr (Bits == 1) return _mm256_sub_epi8(_mm256_and_si256(set, _mm256_set1_epi8(2)), one);
+    uint32_t negative;
+    std::memcpy(&negative, block + 8 + 4 * h, 4);
+    return _mm256_and_si256(set, _mm256_or_si256(bit_bytes(negative), one));
+  }
+}
+
+inline __m256i broadcast4_256(const uint8_t* p) {
+  int32_t four;
+  std::memcpy(&four, p, 4);
+  return _mm256_set1_epi32(four);
+}
+
+// acc[MR tokens][16 outputs of one tile] = sum over k of codes[token][k] * level[output][k]. With AVX-VNNI one
+// vpdpbusd per 4 inputs x 8 outputs; without it vpmaddubsw into int16 partial sums (exact: |level| <= 1, so a
+// pair is at most 510), widened with vpmaddwd every kFlushQuads quads.
+template <int Bits, int MR>
+void micro_kernel_avx2(const uint8_t* codes, int64_t k, const uint8_t* tile, int64_t quads, int32_t* acc_out,
+                       int64_t acc_stride) {
+  const uint8_t* r[kTokensAvx2];
+  for (int m = 0; m < MR; ++m) r[m] = codes + m * k;
+  __m256i total[kTokensAvx2][2];
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) total[m][0] = total[m][1] = _mm256_setzero_si256();
+#ifdef __AVXVNNI__
+  for (int64_t q = 0; q < quads; ++q) {
+    const uint8_t* block = tile + q * block_bytes(Bits);
+    const __m256i w0 = decode_half<Bits>(block, 0), w1 = decode_half<Bits>(block, 1);
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      const __m256i a = broadcast4_256(r[m] + 4 * q);
+      total[m][0] = _mm256_dpbusd_avx_epi32(total[m][0], a, w0);
+      total[m][1] = _mm256_dpbusd_avx_epi32(total[m][1], a, w1);
+    }
+  }
+#else
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t q0 = 0; q0 < quads; q0 += kFlushQuads) {
+    const int64_t q1 = std::min(quads, q0 + kFlushQuads);
+    __m256i part[kTokensAvx2][2];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) part[m][0] = part[m][1] = _mm256_setzero_si256();
+    for (int64_t q = q0; q < q1; ++q) {
+      const uint8_t* block = tile + q * block_bytes(Bits);
+      const __m256i w0 = decode_half<Bits>(block, 0), w1 = decode_half<Bits>(block, 1);
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) {
+        const __m256i a = broadcast4_256(r[m] + 4 * q);
+        part[m][0] = _mm256_add_epi16(part[m][0], _mm256_maddubs_epi16(a, w0));
+        part[m][1] = _mm256_add_epi16(part[m][1], _mm256_maddubs_epi16(a, w1));
+      }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      total[m][0] = _mm256_add_epi32(total[m][0], _mm256_madd_epi16(part[m][0], ones));
+      total[m][1] = _mm256_add_epi32(total[m][1], _mm256_madd_epi16(part[m][1], ones));
+    }
+  }
+#endif
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc_out + m * acc_stride), total[m][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc_out + m * acc_stride + 8), total[m][1]);
+  }
+}
+
+template <int Bits>
+void tile_rows_avx2(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* tile, int32_t* acc, int64_t stride) {
+  const int64_t quads = k / 4;
+  int64_t t0 = 0;
+  for (; t0 + kTokensAvx2 <= m; t0 += kTokensAvx2)
+    micro_kernel_avx2<Bits, kTokensAvx2>(codes + t0 * k, k, tile, quads, acc + t0 * stride, stride);
+  for (; t0 < m; ++t0) micro_kernel_avx2<Bits, 1>(codes + t0 * k, k, tile, quads, acc + t0 * stride, stride);
+}
+
+// One tile of 1/2-bit weights. Expands it to int8 levels once into `scratch` (quads x 64 bytes) when more than
+// one token block will read it, so the inner loop loads levels instead of decoding them per block.
+template <int Bits>
+void accumulate_avx2(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* tile, int32_t* acc, int64_t stride,
+                     uint8_t* scratch) {
+  static_assert(Bits == 1 || Bits == 2, "levels above +-1 would saturate vpmaddubsw: 3..8-bit weights go elsewhere");
+  if (m <= kTokensAvx2) return tile_rows_avx2<Bits>(codes, m, k, tile, acc, stride);
+  for (int64_t q = 0; q < k / 4; ++q)
+    for (int h = 0; h < 2; ++h)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(scratch + q * 64 + 32 * h),
+                          decode_half<Bits>(tile + q * block_bytes(Bits), h));
+  tile_rows_avx2<8>(codes, m, k, scratch, acc, stride);
 }
 #endif
 
@@ -306,6 +433,20 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& kernel_
           accumulate<2>(chunk_codes, mc, k, tile_ptrs, nt, acc, stride, scratch.get());
         else
           accumulate<8>(chunk_codes, mc, k, tile_ptrs, nt, acc, stride, scratch.get());
+#elif defined(XTC_AVX2)
+        for (int t = 0; t < nt; ++t) {
+          int32_t* tile_acc = acc + t * kTileRows;
+          if (bits == 1)
+            accumulate_avx2<1>(chunk_codes, mc, k, tile_ptrs[t], tile_acc, stride, scratch.get());
+          else if (bits == 2)
+            accumulate_avx2<2>(chunk_codes, mc, k, tile_ptrs[t], tile_acc, stride, scratch.get());
+          else
+#ifdef __AVXVNNI__
+            tile_rows_avx2<8>(chunk_codes, mc, k, tile_ptrs[t], tile_acc, stride);
+#else
+            accumulate_portable(chunk_codes, mc, k, tile_ptrs[t], bits, tile_acc, stride);
+#endif
+        }
 #else
         for (int t = 0; t < nt; ++t)
           accumulate_portable(chunk_codes, mc, k, tile_ptrs[t], bits, acc + t * kTileRows, stride);

@@ -1,9 +1,11 @@
 """How the fused ops are built: JIT through ninja (``torch.utils.cpp_extension.load``) into the torch extensions cache.
 
-The CPU build targets the best instruction set this machine has (AVX-512, else AVX2, else generic). The
-instruction set and a hash of the sources and flags are part of the extension name, so a cache shared between
-machines never loads a build made for another CPU, and two checkouts with different sources never rebuild over
-each other (:mod:`xtc_ds.ops.cache` keeps one cache per Python environment). Nothing is built at install time.
+The CPU build targets the best instruction set this machine has (:data:`CPU_FLAVOURS`, best first: AVX-512 with
+VNNI, AVX-512, AVX2 with AVX-VNNI, AVX2, generic); ``XTC_CPU_ISA`` picks a lower one this CPU also runs (to
+compare flavours, or to test the one a slower fleet will use). The instruction set and a hash of the sources and
+flags are part of the extension name, so a cache shared between machines never loads a build made for another
+CPU, and two checkouts with different sources never rebuild over each other (:mod:`xtc_ds.ops.cache` keeps one
+cache per Python environment). Nothing is built at install time.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from xtc_ds.errors import ConfigError
 from xtc_ds.ops.cache import clear_stale_lock
 
 __all__ = [
+    "CPU_FLAVOURS",
     "csrc_dir",
+    "supported_isas",
     "cpu_isa",
     "cpu_extension_name",
     "is_built",
@@ -32,9 +37,21 @@ _CPU_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 _ISA_FLAGS = {
     "avx512vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
+    "avxvnni": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "generic": [],
 }
+_ISA_CPU_FLAGS = {
+    "avx512vnni": {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"},
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx2", "fma", "f16c"},
+    "avxvnni": {"avx_vnni", "avx2", "fma", "f16c"},
+    "avx2": {"avx2", "fma", "f16c"},
+    "generic": set(),
+}
+"""The /proc/cpuinfo flags each flavour needs."""
+CPU_FLAVOURS = tuple(_ISA_FLAGS)
+"""The CPU kernel flavours, best first: the packed linear runs on AVX-512 VNNI, on AVX2 (with vpdpbusd where
+AVX-VNNI is present, which the avx512 flavour without VNNI also uses), or as portable loops (generic)."""
 
 
 def csrc_dir() -> Path:
@@ -45,17 +62,29 @@ def csrc_dir() -> Path:
     raise FileNotFoundError("xtc_ds C++ sources not found (expected csrc/ beside the package)")
 
 
-def cpu_isa() -> str:
-    """``avx512vnni``, ``avx512``, ``avx2`` or ``generic``: what the CPU kernels are compiled for here."""
+def supported_isas() -> tuple[str, ...]:
+    """The flavours of :data:`CPU_FLAVOURS` this CPU executes, best first (always ending with ``generic``)."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return "generic"
-    if {"avx512f", "avx512bw", "avx512vl", "avx2", "fma", "f16c"} <= flags:
-        return "avx512vnni" if "avx512_vnni" in flags else "avx512"
-    if {"avx2", "fma", "f16c"} <= flags:
-        return "avx2"
-    return "generic"
+        return ("generic",)
+    return tuple(isa for isa in CPU_FLAVOURS if _ISA_CPU_FLAGS[isa] <= flags)
+
+
+def cpu_isa() -> str:
+    """The flavour the CPU kernels are compiled for here: ``XTC_CPU_ISA`` if set, else the best supported.
+
+    Raises:
+        ConfigError: ``XTC_CPU_ISA`` names a flavour that is unknown or that this CPU cannot execute.
+    """
+    supported = supported_isas()
+    chosen = os.environ.get("XTC_CPU_ISA", "").strip().lower()
+    if not chosen:
+        return supported[0]
+    if chosen not in supported:
+        what = "this CPU cannot execute" if chosen in CPU_FLAVOURS else "unknown flavour"
+        raise ConfigError(f"XTC_CPU_ISA={chosen!r}: {what}; this CPU runs {', '.join(supported)}")
+    return chosen
 
 
 def _source_hash(sources: tuple[str, ...], flags: list[str]) -> str:
@@ -70,15 +99,16 @@ def _source_hash(sources: tuple[str, ...], flags: list[str]) -> str:
     return digest.hexdigest()[:8]
 
 
-def _cpu_flags() -> list[str]:
+def _cpu_flags(isa: str) -> list[str]:
     # No -ffast-math: results must stay bit-exact. The last two of _CPU_FLAGS only drop errno/FP-exception
     # bookkeeping, which lets rint() vectorize.
-    return [*_CPU_FLAGS, *_ISA_FLAGS[cpu_isa()]]
+    return [*_CPU_FLAGS, *_ISA_FLAGS[isa]]
 
 
-def cpu_extension_name() -> str:
-    """``xtc_ds_cpu_ops_<isa>_<source hash>``."""
-    return f"xtc_ds_cpu_ops_{cpu_isa()}_{_source_hash(_CPU_SOURCES, _cpu_flags())}"
+def cpu_extension_name(isa: Optional[str] = None) -> str:
+    """``xtc_ds_cpu_ops_<isa>_<source hash>``, for flavour ``isa`` (default: :func:`cpu_isa`)."""
+    isa = isa or cpu_isa()
+    return f"xtc_ds_cpu_ops_{isa}_{_source_hash(_CPU_SOURCES, _cpu_flags(isa))}"
 
 
 def cuda_extension_name() -> str:
@@ -111,14 +141,22 @@ def _load(name: str, sources: tuple[str, ...], verbose: bool, **kwargs: Any) -> 
     )
 
 
-def build_cpu(verbose: bool = False) -> Any:
-    """Build (or load from the cache) the CPU extension; raises on a failed build."""
+def build_cpu(verbose: bool = False, isa: Optional[str] = None) -> Any:
+    """Build (or load from the cache) the CPU extension of flavour ``isa`` (default: :func:`cpu_isa`).
+
+    Raises:
+        ConfigError: ``isa`` is not a flavour this CPU executes.
+        Exception: whatever the compiler or the loader raises on a failed build.
+    """
+    isa = isa or cpu_isa()
+    if isa not in supported_isas():
+        raise ConfigError(f"CPU flavour {isa!r}: this CPU runs {', '.join(supported_isas())}")
     return _load(
-        cpu_extension_name(),
+        cpu_extension_name(isa),
         _CPU_SOURCES,
         verbose,
         extra_include_paths=[str(csrc_dir() / "include")],
-        extra_cflags=_cpu_flags(),
+        extra_cflags=_cpu_flags(isa),
         extra_ldflags=["-fopenmp"],
     )
 

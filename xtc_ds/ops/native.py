@@ -39,6 +39,7 @@ __all__ = [
     "registered_devices",
     "load_cpu",
     "load_cuda",
+    "use_cpu_flavour",
     "status",
 ]
 
@@ -48,6 +49,8 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _loaded: dict[str, Optional[Any]] = {}
 _errors: dict[str, str] = {}
 _registered: set[str] = set()
+_cpu_flavour: Optional[Any] = None  # the CPU extension of another flavour, in use inside use_cpu_flavour
+_flavours: dict[str, Any] = {}  # CPU extensions by flavour, loaded by use_cpu_flavour
 
 
 def _choice_from_environment() -> str:
@@ -140,8 +143,14 @@ def _reference_chosen() -> bool:
     return _choice == "reference"
 
 
-def _kernels_of(module: Any) -> dict[str, Callable[..., Any]]:
+def _kernels_of(device: str, loaded: Any) -> dict[str, Callable[..., Any]]:
     """Kernels for the ops of ``library``, each serving the reference where the extension has none."""
+
+    class _Active:  # the extension in use: ``loaded``, or on the CPU the flavour chosen by use_cpu_flavour
+        def __getattr__(self, name: str) -> Any:
+            return getattr(_cpu_flavour if device == "cpu" and _cpu_flavour is not None else loaded, name)
+
+    module = _Active()
 
     def fake_quant_weight(weight, bits, num_groups, symmetric, stochastic):
         if _reference_chosen() or stochastic or weight.dtype not in _FLOATS:
@@ -197,10 +206,33 @@ def register_for(device: str) -> bool:
                 f"({status()[device]})"
             )
         return False
-    for name, kernel in _kernels_of(module).items():
+    for name, kernel in _kernels_of(device, module).items():
         library.OPS[name].register_kernel(device, kernel)
     _registered.add(device)
     return True
+
+
+@contextmanager
+def use_cpu_flavour(isa: str) -> Iterator[Any]:
+    """Run a block's CPU ops on the extension built for flavour ``isa`` (:data:`builder.CPU_FLAVOURS`) instead of
+    this machine's best one, to compare flavours side by side in one process; yields that extension module.
+
+    Every flavour writes the same kernel layout, so weights prepacked by one run on any other.
+
+    Raises:
+        XtcError: the kernels in use are the reference, or this machine's own CPU ops did not load.
+        ConfigError: this CPU cannot execute ``isa``.
+    """
+    global _cpu_flavour
+    if _choice == "reference" or (not register_for("cpu") and "cpu" not in _registered):
+        raise XtcError(f"xtc_ds: no fused CPU ops in use (kernels: {_choice}; cpu: {status()['cpu']})")
+    if isa not in _flavours:
+        _flavours[isa] = builder.build_cpu(isa=isa)
+    previous, _cpu_flavour = _cpu_flavour, _flavours[isa]
+    try:
+        yield _cpu_flavour
+    finally:
+        _cpu_flavour = previous
 
 
 def status() -> dict[str, str]:
