@@ -225,6 +225,13 @@ inline __m256i decode_half(const uint8_t* block, int h) {
   }
 }
 
+// part += vpmaddubsw(a, w). The asm add keeps each partial sum in its register: through the intrinsic, GCC adds
+// into a scratch register and moves it back (one extra move per product), as around vpdpbusd above.
+inline void maddubs_add(__m256i& part, __m256i a, __m256i w) {
+  const __m256i product = _mm256_maddubs_epi16(a, w);
+  asm("vpaddw %1, %0, %0" : "+x"(part) : "x"(product));
+}
+
 inline __m256i broadcast4_256(const uint8_t* p) {
   int32_t four;
   std::memcpy(&four, p, 4);
@@ -237,12 +244,13 @@ inline __m256i broadcast4_256(const uint8_t* p) {
 template <int Bits, int MR>
 void micro_kernel_avx2(const uint8_t* codes, int64_t k, const uint8_t* tile, int64_t quads, int32_t* acc_out,
                        int64_t acc_stride) {
+  static_assert(MR == 1 || MR == kTokensAvx2, "token blocks of 4, and single tokens for the tail");
   const uint8_t* r[kTokensAvx2];
   for (int m = 0; m < MR; ++m) r[m] = codes + m * k;
+#ifdef __AVXVNNI__
   __m256i total[kTokensAvx2][2];
 #pragma GCC unroll 4
   for (int m = 0; m < MR; ++m) total[m][0] = total[m][1] = _mm256_setzero_si256();
-#ifdef __AVXVNNI__
   for (int64_t q = 0; q < quads; ++q) {
     const uint8_t* block = tile + q * block_bytes(Bits);
     const __m256i w0 = decode_half<Bits>(block, 0), w1 = decode_half<Bits>(block, 1);
@@ -253,35 +261,44 @@ void micro_kernel_avx2(const uint8_t* codes, int64_t k, const uint8_t* tile, int
       total[m][1] = _mm256_dpbusd_avx_epi32(total[m][1], a, w1);
     }
   }
-#else
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t q0 = 0; q0 < quads; q0 += kFlushQuads) {
-    const int64_t q1 = std::min(quads, q0 + kFlushQuads);
-    __m256i part[kTokensAvx2][2];
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m) part[m][0] = part[m][1] = _mm256_setzero_si256();
-    for (int64_t q = q0; q < q1; ++q) {
-      const uint8_t* block = tile + q * block_bytes(Bits);
-      const __m256i w0 = decode_half<Bits>(block, 0), w1 = decode_half<Bits>(block, 1);
-#pragma GCC unroll 4
-      for (int m = 0; m < MR; ++m) {
-        const __m256i a = broadcast4_256(r[m] + 4 * q);
-        part[m][0] = _mm256_add_epi16(part[m][0], _mm256_maddubs_epi16(a, w0));
-        part[m][1] = _mm256_add_epi16(part[m][1], _mm256_maddubs_epi16(a, w1));
-      }
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m) {
-      total[m][0] = _mm256_add_epi32(total[m][0], _mm256_madd_epi16(part[m][0], ones));
-      total[m][1] = _mm256_add_epi32(total[m][1], _mm256_madd_epi16(part[m][1], ones));
-    }
-  }
-#endif
 #pragma GCC unroll 4
   for (int m = 0; m < MR; ++m) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc_out + m * acc_stride), total[m][0]);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc_out + m * acc_stride + 8), total[m][1]);
   }
+#else
+  // Named partial sums (no arrays, which GCC keeps in memory around the asm adds); the int32 totals live in
+  // acc_out, touched once per flush, so the 8 partial sums, 2 weight vectors and the broadcast fit 16 registers.
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int m = 0; m < MR; ++m) std::fill(acc_out + m * acc_stride, acc_out + m * acc_stride + kTileRows, 0);
+  for (int64_t q0 = 0; q0 < quads; q0 += kFlushQuads) {
+    const int64_t q1 = std::min(quads, q0 + kFlushQuads);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i p00 = zero, p01 = zero, p10 = zero, p11 = zero, p20 = zero, p21 = zero, p30 = zero, p31 = zero;
+    for (int64_t q = q0; q < q1; ++q) {
+      const uint8_t* block = tile + q * block_bytes(Bits);
+      const __m256i w0 = decode_half<Bits>(block, 0), w1 = decode_half<Bits>(block, 1);
+#define XTC_ROW(m)                                  \
+  {                                                 \
+    const __m256i a = broadcast4_256(r[m] + 4 * q); \
+    maddubs_add(p##m##0, a, w0);                    \
+    maddubs_add(p##m##1, a, w1);                    \
+  }
+      XTC_ROW(0)
+      if constexpr (MR == 4) {
+        XTC_ROW(1) XTC_ROW(2) XTC_ROW(3)
+      }
+#undef XTC_ROW
+    }
+    const __m256i parts[4][2] = {{p00, p01}, {p10, p11}, {p20, p21}, {p30, p31}};
+    for (int m = 0; m < MR; ++m) {
+      for (int h = 0; h < 2; ++h) {
+        __m256i* total = reinterpret_cast<__m256i*>(acc_out + m * acc_stride + 8 * h);
+        _mm256_storeu_si256(total, _mm256_add_epi32(_mm256_loadu_si256(total), _mm256_madd_epi16(parts[m][h], ones)));
+      }
+    }
+  }
+#endif
 }
 
 template <int Bits>
