@@ -196,7 +196,7 @@ void accumulate(const uint8_t* codes, int64_t m, int64_t k, const uint8_t* const
 #endif
 
 #ifdef XTC_AVX2
-constexpr int kTokensAvx2 = 4;  // tokens per micro-kernel: 4 x 2 accumulators (x 2 without AVX-VNNI) in 16 registers
+constexpr int kTokensAvx2 = 4;  // tokens per micro-kernel: 4 x 2 accumulators, 2 weight vectors, a broadcast
 constexpr int64_t kFlushQuads = 32;  // int16 partial sums of 1/2-bit products: 32 quads x 2 x 255 < 32767
 
 // Bytes of `mask` as 32 bytes, 0xFF where bit i of the mask is set (byte i): AVX2 has no vpmovm2b.
