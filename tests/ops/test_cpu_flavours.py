@@ -23,12 +23,17 @@ def flavour(request):
     return request.param, builder.build_cpu(isa=request.param)
 
 
-def _kernel_weight(module, levels: torch.Tensor, bits: int):
+def _prepack(module, codes: torch.Tensor, bits: int):
+    """Weight codes as stored rows (pack_bits layout), then the extension's kernel layout and row sums."""
     storage = reference.storage_bits(bits)
-    codes = (levels > 0).long() if bits == 1 else levels + (1 if bits == 2 else 1 << (bits - 1))
     padding = packing.padded_length(codes.shape[1], storage) - codes.shape[1]
     rows = packing.pack_bits(F.pad(codes.to(torch.uint8), (0, padding)), storage)
-    return module.prepack_weight(rows, bits, levels.shape[1])
+    return module.prepack_weight(rows, bits, codes.shape[1])
+
+
+def _kernel_weight(module, levels: torch.Tensor, bits: int):
+    codes = (levels > 0).long() if bits == 1 else levels + (1 if bits == 2 else 1 << (bits - 1))
+    return _prepack(module, codes, bits)
 
 
 def _levels(n: int, k: int, bits: int, generator: torch.Generator) -> torch.Tensor:
@@ -66,10 +71,7 @@ def test_flavour_matches_the_reference(flavour, bits):
     _, module = flavour
     w, x, bias = torch.randn(64, 200), torch.randn(19, 200) * 3, torch.randn(64)
     quantized = reference.quantize_weight(w, bits, 64)
-    storage = reference.storage_bits(bits)
-    padding = packing.padded_length(200, storage) - 200
-    rows = packing.pack_bits(F.pad(quantized.codes, (0, padding)), storage)
-    kernel_weight, row_sum = module.prepack_weight(rows, bits, 200)
+    kernel_weight, row_sum = _prepack(module, quantized.codes, bits)
     weight = reference.dequantize_weight(quantized, bits)
     for act_bits in (8, 4):
         out = module.packed_linear(x, kernel_weight, row_sum, quantized.weight_scale, bias, bits, act_bits)

@@ -49,7 +49,7 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _loaded: dict[str, Optional[Any]] = {}
 _errors: dict[str, str] = {}
 _registered: set[str] = set()
-_cpu_flavour: Optional[Any] = None  # the CPU extension of another flavour, in use inside use_cpu_flavour
+_active: dict[str, Any] = {}  # per device, the extension its registered kernels call (use_cpu_flavour swaps cpu's)
 _flavours: dict[str, Any] = {}  # CPU extensions by flavour, loaded by use_cpu_flavour
 
 
@@ -143,42 +143,37 @@ def _reference_chosen() -> bool:
     return _choice == "reference"
 
 
-def _kernels_of(device: str, loaded: Any) -> dict[str, Callable[..., Any]]:
-    """Kernels for the ops of ``library``, each serving the reference where the extension has none."""
-
-    class _Active:  # the extension in use: ``loaded``, or on the CPU the flavour chosen by use_cpu_flavour
-        def __getattr__(self, name: str) -> Any:
-            return getattr(_cpu_flavour if device == "cpu" and _cpu_flavour is not None else loaded, name)
-
-    module = _Active()
+def _kernels_of(device: str) -> dict[str, Callable[..., Any]]:
+    """Kernels for the ops of ``library`` calling ``_active[device]``, each serving the reference where the
+    extension has none."""
 
     def fake_quant_weight(weight, bits, num_groups, symmetric, stochastic):
         if _reference_chosen() or stochastic or weight.dtype not in _FLOATS:
             return reference.fake_quant_weight(weight, bits, num_groups, symmetric, stochastic).contiguous()
-        return module.fake_quant(weight, bits, num_groups, symmetric)
+        return _active[device].fake_quant(weight, bits, num_groups, symmetric)
 
     def fake_quant_activation(x, bits, symmetric, x_min, x_max):
         if _reference_chosen() or x_max is not None or x.dtype not in _FLOATS or x.numel() == 0:
             return reference.fake_quant_activation(x, bits, symmetric, x_min, x_max).contiguous()
-        return module.fake_quant(x, bits, x.numel() // x.shape[-1], symmetric)
+        return _active[device].fake_quant(x, bits, x.numel() // x.shape[-1], symmetric)
 
     def pack_bits(codes, bits):
-        return packing.pack_bits(codes, bits) if _reference_chosen() else module.pack_bits(codes, bits)
+        return packing.pack_bits(codes, bits) if _reference_chosen() else _active[device].pack_bits(codes, bits)
 
     def unpack_bits(packed, bits):
-        return packing.unpack_bits(packed, bits) if _reference_chosen() else module.unpack_bits(packed, bits)
+        return packing.unpack_bits(packed, bits) if _reference_chosen() else _active[device].unpack_bits(packed, bits)
 
     def prepack_weight(packed_weight, bits, in_features):
         if _reference_chosen():
             return library.reference_prepack_weight(packed_weight, bits, in_features)
-        return tuple(module.prepack_weight(packed_weight, bits, in_features))
+        return tuple(_active[device].prepack_weight(packed_weight, bits, in_features))
 
     def packed_linear(x, kernel_weight, row_sum, row_scale, bias, bits, act_bits):
         native_layout = kernel_weight.dim() == (2 if x.device.type == "cuda" else 3)
         floats = x.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
         if _reference_chosen() or not (native_layout and floats):
             return library.reference_packed_linear(x, kernel_weight, row_sum, row_scale, bias, bits, act_bits)
-        return module.packed_linear(x, kernel_weight, row_sum, row_scale, bias, bits, act_bits)
+        return _active[device].packed_linear(x, kernel_weight, row_sum, row_scale, bias, bits, act_bits)
 
     return {
         "fake_quant_weight": fake_quant_weight,
@@ -206,7 +201,8 @@ def register_for(device: str) -> bool:
                 f"({status()[device]})"
             )
         return False
-    for name, kernel in _kernels_of(device, module).items():
+    _active[device] = module
+    for name, kernel in _kernels_of(device).items():
         library.OPS[name].register_kernel(device, kernel)
     _registered.add(device)
     return True
@@ -223,16 +219,15 @@ def use_cpu_flavour(isa: str) -> Iterator[Any]:
         XtcError: the kernels in use are the reference, or this machine's own CPU ops did not load.
         ConfigError: this CPU cannot execute ``isa``.
     """
-    global _cpu_flavour
     if _choice == "reference" or (not register_for("cpu") and "cpu" not in _registered):
         raise XtcError(f"xtc_ds: no fused CPU ops in use (kernels: {_choice}; cpu: {status()['cpu']})")
     if isa not in _flavours:
         _flavours[isa] = builder.build_cpu(isa=isa)
-    previous, _cpu_flavour = _cpu_flavour, _flavours[isa]
+    previous, _active["cpu"] = _active["cpu"], _flavours[isa]
     try:
-        yield _cpu_flavour
+        yield _active["cpu"]
     finally:
-        _cpu_flavour = previous
+        _active["cpu"] = previous
 
 
 def status() -> dict[str, str]:
