@@ -216,9 +216,18 @@ def test_malformed_config_names_key_path(key, value, message):
     assert isinstance(err.value, ValueError)
 
 
-def test_enabled_pruning_says_not_implemented():
-    with pytest.raises(ConfigError, match="not implemented in xtc_ds yet"):
-        load_compression_config(_set(_base(), "head_pruning.shared_parameters.enabled", True))
+def test_enabled_sparse_and_channel_pruning_say_not_implemented():
+    for technique in ("sparse_pruning", "channel_pruning"):
+        section = {"shared_parameters": {"enabled": True}, "different_groups": {"g": {"params": {"dense_ratio": 0.5}}}}
+        with pytest.raises(ConfigError, match=f"{technique}.shared_parameters.enabled: True .*not implemented"):
+            load_compression_config(_set(_base(), technique, section))
+
+
+def test_enabled_row_and_head_pruning_load():
+    config = _set(_base(), "head_pruning.shared_parameters.enabled", True)
+    config = _set(config, "row_pruning.shared_parameters.enabled", True)
+    parsed = load_compression_config(config)
+    assert parsed.head_pruning.enabled and parsed.row_pruning.enabled
 
 
 def test_file_errors_name_the_file(tmp_path):

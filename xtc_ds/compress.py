@@ -5,9 +5,7 @@ Migrating from ``deepspeed.compression.compress`` is an import change.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
@@ -19,7 +17,9 @@ from xtc_ds.inject import inject
 from xtc_ds.layer_reduction import initialize_student, layer_list, reduction_modules
 from xtc_ds.nn.qat_linear import is_conv1d
 from xtc_ds.ops import fake_quant_weight
+from xtc_ds.pruning import clean_pruned
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
+from xtc_ds.zero3 import full_parameters
 
 __all__ = ["init_compression", "redundancy_clean"]
 
@@ -104,6 +104,12 @@ def _summary(model: nn.Module, config: Any, report: Any) -> str:
             bits = getattr(params, "target_bits", None) or params.bits
             count = sum(1 for g in table.values() if g == group)
             parts.append(f"{kind} {bits}-bit in {count} modules ('{group}')")
+    for technique, table in (("row_pruning", report.row_pruned), ("head_pruning", report.head_pruned)):
+        groups = getattr(config, technique).different_groups
+        for group in sorted(set(table.values())):
+            count = sum(1 for g in table.values() if g == group)
+            kept = groups[group].params.dense_ratio
+            parts.append(f"{technique.replace('_', ' ')} keeping {kept:.0%} in {count} modules ('{group}')")
     if config.layer_reduction.enabled:
         parts.append(f"{len(config.layer_reduction.teacher_layer)} layers kept")
     if config.knowledge_distillation.enabled:
@@ -111,23 +117,14 @@ def _summary(model: nn.Module, config: Any, report: Any) -> str:
     return f"xtc_ds: compressing {type(unwrap_model(model)).__name__}: " + ("; ".join(parts) or "nothing selected")
 
 
-@contextlib.contextmanager
-def _full_weight(weight: torch.nn.Parameter) -> Iterator[None]:
-    """Gather a ZeRO-3 partitioned weight for modification (rank 0 writes, then broadcasts); no-op otherwise."""
-    if not hasattr(weight, "ds_id"):
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters([weight], modifier_rank=0):
-        yield
-
-
 def redundancy_clean(model: nn.Module, deepspeed_config: Any = None, mpu: Any = None) -> nn.Module:
-    """Bake the quantized weights into the model, as DeepSpeed's ``redundancy_clean`` did.
+    """Bake the quantized weights into the model and remove pruned units, as DeepSpeed's ``redundancy_clean`` did.
 
     Every weight-quantized module's weight is replaced by its quantized value at ``target_bits`` (whatever
-    step the schedule is at), and its weight quantizer is removed so it is not applied twice. Activation
+    step the schedule is at), and its weight quantizer is removed so it is not applied twice. Row and head
+    pruning masks are applied at their ``dense_ratio`` (whatever the step): where the group names
+    ``related_modules`` the pruned rows, heads and the related modules' matching columns or rows are removed
+    (smaller Linears), else they are zeroed; quantized weights are baked over the kept weights only. Activation
     quantizers stay and are switched on: the result is the compressed model as it will be evaluated and
     exported. Works on the model or on a DeepSpeed engine (its ``module``).
 
@@ -146,10 +143,11 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any = None, mpu: Any = 
         raise ValueError("redundancy_clean: the model was not prepared by xtc_ds.init_compression / xtc_ds.initialize")
     if deepspeed_config is not None:
         require_same_config(state, load_compression_config(deepspeed_config), f"{SECTION}: redundancy_clean")
+    clean_pruned(root)
     for module in root.modules():
         quantizer = getattr(module, "weight_quantizer", None)
         if quantizer is not None:
-            with _full_weight(module.weight), torch.no_grad():
+            with full_parameters([module.weight], modify=True), torch.no_grad():
                 weight = module.weight.t() if is_conv1d(module) else module.weight
                 groups = weight.shape[0] if quantizer.num_groups is None else quantizer.num_groups
                 baked = fake_quant_weight(weight, quantizer.target_bits, groups, quantizer.symmetric)

@@ -27,6 +27,7 @@ from xtc_ds.nn.packed_embedding import XtcPackedEmbedding
 from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.qat_embedding import XtcQATEmbedding
 from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, is_conv1d
+from xtc_ds.pruning import attach_masks, check_quantize_groups, plan_pruning, structure_masks
 from xtc_ds.schedule import apply_schedule, quantizers
 from xtc_ds.state import attach_state, compression_state, detach_state, require_same_config, unwrap_model
 
@@ -119,6 +120,11 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
         require_same_config(state, config, f"{SECTION}: inject (call revert() first to compress differently)")
         return state.report
     plans = plan_injection(model, config)
+    prune_plans = plan_pruning(model, config)
+    check_quantize_groups(model, prune_plans, plans)
+    for technique, owner in prune_plans:
+        for name in (owner, *prune_plans[(technique, owner)].related):
+            plans.setdefault(name, ModulePlan())
     _announce(config)
     report = InjectionReport()
     modules = dict(model.named_modules())
@@ -134,8 +140,11 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
             report.weight_quantized[name] = plan.weight_group
         if plan.act_group is not None:
             report.activation_quantized[name] = plan.act_group
+    attach_masks(model, prune_plans)
+    for (technique, owner), prune_plan in prune_plans.items():
+        getattr(report, technique.replace("_pruning", "_pruned"))[owner] = prune_plan.group
     attach_state(model, config, report)
-    apply_schedule(config, *quantizers(model), step=0)
+    apply_schedule(config, *quantizers(model), step=0, masks=structure_masks(model))
     log_rank_zero(logging.INFO, "xtc_ds: " + report.summary().replace("\n", "; "))
     return report
 

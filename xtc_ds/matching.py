@@ -17,7 +17,7 @@ from xtc_ds.architectures import resolve_patterns
 from xtc_ds.config import PER_ROW, SECTION, CompressionConfig, ConfigError
 from xtc_ds.nn.qat_linear import CONV1D, is_conv1d
 
-__all__ = ["ModulePlan", "InjectionReport", "plan_injection", "weight_shape", "is_compressed"]
+__all__ = ["ModulePlan", "InjectionReport", "plan_injection", "match_groups", "weight_shape", "is_compressed"]
 
 _CANDIDATES_SHOWN = 8
 
@@ -37,14 +37,21 @@ class InjectionReport:
 
     weight_quantized: dict[str, str] = field(default_factory=dict)
     activation_quantized: dict[str, str] = field(default_factory=dict)
+    row_pruned: dict[str, str] = field(default_factory=dict)
+    head_pruned: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line per group: how many modules it covers."""
         lines = []
-        for kind, table in (("weight", self.weight_quantized), ("activation", self.activation_quantized)):
+        for kind, table in (
+            ("weight quantization", self.weight_quantized),
+            ("activation quantization", self.activation_quantized),
+            ("row pruning", self.row_pruned),
+            ("head pruning", self.head_pruned),
+        ):
             for group in sorted(set(table.values())):
                 count = sum(1 for g in table.values() if g == group)
-                lines.append(f"{kind} quantization group '{group}': {count} modules")
+                lines.append(f"{kind} group '{group}': {count} modules")
         return "\n".join(lines) or "no module compressed"
 
 
@@ -73,7 +80,7 @@ def _eligible(model: nn.Module, with_embeddings: bool) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if name and isinstance(module, types)}
 
 
-def _match_groups(
+def match_groups(
     model: nn.Module, groups: Mapping[str, object], eligible: Mapping[str, nn.Module], path: str
 ) -> dict[str, str]:
     owner: dict[str, str] = {}
@@ -133,11 +140,11 @@ def plan_injection(model: nn.Module, config: CompressionConfig) -> dict[str, Mod
     act_owner: dict[str, str] = {}
     wq, aq = config.weight_quantization, config.activation_quantization
     if wq.enabled:
-        weight_owner = _match_groups(
+        weight_owner = match_groups(
             model, wq.different_groups, _eligible(model, True), f"{SECTION}.weight_quantization"
         )
     if aq.enabled:
-        act_owner = _match_groups(
+        act_owner = match_groups(
             model, aq.different_groups, _eligible(model, False), f"{SECTION}.activation_quantization"
         )
     plans = {}

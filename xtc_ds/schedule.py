@@ -9,7 +9,7 @@ from any loop, and ``xtc_ds.initialize`` makes ``engine.step()`` call it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from torch import nn
 from xtc_ds._log import log_rank_zero
 from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression_config
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
+from xtc_ds.pruning import score_unscored, structure_masks
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
 
 __all__ = ["CompressionScheduler", "scheduled_bits", "quantizers", "apply_schedule"]
@@ -55,9 +56,15 @@ def quantizers(root: nn.Module) -> tuple[QuantizerList, QuantizerList]:
 
 
 def apply_schedule(
-    config: CompressionConfig, weight: QuantizerList, act: QuantizerList, step: int, cleaned: bool = False
+    config: CompressionConfig,
+    weight: QuantizerList,
+    act: QuantizerList,
+    step: int,
+    cleaned: bool = False,
+    masks: Optional[list] = None,
 ) -> None:
-    """Set every quantizer's switches (on/off, bits, fp16 mixing) to what the schedule gives after ``step`` steps."""
+    """Set every quantizer's switches (on/off, bits, fp16 mixing) and every pruning mask's (on/off; ``l1`` scores
+    taken when it first switches on) to what the schedule gives after ``step`` steps."""
     wq, aq = config.weight_quantization, config.activation_quantization
     since = step - wq.shared_parameters.schedule_offset
     mixing = wq.shared_parameters.fp16_mixed_quantize
@@ -74,6 +81,11 @@ def apply_schedule(
     act_on = cleaned or step >= aq.shared_parameters.schedule_offset
     for _, quantizer in act:
         quantizer.enabled = act_on
+    if cleaned or not masks:
+        return  # redundancy_clean removed the masks
+    for _, _, mask in masks:
+        mask.enabled = step >= getattr(config, mask.technique).shared_parameters.schedule_offset
+    score_unscored(masks)
 
 
 class CompressionScheduler:
@@ -102,6 +114,7 @@ class CompressionScheduler:
         self.state = state
         self.config = state.config
         self._weight, self._act = quantizers(unwrap_model(model))
+        self._masks = structure_masks(unwrap_model(model))
         self.step_count = 0
         self._apply()
 
@@ -112,11 +125,11 @@ class CompressionScheduler:
         self._apply()
 
     def _apply(self) -> None:
-        apply_schedule(self.config, self._weight, self._act, self.step_count, self.state.cleaned)
+        apply_schedule(self.config, self._weight, self._act, self.step_count, self.state.cleaned, self._masks)
 
     def report(self) -> dict[str, Any]:
-        """Where compression stands: the schedule step and, per group, its modules and their current bits
-        (None while the group's quantization is off)."""
+        """Where compression stands: the schedule step; per quantization group, its modules and their current bits
+        (None while the group's quantization is off); per pruning mask, whether it is on and what it keeps."""
         groups: dict[str, dict[str, dict[str, Any]]] = {"weight": {}, "activation": {}}
         for kind, quantizer_list in (("weight", self._weight), ("activation", self._act)):
             for name, quantizer in quantizer_list:
@@ -124,14 +137,20 @@ class CompressionScheduler:
                 group["modules"].append(name.rsplit(".", 1)[0])
                 if quantizer.enabled:
                     group["bits"] = quantizer.bits
-        return {"step": self.step_count, "cleaned": self.state.cleaned, **groups}
+        pruning = {
+            name: {"enabled": mask.enabled, "kept": mask.kept_units, "of": mask.units}
+            for name, _, mask in ([] if self.state.cleaned else self._masks)
+        }
+        return {"step": self.step_count, "cleaned": self.state.cleaned, **groups, "pruning": pruning}
 
     def state_dict(self) -> dict[str, Any]:
-        """Step count and calibrated static activation ranges (kept out of the model's state_dict)."""
+        """Step count, calibrated static activation ranges (kept out of the model's state_dict) and the scores of
+        scored pruning masks (also in the model's, but a Hugging Face folder reloaded as a plain model drops them)."""
         ranges = {
             name: torch.stack([q.x_min, q.x_max]).cpu() for name, q in self._act if q.static and bool(q.calibrated)
         }
-        return {"step": self.step_count, "activation_ranges": ranges}
+        scores = {name: mask.scores.detach().cpu().clone() for name, _, mask in self._masks if bool(mask.scored)}
+        return {"step": self.step_count, "activation_ranges": ranges, "pruning_scores": scores}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step count (and every switch derived from it) and static activation ranges."""
@@ -147,4 +166,11 @@ class CompressionScheduler:
             quantizer.x_min.copy_(pair[0])
             quantizer.x_max.copy_(pair[1])
             quantizer.calibrated.fill_(True)
+        masks = {name: mask for name, _, mask in self._masks}
+        for name, scores in state_dict.get("pruning_scores", {}).items():
+            if name not in masks or masks[name].scores.shape != scores.shape:
+                raise KeyError(f"CompressionScheduler.load_state_dict: no pruning mask '{name}' of {tuple(scores.shape)}")
+            with torch.no_grad():
+                masks[name].scores.copy_(scores)
+            masks[name].scored.fill_(True)
         self._apply()

@@ -101,9 +101,11 @@ class ChannelPruningSharedConfig(_PruningSharedConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class _PruningSection(Checked):
-    """One legacy pruning technique: parsed and validated so legacy configs load, refused when enabled."""
+    """One legacy pruning technique. ``row_pruning`` and ``head_pruning`` run; ``sparse_pruning`` and
+    ``channel_pruning`` are parsed and validated so legacy configs load, and refused when enabled."""
 
     different_groups: dict[str, PruningGroupConfig] = field(default_factory=dict)
+    _implemented = False
 
     @property
     def enabled(self) -> bool:
@@ -115,6 +117,17 @@ class _PruningSection(Checked):
         method = self.shared_parameters.method
         if not self.different_groups and method is not PruningMethod.SNIP_MOMENTUM:
             raise ConfigError(f"{path}.different_groups: missing or empty (required when shared_parameters.enabled)")
+        for name, group in self.different_groups.items():
+            related = group.related_modules
+            require(
+                related is None or len(related) == len(group.modules),
+                f"{path}.different_groups.{name}.related_modules",
+                None if related is None else [list(r) for r in related],
+                f"must have one list per entry of modules ({len(group.modules)}): related_modules[k] shrinks with "
+                "modules[k]",
+            )
+        if self._implemented:
+            return
         technique = path.rsplit(".", 1)[-1]
         raise ConfigError(
             f"{path}.shared_parameters.enabled: True ({technique} is parsed and validated but not implemented "
@@ -130,11 +143,13 @@ class SparsePruningConfig(_PruningSection):
 @dataclass(frozen=True, kw_only=True)
 class RowPruningConfig(_PruningSection):
     shared_parameters: RowPruningSharedConfig = field(default_factory=RowPruningSharedConfig)
+    _implemented = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class HeadPruningConfig(_PruningSection):
     shared_parameters: HeadPruningSharedConfig = field(default_factory=HeadPruningSharedConfig)
+    _implemented = True
 
 
 @dataclass(frozen=True, kw_only=True)

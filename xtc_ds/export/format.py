@@ -32,6 +32,7 @@ from xtc_ds.nn.qat_linear import is_conv1d
 __all__ = [
     "packed_specs",
     "FORMAT_VERSION",
+    "PRUNED_FORMAT_VERSION",
     "QUANT_METHOD",
     "LAYOUT",
     "WEIGHTS_FILE",
@@ -44,7 +45,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+PRUNED_FORMAT_VERSION = 3  # format 2 plus ``pruned_shapes``; written only for pruned models, so others stay 2
+READABLE_VERSIONS = (1, 2, 3)
 QUANT_METHOD = "xtc"
 LAYOUT = "rows_lsb_first"
 WEIGHTS_FILE = "model.safetensors"
@@ -103,6 +105,12 @@ def _check_block(block: Any, path: Path) -> None:
             raise _fail(path, "quantization_config.tensor_sha256 must map every tensor name to its sha256")
         if not isinstance(block.get("config_sha256"), str):
             raise _fail(path, "quantization_config.config_sha256 is missing")
+    shapes = block.get("pruned_shapes", {})
+    if (version < PRUNED_FORMAT_VERSION and "pruned_shapes" in block) or not isinstance(shapes, dict):
+        raise _fail(path, "quantization_config.pruned_shapes must be an object, and only in format 3")
+    for name, shape in shapes.items():
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int and d >= 1 for d in shape)):
+            raise _fail(path, f"quantization_config.pruned_shapes.{name}: {shape!r} (must be [out_features, in_features])")
 
 
 def read_quantization_config(folder: Union[str, Path]) -> tuple[dict[str, Any], dict[str, PackedSpec]]:

@@ -21,6 +21,7 @@ from xtc_ds.export.format import (
 from xtc_ds.inject import to_packed
 from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.pruning import shrink_to
 
 __all__ = ["load_packed"]
 
@@ -117,6 +118,10 @@ def load_packed(
     config_dict, specs = read_quantization_config(folder)
     block = config_dict["quantization_config"]
     model = _empty_model(folder, model_class or _model_class(config_dict, folder / "config.json"), attn_implementation)
+    try:
+        shrink_to(model, block.get("pruned_shapes", {}), "quantization_config.pruned_shapes")
+    except ConfigError as err:
+        raise PackedFormatError(f"{folder / 'config.json'}: {err}") from None
     _check_specs(model, block, specs, folder / "config.json")
     verify_config_checksum(config_dict, folder)
     tensors = read_tensors(folder)

@@ -6,7 +6,8 @@ An exported folder holds ``config.json`` (the model's config plus a ``quantizati
 1 at 5..8 bits), ``<name>.weight_scale`` (float32, one per group), ``<name>.weight_zero_point`` for asymmetric
 weights and ``<name>.bias``; everything else keeps its name, in float32 or float16. The block records
 ``format_version``, the layout, the compression config, one :class:`~xtc_ds.nn.PackedSpec` per module and
-the checksums :mod:`xtc_ds.export.format` verifies.
+the checksums :mod:`xtc_ds.export.format` verifies; a model whose pruned units ``redundancy_clean`` removed also
+records the smaller Linears' shapes (``pruned_shapes``, format 3).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from xtc_ds.errors import OutputDirError
 from xtc_ds.export.format import (
     FORMAT_VERSION,
     LAYOUT,
+    PRUNED_FORMAT_VERSION,
     QUANT_METHOD,
     WEIGHTS_FILE,
     config_sha256,
@@ -42,6 +44,7 @@ from xtc_ds.export.gather import (
 from xtc_ds.files import path_within, replace_dir_atomic
 from xtc_ds.nn.packed_linear import packed_weight_tensors
 from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.pruning import pruned_shapes, structure_masks
 
 __all__ = ["export_packed", "check_output_dir", "copy_tokenizer", "is_export"]
 
@@ -181,7 +184,13 @@ def export_packed(
     check_output_dir(output_dir, (model, tokenizer, checkpoint), overwrite)
     root = source_model(model)
     config = export_config(root, deepspeed_config)
+    if structure_masks(root):
+        raise ValueError(
+            "export_packed: the model still carries row/head pruning masks; call xtc_ds.redundancy_clean(model) "
+            "first, which removes the pruned units (the export then stores the smaller Linears)"
+        )
     specs = packed_specs(root, config)
+    shrunk = pruned_shapes(root)
     collective = bool(partitioned_parameters(root)) and torch.distributed.is_initialized()
     state = gathered_state(root)
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
@@ -201,13 +210,15 @@ def export_packed(
     hf_config.architectures = [type(root).__name__]
     block = {
         "quant_method": QUANT_METHOD,
-        "format_version": FORMAT_VERSION,
+        "format_version": PRUNED_FORMAT_VERSION if shrunk else FORMAT_VERSION,
         "layout": LAYOUT,
         "dtype": str(dtype).removeprefix("torch."),
         "compression_training": config.to_dict(),
         "modules": {name: spec.to_dict() for name, spec in specs.items()},
         "non_persistent_buffers": buffers,
     }
+    if shrunk:
+        block["pruned_shapes"] = shrunk
 
     tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
     block["tensor_sha256"] = {name: tensor_sha256(tensor) for name, tensor in tensors.items()}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
+from xtc_ds.nn.structure_mask import AxisMask, kept_bias, pruned_weight
 
 __all__ = ["XtcQATLinear", "XtcQATConv1D", "CONV1D", "is_conv1d"]
 
@@ -41,13 +42,15 @@ def _adopt(new: nn.Module, old: nn.Module, weight_quantizer, act_quantizer) -> n
 
 
 class XtcQATLinear(nn.Linear):
-    """``nn.Linear`` whose forward fake-quantizes its input and weight.
+    """``nn.Linear`` whose forward fake-quantizes its input and weight, and applies structured pruning masks.
 
-    Build with :meth:`from_linear`; ``state_dict()`` keys stay ``weight`` and ``bias``.
+    Build with :meth:`from_linear`; ``state_dict()`` keys stay ``weight`` and ``bias`` (a pruning mask it owns
+    adds its ``row_pruning.*`` / ``head_pruning.*`` scores).
     """
 
     weight_quantizer: Optional[WeightFakeQuantizer]
     act_quantizer: Optional[ActFakeQuantizer]
+    pruning: tuple[AxisMask, ...] = ()
 
     @classmethod
     def from_linear(
@@ -67,9 +70,27 @@ class XtcQATLinear(nn.Linear):
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(axis_mask.mask.enabled for axis_mask in self.pruning):
+            return self._pruned_forward(x)
         if self.act_quantizer is not None:
             x = self.act_quantizer(x)
         return F.linear(x, self.quantized_weight(), self.bias)
+
+    def _pruned_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pruned input columns are zeroed before activation quantization, so per-token ranges see only the
+        inputs the cleaned (smaller) Linear will see (their gradient passes straight through); rows an owned mask
+        prunes give 0, bias included."""
+        pruned = pruned_weight(self.weight, self.weight_quantizer, self.pruning)
+        inputs = x
+        if pruned.cols is not None:
+            keep = torch.zeros(self.in_features, dtype=x.dtype, device=x.device).index_fill_(0, pruned.cols, 1.0)
+            x = x * keep + (x - x.detach()) * (1.0 - keep)
+        if self.act_quantizer is not None:
+            x = self.act_quantizer(x)
+        out = F.linear(x, pruned.weight, kept_bias(self.bias, pruned.zeroed_rows))
+        if pruned.column_gradient is not None and torch.is_grad_enabled():
+            out = out + F.linear(inputs, pruned.column_gradient)
+        return out
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` with the same Parameters (no quantization)."""

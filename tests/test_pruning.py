@@ -1,0 +1,290 @@
+"""Row and head pruning: masks at the configured ratio and step, related modules pruned with their owner, cleaning
+that removes the pruned units without changing the logits, and packed exports of the smaller model."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from configs import section
+from conftest import REPO_ROOT
+from models import tiny_bert
+
+import xtc_ds
+from xtc_ds.config import ConfigError
+from xtc_ds.ops import fake_quant_weight
+
+LEGACY = REPO_ROOT.parent / "shared" / "legacy_configs" / "ds_config_W1or2A8_Qgroup64_fp16.json"
+ROW = {
+    "shared_parameters": {"enabled": True, "schedule_offset": 0, "method": "l1"},
+    "different_groups": {
+        "rp1": {
+            "params": {"dense_ratio": 0.5},
+            "modules": ["intermediate.dense"],
+            "related_modules": [["layer.\\w+.output.dense"]],
+        }
+    },
+}
+HEAD = {
+    "shared_parameters": {"enabled": True, "schedule_offset": 0, "method": "topk", "num_heads": 4},
+    "different_groups": {
+        "hp1": {
+            "params": {"dense_ratio": 0.5},
+            "modules": ["attention.output.dense"],
+            "related_modules": [["self.query", "self.key", "self.value"]],
+        }
+    },
+}
+
+
+def _model(heads: int = 4, hidden: int = 32, layers: int = 2):
+    torch.manual_seed(0)
+    model = tiny_bert(layers=layers, hidden=hidden)
+    if heads != model.config.num_attention_heads:
+        from transformers import BertForSequenceClassification
+
+        config = model.config
+        config.num_attention_heads = heads
+        model = BertForSequenceClassification(config)
+    return model.eval()
+
+
+def _section(base: str = "ds_xtc_1bit.json", row=ROW, head=HEAD, **changes):
+    sec = section(base, kd=False)
+    if row is not None:
+        sec["row_pruning"] = copy.deepcopy(row)
+    if head is not None:
+        sec["head_pruning"] = copy.deepcopy(head)
+    for path, value in changes.items():
+        node = sec
+        *parents, leaf = path.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return sec
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+IDS = torch.randint(0, 96, (3, 12), generator=torch.Generator().manual_seed(1))
+
+
+def _layer(model, i=0):
+    return model.bert.encoder.layer[i]
+
+
+def test_masks_keep_the_dense_ratio_from_the_schedule_offset():
+    sec = _section(
+        row_pruning__shared_parameters__schedule_offset=3,
+        head_pruning__shared_parameters__schedule_offset=5,
+    )
+    model = _model()
+    unpruned = _logits(copy.deepcopy(model), IDS)
+    xtc_ds.init_compression(model, {"compression_training": sec})
+    scheduler = xtc_ds.CompressionScheduler(model)
+    ffn_in = _layer(model).intermediate.dense
+    assert not ffn_in.row_pruning.enabled and not bool(ffn_in.row_pruning.scored)
+    quantized_only = _logits(model, IDS)
+    for _ in range(3):
+        scheduler.step()
+    report = scheduler.report()["pruning"]
+    assert report["bert.encoder.layer.0.intermediate.dense.row_pruning"] == {"enabled": True, "kept": 32, "of": 64}
+    assert not report["bert.encoder.layer.0.attention.output.dense.head_pruning"]["enabled"]
+    model.eval()
+    out = ffn_in(torch.randn(5, 32))
+    assert int((out.abs().sum(0) == 0).sum()) == 32  # half of the 64 rows (bias included) give 0
+    for _ in range(2):
+        scheduler.step()
+    attention_output = _layer(model).attention.output.dense
+    assert attention_output.head_pruning.enabled and attention_output.head_pruning.kept_units == 2
+    assert not torch.equal(_logits(model, IDS), quantized_only)
+    assert not torch.equal(quantized_only, unpruned)
+
+
+def test_l1_keeps_the_rows_with_the_largest_norms():
+    model = _model()
+    weight = _layer(model).intermediate.dense.weight.detach().clone()
+    xtc_ds.init_compression(model, {"compression_training": _section(head=None)})
+    mask = _layer(model).intermediate.dense.row_pruning
+    expected = weight.abs().sum(1).argsort(descending=True, stable=True)[:32].sort().values
+    assert torch.equal(mask.kept(), expected)
+
+
+def test_related_modules_prune_with_their_owner_and_scales_ignore_pruned_weights():
+    model = _model()
+    xtc_ds.init_compression(model, {"compression_training": _section()})
+    layer = _layer(model)
+    heads = layer.attention.output.dense.head_pruning.kept()
+    rows = (heads[:, None] * 8 + torch.arange(8)).reshape(-1)  # head size 32 / 4
+    x = torch.randn(7, 32)
+    query = layer.attention.self.query
+    sub = query.weight.detach()[rows]
+    expected = x @ fake_quant_weight(sub, 1, 1).t() + query.bias.detach()[rows]
+    got = query(x)
+    # the act quantizer is on in the recipe: compare against the same input quantization
+    xq = query.act_quantizer(x)
+    expected = xq @ fake_quant_weight(sub, 1, 1).t() + query.bias.detach()[rows]
+    assert torch.allclose(got[:, rows], expected, atol=1e-6)
+    kept_ffn = layer.intermediate.dense.row_pruning.kept()
+    ffn_out = layer.output.dense
+    dropped = torch.ones(64, dtype=torch.bool).index_fill_(0, kept_ffn, False)
+    h = torch.randn(7, 64)
+    assert torch.equal(ffn_out(h), ffn_out(h * (~dropped).float()))
+
+
+@pytest.mark.parametrize("recipe", ["ds_xtc_1bit.json", "ds_xtc_2bit.json"])
+def test_cleaned_model_is_smaller_and_computes_the_masked_logits_exactly(recipe):
+    model = _model()
+    xtc_ds.init_compression(model, {"compression_training": _section(recipe)})
+    model.train()
+    loss = model(input_ids=IDS, labels=torch.tensor([0, 1, 0])).loss
+    loss.backward()
+    model.eval()
+    masked = _logits(model, IDS)
+    xtc_ds.redundancy_clean(model)
+    layer = _layer(model)
+    assert tuple(layer.attention.self.query.weight.shape) == (16, 32)
+    assert tuple(layer.attention.output.dense.weight.shape) == (32, 16)
+    assert tuple(layer.intermediate.dense.weight.shape) == (32, 32)
+    assert tuple(layer.output.dense.weight.shape) == (32, 32)
+    assert not any("pruning" in name for name in model.state_dict())
+    assert torch.equal(_logits(model, IDS), masked)
+
+
+def test_topk_scores_get_gradients_for_kept_and_pruned_units():
+    model = _model()
+    xtc_ds.init_compression(model, {"compression_training": _section(row=None)})
+    model.train()
+    model(input_ids=IDS, labels=torch.tensor([0, 1, 0])).loss.backward()
+    grad = _layer(model).attention.output.dense.head_pruning.scores.grad
+    assert grad is not None and bool((grad != 0).all())
+
+
+def test_without_related_modules_pruned_units_are_zeroed_not_removed(tmp_path):
+    row = copy.deepcopy(ROW)
+    del row["different_groups"]["rp1"]["related_modules"]
+    model = _model()
+    xtc_ds.init_compression(model, {"compression_training": _section(row=row, head=None)})
+    masked = _logits(model, IDS)
+    xtc_ds.redundancy_clean(model)
+    weight = _layer(model).intermediate.dense.weight
+    assert tuple(weight.shape) == (64, 32) and int((weight.abs().sum(1) == 0).sum()) == 32
+    assert torch.equal(_logits(model, IDS), masked)
+    folder = xtc_ds.export_packed(model, None, tmp_path / "packed")
+    block = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert block["format_version"] == 2 and "pruned_shapes" not in block
+
+
+def test_packed_export_stores_the_smaller_model_and_loads_it_back(tmp_path):
+    model = _model()
+    xtc_ds.init_compression(model, {"compression_training": _section()})
+    with pytest.raises(ValueError, match="redundancy_clean"):
+        xtc_ds.export_packed(model, None, tmp_path / "early")
+    xtc_ds.redundancy_clean(model)
+    cleaned = _logits(model, IDS)
+    folder = xtc_ds.export_packed(model, None, tmp_path / "packed")
+    block = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert block["format_version"] == 3
+    assert block["pruned_shapes"]["bert.encoder.layer.1.attention.self.value"] == [16, 32]
+    assert block["pruned_shapes"]["bert.encoder.layer.1.output.dense"] == [32, 32]
+    loaded = xtc_ds.load_packed(folder)
+    assert loaded.bert.encoder.layer[0].attention.self.key.out_features == 16
+    assert torch.allclose(_logits(loaded, IDS), cleaned, atol=1e-5)
+
+    unpruned = _model()
+    xtc_ds.init_compression(unpruned, {"compression_training": _section(row=None, head=None)})
+    xtc_ds.redundancy_clean(unpruned)
+    full = xtc_ds.export_packed(unpruned, None, tmp_path / "full")
+    size = lambda f: (f / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(folder) < size(full)
+
+
+def test_scheduler_state_restores_the_masks_in_a_reloaded_model(tmp_path):
+    sec = _section(row_pruning__shared_parameters__method="l1")
+    model = _model()
+    xtc_ds.init_compression(model, {"compression_training": sec})
+    scheduler = xtc_ds.CompressionScheduler(model)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].intermediate.dense.weight.mul_(torch.rand(64, 1))
+    scheduler.step()
+    saved = scheduler.state_dict()
+    kept = _layer(model).intermediate.dense.row_pruning.kept()
+    fresh = _model()
+    xtc_ds.init_compression(fresh, {"compression_training": sec})
+    restored = xtc_ds.CompressionScheduler(fresh)
+    restored.load_state_dict(saved)
+    assert torch.equal(_layer(fresh).intermediate.dense.row_pruning.kept(), kept)
+    assert restored.step_count == 1
+
+
+def test_legacy_structured_pruning_config_trains_a_few_steps():
+    config = json.loads(LEGACY.read_text())
+    sec = config["compression_training"]
+    for technique in ("row_pruning", "head_pruning"):
+        sec[technique]["shared_parameters"].update(enabled=True, schedule_offset=2)
+    model = _model(heads=12, hidden=48)
+    xtc_ds.init_compression(model, config)
+    scheduler = xtc_ds.CompressionScheduler(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(4):
+        model(input_ids=IDS, labels=torch.tensor([0, 1, 0])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    assert _layer(model).attention.output.dense.head_pruning.kept_units == 6
+    model.eval()
+    masked = _logits(model, IDS)
+    xtc_ds.redundancy_clean(model)
+    assert _layer(model).attention.self.query.out_features == 24
+    assert torch.equal(_logits(model, IDS), masked)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"row_pruning__different_groups__rp1__related_modules": [["output.dense"], ["x"]]},
+            "related_modules: [['output.dense'], ['x']] (must have one list per entry of modules (1)",
+        ),
+        (
+            {"row_pruning__different_groups__rp1__related_modules": [["no_such_module"]]},
+            "rp1.related_modules[0][0]: 'no_such_module' matches no Linear module",
+        ),
+        (
+            {"row_pruning__different_groups__rp1__related_modules": [["attention.self.query"]]},
+            "a related module must consume the pruned rows",
+        ),
+        ({"head_pruning__shared_parameters__num_heads": 3}, "num_heads: 3 (does not divide the 32 inputs"),
+        (
+            {"row_pruning__different_groups__rp1": {"params": {"dense_ratio": 0.5}, "modules": ["self.query"]}},
+            "the output rows of 'bert.encoder.layer.0.attention.self.query' would be pruned by two masks",
+        ),
+        (
+            {
+                "weight_quantization__shared_parameters__quantize_groups": 1024,
+                "weight_quantization__different_groups__wq1__modules": ["intermediate.dense", "layer.\\d+.output"],
+            },
+            "quantize_groups: 1024 (does not divide the 32x32 weights that pruning keeps",
+        ),
+        ({"sparse_pruning": {"shared_parameters": {"enabled": True}, "different_groups": {"sp1": {
+            "params": {"dense_ratio": 0.5}}}}}, "sparse_pruning is parsed and validated but not implemented"),
+    ],
+    ids=["related-length", "related-nothing", "related-shape", "heads", "two-masks", "groups", "sparse"],
+)
+def test_bad_pruning_configs_name_the_key(changes, message):
+    sec = _section(row_pruning__different_groups__rp1__related_modules=[["layer.\\w+.output.dense"]])
+    for path, value in changes.items():
+        node = sec
+        *parents, leaf = path.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    with pytest.raises(ConfigError) as err:
+        xtc_ds.init_compression(_model(), {"compression_training": sec})
+    assert message in str(err.value)

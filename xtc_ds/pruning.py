@@ -1,0 +1,322 @@
+"""Structured pruning (``row_pruning``, ``head_pruning``): which Linears own a mask, which related Linears shrink
+with them, and the physical removal of pruned units by :func:`xtc_ds.redundancy_clean`.
+
+A group's ``modules[k]`` and ``related_modules[k]`` are paired as in the legacy library; each owner's related
+modules are, per related pattern, the matches nearest to it in the module tree (the longest common dotted name
+prefix: the same transformer layer). The legacy library paired them by match order and reused the first pattern's
+masks for the later ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from xtc_ds.architectures import resolve_patterns
+from xtc_ds.config import SECTION, CompressionConfig, ConfigError, PruningMethod
+from xtc_ds.matching import ModulePlan, match_groups, weight_shape
+from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, pruned_weight
+from xtc_ds.zero3 import full_parameters
+
+__all__ = [
+    "PrunePlan",
+    "plan_pruning",
+    "kept_count",
+    "check_quantize_groups",
+    "attach_masks",
+    "structure_masks",
+    "score_unscored",
+    "clean_pruned",
+    "pruned_shapes",
+    "shrink_to",
+]
+
+TECHNIQUES = ("row_pruning", "head_pruning")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """One owner's mask: technique, group, method, kept fraction, heads, and the related modules that shrink with it."""
+
+    technique: str
+    group: str
+    method: PruningMethod
+    dense_ratio: float
+    num_heads: Optional[int] = None
+    related: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    count = 0
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+def _nearest(owner: str, candidates: list[str]) -> list[str]:
+    best = max((_common_prefix(owner, name) for name in candidates), default=0)
+    return [name for name in candidates if _common_prefix(owner, name) == best]
+
+
+def _related(
+    model: nn.Module, owner: str, pattern_index: int, related: tuple[str, ...], linears: dict[str, nn.Module], where: str
+) -> tuple[str, ...]:
+    names: list[str] = []
+    for j, pattern in enumerate(related):
+        spot = f"{where}.related_modules[{pattern_index}][{j}]"
+        regexes = [re.compile(p) for p in resolve_patterns(model, (pattern,), spot)]
+        candidates = [n for n in linears if n != owner and any(r.search(n) for r in regexes)]
+        if not candidates:
+            raise ConfigError(f"{spot}: {pattern!r} matches no Linear module (the module paired with it is '{owner}')")
+        names += [n for n in _nearest(owner, candidates) if n not in names]
+    return tuple(names)
+
+
+def _pattern_index(model: nn.Module, name: str, modules: tuple[str, ...], where: str) -> int:
+    for k, pattern in enumerate(modules):
+        if pattern == "*" or any(re.search(p, name) for p in resolve_patterns(model, (pattern,), f"{where}[{k}]")):
+            return k
+    raise AssertionError(name)
+
+
+def _check_shapes(plan: PrunePlan, owner: str, linears: dict[str, nn.Module], where: str) -> None:
+    out_features, in_features = weight_shape(linears[owner])
+    if plan.technique == "head_pruning" and in_features % plan.num_heads:
+        raise ConfigError(
+            f"{SECTION}.head_pruning.shared_parameters.num_heads: {plan.num_heads} (does not divide the "
+            f"{in_features} inputs of '{owner}')"
+        )
+    for name in plan.related:
+        r_out, r_in = weight_shape(linears[name])
+        ok = r_in == out_features if plan.technique == "row_pruning" else r_out == in_features
+        if not ok:
+            side = f"{r_in} inputs" if plan.technique == "row_pruning" else f"{r_out} outputs"
+            need = f"{out_features} outputs" if plan.technique == "row_pruning" else f"{in_features} inputs"
+            raise ConfigError(
+                f"{where}.related_modules: '{name}' has {side}, but its module '{owner}' has {need}; a related module "
+                "must consume the pruned rows (row pruning) or produce the pruned heads (head pruning)"
+            )
+
+
+def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str, str], PrunePlan]:
+    """``(technique, owner module name) -> PrunePlan`` for every enabled structured pruning group.
+
+    Raises:
+        ConfigError: a group or related pattern matching no Linear, a related module of the wrong size, a module
+            masked twice along one axis, or a weight quantized with a group count that pruning would break.
+    """
+    linears = {name: module for name, module in model.named_modules() if name and isinstance(module, nn.Linear)}
+    plans: dict[tuple[str, str], PrunePlan] = {}
+    for technique in TECHNIQUES:
+        section = getattr(config, technique)
+        if not section.enabled:
+            continue
+        where = f"{SECTION}.{technique}"
+        shared = section.shared_parameters
+        owners = match_groups(model, section.different_groups, linears, where)
+        for owner, group_name in owners.items():
+            group = section.different_groups[group_name]
+            group_where = f"{where}.different_groups.{group_name}"
+            related: tuple[str, ...] = ()
+            if group.related_modules:
+                k = _pattern_index(model, owner, group.modules, f"{group_where}.modules")
+                related = _related(model, owner, k, group.related_modules[k], linears, group_where)
+            plan = PrunePlan(
+                technique,
+                group_name,
+                shared.method,
+                group.params.dense_ratio,
+                getattr(shared, "num_heads", None),
+                related,
+            )
+            _check_shapes(plan, owner, linears, group_where)
+            plans[(technique, owner)] = plan
+    _check_axes(plans)
+    return plans
+
+
+def _axes(plans: dict[tuple[str, str], PrunePlan]) -> dict[str, list[tuple[int, str]]]:
+    """Module name -> ``(axis, owner)`` of every mask it applies."""
+    axes: dict[str, list[tuple[int, str]]] = {}
+    for (technique, owner), plan in plans.items():
+        own_axis = ROWS if technique == "row_pruning" else COLUMNS
+        axes.setdefault(owner, []).append((own_axis, owner))
+        for name in plan.related:
+            axes.setdefault(name, []).append((1 - own_axis, owner))
+    return axes
+
+
+def _check_axes(plans: dict[tuple[str, str], PrunePlan]) -> None:
+    for name, entries in _axes(plans).items():
+        for axis in (ROWS, COLUMNS):
+            owners = [owner for a, owner in entries if a == axis]
+            if len(owners) > 1:
+                what = "output rows" if axis == ROWS else "input columns"
+                raise ConfigError(
+                    f"{SECTION}: the {what} of '{name}' would be pruned by two masks (those of {owners}); a Linear "
+                    "may lose rows to one mask and columns to one mask"
+                )
+
+
+def kept_count(dense_ratio: float, units: int) -> int:
+    """Units a mask keeps: ``ceil(dense_ratio * units)`` (at least one; a product like ``0.3 * 10`` that floating
+    point puts a hair above 3 still keeps 3)."""
+    return max(1, math.ceil(dense_ratio * units - 1e-9))
+
+
+def _kept_shape(name: str, plans: dict[tuple[str, str], PrunePlan], linears: dict[str, nn.Module]) -> list[int]:
+    shape = list(weight_shape(linears[name]))
+    for (technique, owner), plan in plans.items():
+        if name != owner and name not in plan.related:
+            continue
+        owner_out, owner_in = weight_shape(linears[owner])
+        if technique == "row_pruning":
+            axis, kept = (ROWS if name == owner else COLUMNS), kept_count(plan.dense_ratio, owner_out)
+        else:
+            head_dim = owner_in // plan.num_heads
+            axis, kept = (COLUMNS if name == owner else ROWS), kept_count(plan.dense_ratio, plan.num_heads) * head_dim
+        shape[axis] = kept
+    return shape
+
+
+def check_quantize_groups(
+    model: nn.Module, plans: dict[tuple[str, str], PrunePlan], quant_plans: dict[str, ModulePlan]
+) -> None:
+    """A pruned weight is quantized as its kept sub-matrix (what the cleaned model holds): a fixed group count must
+    divide that sub-matrix into equal groups of more than one weight."""
+    linears = dict(model.named_modules())
+    for name in _axes(plans):
+        plan = quant_plans.get(name)
+        if plan is None or plan.weight_group is None or plan.num_groups in (None, 1):
+            continue
+        rows, cols = _kept_shape(name, plans, linears)
+        if (rows * cols) % plan.num_groups or rows * cols == plan.num_groups:
+            raise ConfigError(
+                f"{SECTION}.weight_quantization.shared_parameters.quantize_groups: {plan.num_groups} (does not divide "
+                f"the {rows}x{cols} weights that pruning keeps of '{name}' into equal groups of more than one "
+                "weight; pick a count that does, 1, or \"per_row\")"
+            )
+
+
+def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> None:
+    """Give every owner (already an ``XtcQATLinear``) its :class:`StructureMask` (``row_pruning`` or
+    ``head_pruning`` submodule), and every module its :class:`AxisMask` list. ``topk`` scores start from the units'
+    L1 norms of the weight as it is now."""
+    modules = dict(model.named_modules())
+    for (technique, owner), plan in plans.items():
+        module = modules[owner]
+        out_features, in_features = weight_shape(module)
+        if technique == "row_pruning":
+            axis, units, unit_size = ROWS, out_features, 1
+        else:
+            axis, units, unit_size = COLUMNS, plan.num_heads, in_features // plan.num_heads
+        learned = plan.method is PruningMethod.TOPK
+        mask = StructureMask(technique, plan.group, learned, kept_count(plan.dense_ratio, units), axis, units, unit_size)
+        mask.to(module.weight.device)
+        mask.shrinks = bool(plan.related)
+        if mask.learned:
+            with full_parameters([module.weight]):
+                mask.score(module.weight)
+        setattr(module, technique, mask)
+        module.pruning = (*module.pruning, AxisMask(mask, axis, True))
+        for name in plan.related:
+            modules[name].pruning = (*modules[name].pruning, AxisMask(mask, 1 - axis, False))
+
+
+def structure_masks(root: nn.Module) -> list[tuple[str, nn.Module, StructureMask]]:
+    """``(mask name, owner module, mask)`` of every structured pruning mask under ``root``."""
+    found = []
+    for name, module in root.named_modules():
+        for technique in TECHNIQUES:
+            mask = getattr(module, technique, None)
+            if isinstance(mask, StructureMask):
+                found.append((f"{name}.{technique}", module, mask))
+    return found
+
+
+def score_unscored(masks: list[tuple[str, nn.Module, StructureMask]], only_enabled: bool = True) -> None:
+    """Take the L1 scores of every (enabled) mask not scored yet, from its owner's whole weight."""
+    for _, owner, mask in masks:
+        if (mask.enabled or not only_enabled) and not bool(mask.scored):
+            with full_parameters([owner.weight]):
+                mask.score(owner.weight)
+
+
+def _shrunk(tensor: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[torch.Tensor]) -> torch.Tensor:
+    out = tensor if rows is None else tensor.index_select(0, rows)
+    return out if cols is None or out.dim() == 1 else out.index_select(1, cols)
+
+
+@torch.no_grad()
+def clean_pruned(root: nn.Module) -> None:
+    """Remove pruned units for good: masks whose related modules shrink with them take the units out of the
+    weights (smaller Linears); the others zero them. Quantized weights are baked over the kept weights, as in
+    training. Masks apply whatever step the schedule is at, as quantization does at ``target_bits``."""
+    masks = structure_masks(root)
+    score_unscored(masks, only_enabled=False)
+    for _, _, mask in masks:
+        mask.enabled = True
+    pruned = [m for m in root.modules() if getattr(m, "pruning", ())]
+    for module in pruned:
+        with full_parameters([module.weight, module.bias] if module.bias is not None else [module.weight]):
+            weight, rows, cols, zeroed_rows, _ = pruned_weight(module.weight, module.weight_quantizer, module.pruning)
+            bias = kept_bias(module.bias, zeroed_rows)
+            keep_rows = rows if any(m.mask.shrinks and m.axis == ROWS for m in module.pruning) else None
+            keep_cols = cols if any(m.mask.shrinks and m.axis == COLUMNS for m in module.pruning) else None
+            module.weight = nn.Parameter(_shrunk(weight.detach(), keep_rows, keep_cols).contiguous())
+            if bias is not None:
+                module.bias = nn.Parameter(_shrunk(bias.detach(), keep_rows, None).contiguous())
+        module.out_features, module.in_features = module.weight.shape
+        module.weight_quantizer = None
+    for module in pruned:
+        module.pruning = ()
+        for technique in TECHNIQUES:
+            if isinstance(getattr(module, technique, None), StructureMask):
+                delattr(module, technique)
+
+
+def pruned_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """``name -> [out_features, in_features]`` of every Linear smaller than the one ``model.config`` builds (the
+    Linears :func:`clean_pruned` shrank), which an export records so :func:`shrink_to` can rebuild them."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    with torch.device("meta"):
+        reference = dict(type(model)(copy.deepcopy(config)).named_modules())
+    shapes = {}
+    for name, module in model.named_modules():
+        built = reference.get(name)
+        if isinstance(module, nn.Linear) and isinstance(built, nn.Linear):
+            shape = list(weight_shape(module))
+            if shape != list(weight_shape(built)):
+                shapes[name] = shape
+    return shapes
+
+
+def shrink_to(model: nn.Module, shapes: dict[str, list[int]], where: str) -> None:
+    """Replace each named Linear of ``model`` by one of the recorded ``[out_features, in_features]`` (same device,
+    no copy of weights: to be filled by ``load_state_dict``).
+
+    Raises:
+        ConfigError: naming ``where`` when a name is not a Linear of the model or a shape is not smaller than it.
+    """
+    modules = dict(model.named_modules())
+    for name, shape in shapes.items():
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear):
+            raise ConfigError(f"{where}.{name}: not a Linear module of {type(model).__name__}")
+        out_features, in_features = shape
+        if not (1 <= out_features <= module.out_features and 1 <= in_features <= module.in_features):
+            raise ConfigError(
+                f"{where}.{name}: {shape} (must be at most the model's {[module.out_features, module.in_features]})"
+            )
+        smaller = nn.Linear(in_features, out_features, bias=module.bias is not None, device=module.weight.device)
+        model.set_submodule(name, smaller)

@@ -1,0 +1,24 @@
+"""Whole weights under ZeRO-3: gather partitioned Parameters for the few places that must see all of a weight."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from torch import nn
+
+__all__ = ["full_parameters"]
+
+
+@contextlib.contextmanager
+def full_parameters(params: Sequence[nn.Parameter], modify: bool = False) -> Iterator[None]:
+    """Gather the ZeRO-3 partitioned ones of ``params`` for the block (every rank must enter it: the gather is
+    collective); with ``modify``, what rank 0 writes is broadcast and re-partitioned on exit. No-op without ZeRO-3."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
+        yield
