@@ -22,7 +22,7 @@ from xtc_ds.architectures import resolve_patterns
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, PruningMethod
 from xtc_ds.matching import ModulePlan, match_groups, weight_shape
 from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, pruned_weight
-from xtc_ds.zero3 import full_parameters
+from xtc_ds.zero3 import full_parameters, partition_new_parameters
 
 __all__ = [
     "PrunePlan",
@@ -266,6 +266,7 @@ def clean_pruned(root: nn.Module) -> None:
         mask.enabled = True
     pruned = [m for m in root.modules() if getattr(m, "pruning", ())]
     for module in pruned:
+        partitioned = hasattr(module.weight, "ds_id")
         with full_parameters([module.weight, module.bias] if module.bias is not None else [module.weight]):
             weight, rows, cols, zeroed_rows, _ = pruned_weight(module.weight, module.weight_quantizer, module.pruning)
             bias = kept_bias(module.bias, zeroed_rows)
@@ -276,6 +277,8 @@ def clean_pruned(root: nn.Module) -> None:
                 module.bias = nn.Parameter(_shrunk(bias.detach(), keep_rows, None).contiguous())
         module.out_features, module.in_features = module.weight.shape
         module.weight_quantizer = None
+        if partitioned:
+            partition_new_parameters(module)
     for module in pruned:
         module.pruning = ()
         for technique in TECHNIQUES:

@@ -19,6 +19,7 @@ from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
 from xtc_ds.pruning import score_unscored, structure_masks
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
+from xtc_ds.zero3 import full_parameters
 
 __all__ = ["CompressionScheduler", "scheduled_bits", "quantizers", "apply_schedule"]
 
@@ -123,6 +124,17 @@ class CompressionScheduler:
         self.step_count += 1
         self.state.stepped = True
         self._apply()
+        self._copy_learned_scores()
+
+    def _copy_learned_scores(self) -> None:
+        """Keep a whole copy of every ``topk`` mask's scores: under ZeRO-3 they are partitioned, and
+        :meth:`state_dict` may run on rank 0 alone (Trainer saves there), where no collective gather can."""
+        if self.state.cleaned:
+            return
+        for _, _, mask in self._masks:
+            if mask.learned and hasattr(mask.scores, "ds_id"):
+                with full_parameters([mask.scores]):
+                    mask.saved_scores = mask.scores.detach().cpu().clone()
 
     def _apply(self) -> None:
         apply_schedule(self.config, self._weight, self._act, self.step_count, self.state.cleaned, self._masks)
@@ -149,7 +161,11 @@ class CompressionScheduler:
         ranges = {
             name: torch.stack([q.x_min, q.x_max]).cpu() for name, q in self._act if q.static and bool(q.calibrated)
         }
-        scores = {name: mask.scores.detach().cpu().clone() for name, _, mask in self._masks if bool(mask.scored)}
+        scores = {}
+        for name, _, mask in self._masks:
+            whole = mask.saved_scores if hasattr(mask.scores, "ds_id") else mask.scores.detach().cpu().clone()
+            if bool(mask.scored) and whole is not None:
+                scores[name] = whole
         return {"step": self.step_count, "activation_ranges": ranges, "pruning_scores": scores}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -170,7 +186,8 @@ class CompressionScheduler:
         for name, scores in state_dict.get("pruning_scores", {}).items():
             if name not in masks or masks[name].scores.shape != scores.shape:
                 raise KeyError(f"CompressionScheduler.load_state_dict: no pruning mask '{name}' of {tuple(scores.shape)}")
-            with torch.no_grad():
+            with full_parameters([masks[name].scores], modify=True), torch.no_grad():
                 masks[name].scores.copy_(scores)
+            masks[name].saved_scores = scores.clone()
             masks[name].scored.fill_(True)
         self._apply()

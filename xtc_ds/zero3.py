@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 from torch import nn
 
-__all__ = ["full_parameters"]
+__all__ = ["full_parameters", "partition_new_parameters"]
 
 
 @contextlib.contextmanager
@@ -22,3 +22,12 @@ def full_parameters(params: Sequence[nn.Parameter], modify: bool = False) -> Ite
 
     with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if modify else None):
         yield
+
+
+def partition_new_parameters(module: nn.Module) -> None:
+    """Partition ``module``'s plain Parameters the ZeRO-3 way (every rank must call this, holding the same values), so
+    a ZeRO-3 engine's forward hooks, which expect every Parameter partitioned, keep working after a module was given
+    new, smaller Parameters."""
+    import deepspeed
+
+    deepspeed.zero.Init(module=module)

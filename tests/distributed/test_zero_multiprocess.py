@@ -56,6 +56,31 @@ def test_xtc_under_zero_0_to_3_on_two_ranks(tmp_path):
             assert record["exported_packed_shape"] == [64, 4], rank
 
 
+def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
+    result = _launch(tmp_path, "--stages", "0,1,2,3", "--steps", "6", "--prune")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path, range(4))
+    reference = records[(0, 0)]
+    for (rank, stage), record in records.items():
+        assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
+        pruned = record["pruned"]
+        # the same masks on every rank and stage (ZeRO-3: scores and weights gathered, not a local partition)
+        assert pruned["kept_heads"] == reference["pruned"]["kept_heads"] and len(pruned["kept_heads"]) == 1
+        assert pruned["kept_rows"] == reference["pruned"]["kept_rows"] and len(pruned["kept_rows"]) == 32
+        # the schedule state a checkpoint saves holds the whole scores, also of ZeRO-3-partitioned topk ones
+        assert pruned["saved_scores"] == {"attention.output.dense.head_pruning": [2], "intermediate.dense.row_pruning": [64]}
+        assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-5), (rank, stage)
+        assert pruned["cleaned"] == pytest.approx(reference["pruned"]["cleaned"], abs=1e-4), (rank, stage)
+        assert pruned["shapes"]["attention.self.query"] == [16, 32], (rank, stage)
+        assert pruned["shapes"]["attention.output.dense"] == [32, 16], (rank, stage)
+        assert pruned["shapes"]["intermediate.dense"] == [32, 32], (rank, stage)
+        assert pruned["shapes"]["output.dense"] == [32, 32], (rank, stage)
+        for name, weight in record["weights"].items():
+            assert weight["levels"] <= 3, (rank, stage, name)  # binary, plus the zeros of pruned units
+    for rank in (0, 1):  # the export of the cleaned stage-3 model holds the smaller FFN: 32 rows of 32 1-bit codes
+        assert records[(rank, 3)]["exported_packed_shape"] == [32, 4]
+
+
 def test_zero3_partitioned_teacher_gives_the_same_losses(tmp_path):
     result = _launch(tmp_path / "replicated", "--stages", "3", "--steps", "4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -27,7 +27,26 @@ from models import tiny_bert  # noqa: E402
 MICRO_BATCH = 8
 
 
-def xtc_config(stage: int, world: int, bits: int = 1, bf16: bool = False, teacher_zero3: bool = False) -> dict:
+PRUNING = {
+    "head_pruning": {
+        "shared_parameters": {"enabled": True, "schedule_offset": 2, "method": "topk", "num_heads": 2},
+        "different_groups": {
+            "hp1": {"params": {"dense_ratio": 0.5}, "modules": ["@attention.output"], "related_modules": [["@attention.qkv"]]}
+        },
+    },
+    "row_pruning": {
+        "shared_parameters": {"enabled": True, "schedule_offset": 2, "method": "l1"},
+        "different_groups": {
+            "rp1": {"params": {"dense_ratio": 0.5}, "modules": ["@ffn.in"], "related_modules": [["@ffn.out"]]}
+        },
+    },
+}
+"""Half the heads and half the FFN rows, from step 2 (``--prune``)."""
+
+
+def xtc_config(
+    stage: int, world: int, bits: int = 1, bf16: bool = False, teacher_zero3: bool = False, prune: bool = False
+) -> dict:
     """``ds_configs/ds_xtc_1bit.json`` at ``bits``, every tensor partitioned, teacher layers 1 and 3 kept."""
     config = recipe(
         bits=bits,
@@ -38,6 +57,8 @@ def xtc_config(stage: int, world: int, bits: int = 1, bf16: bool = False, teache
     )
     config["compression_training"]["layer_reduction"].update(enabled=True, keep_number_layer=2, teacher_layer=[1, 3])
     config["compression_training"]["knowledge_distillation"]["teacher_zero3"] = teacher_zero3
+    if prune:
+        config["compression_training"].update(PRUNING)
     return config
 
 
@@ -56,7 +77,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     teacher = tiny_bert(layers=4)
-    config = xtc_config(stage, world, args.bits, args.bf16, args.teacher_zero3)
+    config = xtc_config(stage, world, args.bits, args.bf16, args.teacher_zero3, args.prune)
     student = build_student(teacher, config)
     for module in student.modules():  # no dropout: a fixed-seed job must give the same losses on every stage
         if isinstance(module, torch.nn.Dropout):
@@ -85,6 +106,11 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         mean = loss.detach().float().clone()
         dist.all_reduce(mean)
         losses.append(mean.item() / world)
+    weights = {
+        name: _weight_record(student.get_submodule(name))
+        for name in ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.1.attention.self.query")
+    }
+    pruned = _pruned_record(engine, student, ids[0]) if args.prune else None
     exported = None
     if stage == 3:  # gathered on every rank, written by rank 0, visible to all when the call returns
         from safetensors.torch import load_file
@@ -95,6 +121,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         tensors = load_file(str(Path(args.out) / "packed_stage3" / "model.safetensors"))
         exported = list(tensors["bert.encoder.layer.0.intermediate.dense.packed_weight"].shape)
     return {
+        "pruned": pruned,
         "mpi": "openmpi" if "OMPI_COMM_WORLD_RANK" in os.environ else "mpich" if "PMI_RANK" in os.environ else None,
         "netns": os.readlink("/proc/self/ns/net"),  # distinct per simulated node
         "exported_packed_shape": exported,
@@ -105,9 +132,38 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         "quantizer_saw": sorted({tuple(shape) for shape in seen}),
         "local_numel": dense.weight.numel(),
         "teacher_local_numel": sum(p.numel() for p in engine.xtc.teacher.parameters()),
-        "weights": {
-            name: _weight_record(student.get_submodule(name))
-            for name in ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.1.attention.self.query")
+        "weights": weights,
+    }
+
+
+def _pruned_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
+    """Kept heads and FFN rows (scores gathered), the masked model's logits, then ``redundancy_clean`` on the
+    engine: the cleaned weight shapes and logits."""
+    import deepspeed
+
+    from xtc_ds import redundancy_clean
+
+    layer = student.bert.encoder.layer[0]
+    heads, rows = layer.attention.output.dense.head_pruning, layer.intermediate.dense.row_pruning
+    with deepspeed.zero.GatheredParameters([heads.scores]):
+        kept_heads = heads.kept().tolist()
+    saved = engine.xtc.scheduler.state_dict()["pruning_scores"]
+    engine.eval()
+    with torch.no_grad():
+        masked = engine(input_ids=ids).logits.float().reshape(-1).tolist()
+    redundancy_clean(engine)
+    with torch.no_grad():
+        cleaned = engine(input_ids=ids).logits.float().reshape(-1).tolist()
+    return {
+        "kept_heads": kept_heads,
+        "kept_rows": rows.kept().tolist(),
+        "saved_scores": {name.split("layer.0.")[-1]: list(tensor.shape) for name, tensor in saved.items() if "layer.0." in name},
+        "masked": masked,
+        "cleaned": cleaned,
+        "shapes": {
+            name: list(getattr(module.weight, "ds_shape", module.weight.shape))
+            for name, module in layer.named_modules()
+            if isinstance(module, torch.nn.Linear)
         },
     }
 
@@ -121,6 +177,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--teacher_zero3", action="store_true")
+    parser.add_argument("--prune", action="store_true")
     parser.add_argument("--timeout_s", type=float, default=60.0)
     parser.add_argument("--die_rank", type=int, default=-1)
     parser.add_argument("--die_step", type=int, default=-1)

@@ -63,6 +63,7 @@ class StructureMask(nn.Module):
         self.kept_units = kept_units
         self.enabled = False
         self.shrinks = False  # set when related modules shrink with the owner, so cleaning removes the units
+        self.saved_scores: Optional[torch.Tensor] = None  # a whole copy kept by the scheduler (ZeRO-3 partitions)
         if learned:
             self.scores = nn.Parameter(torch.zeros(units))
         else:
