@@ -116,3 +116,13 @@ def glue_task_dir(task: str) -> Path:
     if not (path / "train.tsv").exists():
         pytest.skip(f"GLUE data not found at {path} (expected ../shared/data/glue/{task}/train.tsv beside the repo)")
     return path
+
+
+def trainer_resumes_under_this_torch() -> bool:
+    """transformers before 4.50 read its own rng_state.pth with torch.load's default, which torch >= 2.6 made
+    weights_only: no Trainer checkpoint of theirs resumes (the legacy stack of .ci/run)."""
+    import inspect
+
+    from transformers import Trainer
+
+    return "weights_only" in inspect.getsource(Trainer._load_rng_state)

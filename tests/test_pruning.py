@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from configs import section
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, trainer_resumes_under_this_torch
 from models import tiny_bert
 
 import xtc_ds
@@ -288,3 +288,79 @@ def test_bad_pruning_configs_name_the_key(changes, message):
     with pytest.raises(ConfigError) as err:
         xtc_ds.init_compression(_model(), {"compression_training": sec})
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("arch", ["roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2"])
+def test_every_family_prunes_heads_and_rows_by_role_and_round_trips_packed(arch, tmp_path):
+    from models import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model(arch).eval()
+    roles = {
+        "head_pruning": {**HEAD["shared_parameters"], "num_heads": 2},
+        "row_pruning": ROW["shared_parameters"],
+    }
+    sec = section("ds_xtc_1bit.json", kd=False)
+    sec["head_pruning"] = {
+        "shared_parameters": roles["head_pruning"],
+        "different_groups": {
+            "hp": {"params": {"dense_ratio": 0.5}, "modules": ["@attention.output"], "related_modules": [["@attention.qkv"]]}
+        },
+    }
+    sec["row_pruning"] = {
+        "shared_parameters": roles["row_pruning"],
+        "different_groups": {
+            "rp": {"params": {"dense_ratio": 0.5}, "modules": ["@ffn.in"], "related_modules": [["@ffn.out"]]}
+        },
+    }
+    xtc_ds.init_compression(model, {"compression_training": sec})
+    ids = torch.randint(3, 90, (2, 10), generator=torch.Generator().manual_seed(2))
+    masked = _logits(model, ids)
+    xtc_ds.redundancy_clean(model)
+    cleaned = _logits(model, ids)
+    assert torch.allclose(cleaned, masked, atol=1e-6)
+    folder = xtc_ds.export_packed(model, None, tmp_path / "packed")
+    shapes = json.loads((folder / "config.json").read_text())["quantization_config"]["pruned_shapes"]
+    assert sorted({tuple(shape) for shape in shapes.values()}) == [(16, 32), (32, 16), (32, 32)]
+    assert torch.allclose(_logits(xtc_ds.load_packed(folder), ids), cleaned, atol=1e-5)
+
+
+def test_trainer_job_prunes_resumes_with_its_masks_and_saves_the_smaller_model(tmp_path):
+    pytest.importorskip("accelerate")
+    if not trainer_resumes_under_this_torch():
+        pytest.skip("this transformers cannot resume any Trainer checkpoint under torch >= 2.6 (rng_state.pth)")
+    import datasets
+
+    from models import tiny_bert
+    from xtc_ds.integrations import XtcTrainer, XtcTrainingArguments
+
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"compression_training": _section(row_pruning__shared_parameters__method="topk")}))
+    ids = torch.randint(1, 96, (16, 10), generator=torch.Generator().manual_seed(0))
+    data = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
+
+    def trainer(max_steps):
+        args = XtcTrainingArguments(
+            output_dir=str(tmp_path / "out"), compression_config=str(config), use_cpu=True, report_to="none",
+            per_device_train_batch_size=4, learning_rate=1e-1, max_steps=max_steps, save_strategy="steps",
+            save_steps=2, disable_tqdm=True, seed=0,
+        )
+        torch.manual_seed(0)
+        return XtcTrainer(model=_model(), args=args, train_dataset=data)
+
+    continuous = trainer(4)
+    continuous.train()
+    owner = "bert.encoder.layer.0.intermediate.dense"
+    trained = continuous.model.get_submodule(owner).row_pruning
+    resumed = trainer(4)
+    mask = resumed.model.get_submodule(owner).row_pruning
+    assert not torch.equal(mask.kept(), trained.kept())  # training moved the scores away from the L1 norms
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert resumed.xtc.scheduler.step_count == 4
+    assert torch.allclose(mask.scores, trained.scores, atol=1e-5)
+    assert torch.equal(mask.kept(), trained.kept())
+    model = resumed.model.eval()
+    masked = _logits(model, IDS)
+    folder = resumed.save_packed(tmp_path / "packed")
+    assert _layer(model).intermediate.dense.out_features == 32
+    assert torch.allclose(_logits(xtc_ds.load_packed(folder, attn_implementation="eager"), IDS), masked, atol=1e-5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from configs import recipe
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, trainer_resumes_under_this_torch
 from models import tiny_bert
 from xtc_ds import ConfigError, build_student, distillation_loss, load_packed
 from xtc_ds.errors import CheckpointError
@@ -80,23 +80,13 @@ def test_schedule_steps_once_per_optimizer_step(tmp_path):
     assert trainer.state.global_step == 3 and trainer.xtc.scheduler.step_count == 3
 
 
-def _trainer_resumes_under_this_torch():
-    """transformers before 4.50 read its own rng_state.pth with torch.load's default, which torch >= 2.6 made
-    weights_only: no Trainer checkpoint of theirs resumes (the legacy stack of .ci/run)."""
-    import inspect
-
-    from transformers import Trainer
-
-    return "weights_only" in inspect.getsource(Trainer._load_rng_state)
-
-
 def test_checkpoints_carry_the_schedule_and_resume_restores_it(tmp_path):
     trainer = _trainer(tmp_path, save_strategy="steps", save_steps=2)
     trainer.train()
     checkpoint = tmp_path / "out" / "checkpoint-2"
     assert torch.load(checkpoint / SCHEDULER_FILE, weights_only=True)["step"] == 2
     assert json.loads((checkpoint / "xtc_compression.json").read_text())["compression_training"]
-    if not _trainer_resumes_under_this_torch():
+    if not trainer_resumes_under_this_torch():
         pytest.skip("this transformers cannot resume any Trainer checkpoint under torch >= 2.6 (rng_state.pth)")
     resumed = _trainer(tmp_path, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=str(checkpoint))

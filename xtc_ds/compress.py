@@ -129,7 +129,8 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any = None, mpu: Any = 
     exported. Works on the model or on a DeepSpeed engine (its ``module``).
 
     Args:
-        model: a model prepared by ``init_compression``/``initialize`` (or its engine).
+        model: a model prepared by ``init_compression``/``initialize``, or its engine (pass the engine under
+            ZeRO-3; every rank must call this then).
         deepspeed_config: None to use the config the model was compressed with; one given must equal it (an
             error names every difference), as the legacy signature passed it again.
         mpu: accepted for signature compatibility.
@@ -143,6 +144,10 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any = None, mpu: Any = 
         raise ValueError("redundancy_clean: the model was not prepared by xtc_ds.init_compression / xtc_ds.initialize")
     if deepspeed_config is not None:
         require_same_config(state, load_compression_config(deepspeed_config), f"{SECTION}: redundancy_clean")
+    if hasattr(model, "empty_partition_cache"):
+        # A ZeRO-3 engine may still have parameters in flight from its last forward's prefetch; DeepSpeed 0.16 let
+        # a gather of those read incomplete data (then baked into the weights). Release them all first.
+        model.empty_partition_cache()
     clean_pruned(root)
     for module in root.modules():
         quantizer = getattr(module, "weight_quantizer", None)

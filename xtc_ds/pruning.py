@@ -22,7 +22,13 @@ from xtc_ds.architectures import resolve_patterns
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, PruningMethod
 from xtc_ds.matching import ModulePlan, match_groups, weight_shape
 from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, pruned_weight
-from xtc_ds.zero3 import full_parameters, partition_new_parameters
+from xtc_ds.errors import TrainingError
+from xtc_ds.zero3 import (
+    PARTITION_NEW_MIN_DEEPSPEED,
+    can_partition_new_parameters,
+    full_parameters,
+    partition_new_parameters,
+)
 
 __all__ = [
     "PrunePlan",
@@ -35,6 +41,7 @@ __all__ = [
     "clean_pruned",
     "pruned_shapes",
     "shrink_to",
+    "fit_attention_heads",
 ]
 
 TECHNIQUES = ("row_pruning", "head_pruning")
@@ -250,6 +257,25 @@ def score_unscored(masks: list[tuple[str, nn.Module, StructureMask]], only_enabl
                 mask.score(owner.weight)
 
 
+def _clean_module(module: nn.Module) -> None:
+    """Bake one pruned Linear: its kept weights quantized, and its pruned units removed or zeroed."""
+    partitioned = hasattr(module.weight, "ds_id")
+    with full_parameters([module.weight, module.bias] if module.bias is not None else [module.weight]):
+        weight, rows, cols, zeroed_rows, _ = pruned_weight(
+            module.weight, module.weight_quantizer, module.pruning, gathered=True
+        )
+        bias = kept_bias(module.bias, zeroed_rows)
+        keep_rows = rows if any(m.mask.shrinks and m.axis == ROWS for m in module.pruning) else None
+        keep_cols = cols if any(m.mask.shrinks and m.axis == COLUMNS for m in module.pruning) else None
+        module.weight = nn.Parameter(_shrunk(weight.detach(), keep_rows, keep_cols).contiguous())
+        if bias is not None:
+            module.bias = nn.Parameter(_shrunk(bias.detach(), keep_rows, None).contiguous())
+    module.out_features, module.in_features = module.weight.shape
+    module.weight_quantizer = None
+    if partitioned:
+        partition_new_parameters(module)
+
+
 def _shrunk(tensor: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[torch.Tensor]) -> torch.Tensor:
     out = tensor if rows is None else tensor.index_select(0, rows)
     return out if cols is None or out.dim() == 1 else out.index_select(1, cols)
@@ -261,29 +287,29 @@ def clean_pruned(root: nn.Module) -> None:
     weights (smaller Linears); the others zero them. Quantized weights are baked over the kept weights, as in
     training. Masks apply whatever step the schedule is at, as quantization does at ``target_bits``."""
     masks = structure_masks(root)
+    pruned = [m for m in root.modules() if getattr(m, "pruning", ())]
+    if any(hasattr(m.weight, "ds_id") for m in pruned) and not can_partition_new_parameters():
+        import deepspeed
+
+        raise TrainingError(
+            f"redundancy_clean: removing pruned units from a ZeRO-3 partitioned model needs DeepSpeed >= "
+            f"{'.'.join(map(str, PARTITION_NEW_MIN_DEEPSPEED))} (this is {deepspeed.__version__}, whose gathers of the "
+            "re-partitioned weights can return corrupt data); upgrade DeepSpeed, or save a checkpoint and clean the "
+            "model loaded from it outside ZeRO-3 (as launch/train.py does)"
+        )
     score_unscored(masks, only_enabled=False)
     for _, _, mask in masks:
         mask.enabled = True
-    pruned = [m for m in root.modules() if getattr(m, "pruning", ())]
-    for module in pruned:
-        partitioned = hasattr(module.weight, "ds_id")
-        with full_parameters([module.weight, module.bias] if module.bias is not None else [module.weight]):
-            weight, rows, cols, zeroed_rows, _ = pruned_weight(module.weight, module.weight_quantizer, module.pruning)
-            bias = kept_bias(module.bias, zeroed_rows)
-            keep_rows = rows if any(m.mask.shrinks and m.axis == ROWS for m in module.pruning) else None
-            keep_cols = cols if any(m.mask.shrinks and m.axis == COLUMNS for m in module.pruning) else None
-            module.weight = nn.Parameter(_shrunk(weight.detach(), keep_rows, keep_cols).contiguous())
-            if bias is not None:
-                module.bias = nn.Parameter(_shrunk(bias.detach(), keep_rows, None).contiguous())
-        module.out_features, module.in_features = module.weight.shape
-        module.weight_quantizer = None
-        if partitioned:
-            partition_new_parameters(module)
+    learned = [mask.scores for _, _, mask in masks if mask.learned]
+    with full_parameters(learned):
+        for module in pruned:
+            _clean_module(module)
     for module in pruned:
         module.pruning = ()
         for technique in TECHNIQUES:
             if isinstance(getattr(module, technique, None), StructureMask):
                 delattr(module, technique)
+    fit_attention_heads(root)
 
 
 def pruned_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -306,7 +332,7 @@ def pruned_shapes(model: nn.Module) -> dict[str, list[int]]:
 
 def shrink_to(model: nn.Module, shapes: dict[str, list[int]], where: str) -> None:
     """Replace each named Linear of ``model`` by one of the recorded ``[out_features, in_features]`` (same device,
-    no copy of weights: to be filled by ``load_state_dict``).
+    no copy of weights: to be filled by ``load_state_dict``), and fit the attention modules' head counts.
 
     Raises:
         ConfigError: naming ``where`` when a name is not a Linear of the model or a shape is not smaller than it.
@@ -323,3 +349,30 @@ def shrink_to(model: nn.Module, shapes: dict[str, list[int]], where: str) -> Non
             )
         smaller = nn.Linear(in_features, out_features, bias=module.bias is not None, device=module.weight.device)
         model.set_submodule(name, smaller)
+    fit_attention_heads(model)
+
+
+_HEAD_COUNTS = ("num_attention_heads", "n_heads")  # BERT, RoBERTa, ELECTRA, DeBERTa; DistilBERT
+
+
+def fit_attention_heads(model: nn.Module) -> None:
+    """Tell every attention module whose query/key/value Linears lost whole heads how many it has left.
+
+    transformers 5 reshapes by head size and needs nothing; transformers 4 reshapes by ``num_attention_heads``
+    (DistilBERT: ``n_heads`` and ``dim``), which its own ``prune_heads`` updated the same way.
+    """
+    for module in model.modules():
+        heads_attr = next((a for a in _HEAD_COUNTS if isinstance(getattr(module, a, None), int)), None)
+        linears = [child for child in module.children() if isinstance(child, nn.Linear)]
+        if heads_attr is None or not linears:
+            continue
+        heads = getattr(module, heads_attr)
+        head_size = getattr(module, "attention_head_size", None) or getattr(module, "dim", 0) // heads
+        width = min(linear.out_features for linear in linears)
+        if not head_size or width % head_size or width // head_size == heads:
+            continue
+        setattr(module, heads_attr, width // head_size)
+        if hasattr(module, "all_head_size"):
+            module.all_head_size = width
+        if heads_attr == "n_heads" and hasattr(module, "dim"):
+            module.dim = width

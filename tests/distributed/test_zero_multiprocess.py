@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, _free_port, job_env
+from xtc_ds.zero3 import can_partition_new_parameters
 
 pytestmark = pytest.mark.slow
 WORKER = str(Path(__file__).with_name("xtc_worker.py"))
@@ -67,6 +68,9 @@ def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
         # the same masks on every rank and stage (ZeRO-3: scores and weights gathered, not a local partition)
         assert pruned["kept_heads"] == reference["pruned"]["kept_heads"] and len(pruned["kept_heads"]) == 1
         assert pruned["kept_rows"] == reference["pruned"]["kept_rows"] and len(pruned["kept_rows"]) == 32
+        if stage == 3 and not can_partition_new_parameters():  # the legacy stack: refused, naming the fix
+            assert "needs DeepSpeed >= 0.19" in pruned["refused"], pruned
+            continue
         # the schedule state a checkpoint saves holds the whole scores, also of ZeRO-3-partitioned topk ones
         assert pruned["saved_scores"] == {"attention.output.dense.head_pruning": [2], "intermediate.dense.row_pruning": [64]}
         assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-5), (rank, stage)
@@ -78,7 +82,7 @@ def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
         for name, weight in record["weights"].items():
             assert weight["levels"] <= 3, (rank, stage, name)  # binary, plus the zeros of pruned units
     for rank in (0, 1):  # the export of the cleaned stage-3 model holds the smaller FFN: 32 rows of 32 1-bit codes
-        assert records[(rank, 3)]["exported_packed_shape"] == [32, 4]
+        assert records[(rank, 3)]["exported_packed_shape"] == ([32, 4] if can_partition_new_parameters() else None)
 
 
 def test_zero3_partitioned_teacher_gives_the_same_losses(tmp_path):

@@ -112,7 +112,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
     }
     pruned = _pruned_record(engine, student, ids[0]) if args.prune else None
     exported = None
-    if stage == 3:  # gathered on every rank, written by rank 0, visible to all when the call returns
+    if stage == 3 and "refused" not in (pruned or {}):  # gathered on every rank, written by rank 0, seen by all
         from safetensors.torch import load_file
 
         from xtc_ds import export_packed
@@ -142,6 +142,7 @@ def _pruned_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
     import deepspeed
 
     from xtc_ds import redundancy_clean
+    from xtc_ds.errors import XtcError
 
     layer = student.bert.encoder.layer[0]
     heads, rows = layer.attention.output.dense.head_pruning, layer.intermediate.dense.row_pruning
@@ -151,7 +152,10 @@ def _pruned_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
     engine.eval()
     with torch.no_grad():
         masked = engine(input_ids=ids).logits.float().reshape(-1).tolist()
-    redundancy_clean(engine)
+    try:
+        redundancy_clean(engine)
+    except XtcError as err:  # ZeRO-3 on a DeepSpeed too old to re-partition the smaller weights
+        return {"kept_heads": kept_heads, "kept_rows": rows.kept().tolist(), "refused": str(err)}
     with torch.no_grad():
         cleaned = engine(input_ids=ids).logits.float().reshape(-1).tolist()
     return {

@@ -112,8 +112,10 @@ class AxisMask(NamedTuple):
     owned: bool
 
 
-def _kept_elements(axis_mask: AxisMask, device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    kept, ste = axis_mask.mask()
+def _kept_elements(
+    axis_mask: AxisMask, device: torch.device, gathered: bool
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    kept, ste = axis_mask.mask.forward() if gathered else axis_mask.mask()
     index = axis_mask.mask.element_indices(kept.to(device))
     if ste is not None and axis_mask.owned:
         return index, ste.repeat_interleave(axis_mask.mask.unit_size).to(device)
@@ -152,8 +154,13 @@ def _grid_mask(shape: torch.Size, rows: Optional[torch.Tensor], cols: Optional[t
     return row_mask[:, None] & col_mask[None, :]
 
 
-def pruned_weight(weight: torch.Tensor, quantize: Optional[nn.Module], masks: tuple[AxisMask, ...]) -> PrunedWeight:
+def pruned_weight(
+    weight: torch.Tensor, quantize: Optional[nn.Module], masks: tuple[AxisMask, ...], gathered: bool = False
+) -> PrunedWeight:
     """The kept sub-matrix is quantized on its own (so scales ignore pruned weights) and put back in place.
+
+    ``gathered``: the caller holds the masks' scores whole (ZeRO-3), so the masks are evaluated without the
+    module hooks through which ZeRO-3 would otherwise gather them (and prefetch other parameters).
 
     An owned ``topk`` mask adds a term whose value is zero and whose gradient reaches its scores as ``grad * w``
     (``w`` the quantized weight where kept, the full-precision one where pruned): the legacy straight-through mask.
@@ -163,7 +170,7 @@ def pruned_weight(weight: torch.Tensor, quantize: Optional[nn.Module], masks: tu
     ste: list[Optional[torch.Tensor]] = [None, None]
     for axis_mask in masks:
         if axis_mask.mask.enabled:
-            index[axis_mask.axis], ste[axis_mask.axis] = _kept_elements(axis_mask, weight.device)
+            index[axis_mask.axis], ste[axis_mask.axis] = _kept_elements(axis_mask, weight.device, gathered)
             if axis_mask.owned:
                 owned[axis_mask.axis] = index[axis_mask.axis]
     rows, cols = index
