@@ -77,7 +77,9 @@ def main() -> None:
         print(f"| batch | model | ms | vs fp32 | vs {first} | file MB |")
         print("|---|---|---|---|---|---|")
         for batch in args.batches:
-            ids = torch.randint(1000, fp32.config.vocab_size, (batch, args.seq), generator=torch.Generator().manual_seed(0))
+            ids = torch.randint(
+                1000, fp32.config.vocab_size, (batch, args.seq), generator=torch.Generator().manual_seed(0)
+            )
             inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
             for model in variants.values():
                 _time(model, inputs)

@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
+
+import xtc_ds
 from configs import section
 from conftest import REPO_ROOT, trainer_resumes_under_this_torch
 from models import tiny_bert
-
-import xtc_ds
 from xtc_ds.config import ConfigError
 from xtc_ds.ops import fake_quant_weight
 
@@ -272,8 +272,15 @@ def test_legacy_structured_pruning_config_trains_a_few_steps():
             },
             "quantize_groups: 1024 (does not divide the 32x32 weights that pruning keeps",
         ),
-        ({"sparse_pruning": {"shared_parameters": {"enabled": True}, "different_groups": {"sp1": {
-            "params": {"dense_ratio": 0.5}}}}}, "sparse_pruning is parsed and validated but not implemented"),
+        (
+            {
+                "sparse_pruning": {
+                    "shared_parameters": {"enabled": True},
+                    "different_groups": {"sp1": {"params": {"dense_ratio": 0.5}}},
+                }
+            },
+            "sparse_pruning is parsed and validated but not implemented",
+        ),
     ],
     ids=["related-length", "related-nothing", "related-shape", "heads", "two-masks", "groups", "sparse"],
 )
@@ -304,7 +311,11 @@ def test_every_family_prunes_heads_and_rows_by_role_and_round_trips_packed(arch,
     sec["head_pruning"] = {
         "shared_parameters": roles["head_pruning"],
         "different_groups": {
-            "hp": {"params": {"dense_ratio": 0.5}, "modules": ["@attention.output"], "related_modules": [["@attention.qkv"]]}
+            "hp": {
+                "params": {"dense_ratio": 0.5},
+                "modules": ["@attention.output"],
+                "related_modules": [["@attention.qkv"]],
+            }
         },
     }
     sec["row_pruning"] = {
@@ -331,7 +342,6 @@ def test_trainer_job_prunes_resumes_with_its_masks_and_saves_the_smaller_model(t
         pytest.skip("this transformers cannot resume any Trainer checkpoint under torch >= 2.6 (rng_state.pth)")
     import datasets
 
-    from models import tiny_bert
     from xtc_ds.integrations import XtcTrainer, XtcTrainingArguments
 
     config = tmp_path / "ds.json"
@@ -341,9 +351,17 @@ def test_trainer_job_prunes_resumes_with_its_masks_and_saves_the_smaller_model(t
 
     def trainer(max_steps):
         args = XtcTrainingArguments(
-            output_dir=str(tmp_path / "out"), compression_config=str(config), use_cpu=True, report_to="none",
-            per_device_train_batch_size=4, learning_rate=1e-1, max_steps=max_steps, save_strategy="steps",
-            save_steps=2, disable_tqdm=True, seed=0,
+            output_dir=str(tmp_path / "out"),
+            compression_config=str(config),
+            use_cpu=True,
+            report_to="none",
+            per_device_train_batch_size=4,
+            learning_rate=1e-1,
+            max_steps=max_steps,
+            save_strategy="steps",
+            save_steps=2,
+            disable_tqdm=True,
+            seed=0,
         )
         torch.manual_seed(0)
         return XtcTrainer(model=_model(), args=args, train_dataset=data)

@@ -20,9 +20,9 @@ from torch import nn
 
 from xtc_ds.architectures import resolve_patterns
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, PruningMethod
+from xtc_ds.errors import TrainingError
 from xtc_ds.matching import ModulePlan, match_groups, weight_shape
 from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, pruned_weight
-from xtc_ds.errors import TrainingError
 from xtc_ds.zero3 import (
     PARTITION_NEW_MIN_DEEPSPEED,
     can_partition_new_parameters,
@@ -49,7 +49,7 @@ TECHNIQUES = ("row_pruning", "head_pruning")
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """One owner's mask: technique, group, method, kept fraction, heads, and the related modules that shrink with it."""
+    """One owner's mask: technique, group, method, kept fraction, heads, and the related modules shrinking with it."""
 
     technique: str
     group: str
@@ -74,7 +74,12 @@ def _nearest(owner: str, candidates: list[str]) -> list[str]:
 
 
 def _related(
-    model: nn.Module, owner: str, pattern_index: int, related: tuple[str, ...], linears: dict[str, nn.Module], where: str
+    model: nn.Module,
+    owner: str,
+    pattern_index: int,
+    related: tuple[str, ...],
+    linears: dict[str, nn.Module],
+    where: str,
 ) -> tuple[str, ...]:
     names: list[str] = []
     for j, pattern in enumerate(related):
@@ -209,7 +214,7 @@ def check_quantize_groups(
             raise ConfigError(
                 f"{SECTION}.weight_quantization.shared_parameters.quantize_groups: {plan.num_groups} (does not divide "
                 f"the {rows}x{cols} weights that pruning keeps of '{name}' into equal groups of more than one "
-                "weight; pick a count that does, 1, or \"per_row\")"
+                'weight; pick a count that does, 1, or "per_row")'
             )
 
 
@@ -226,7 +231,9 @@ def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> N
         else:
             axis, units, unit_size = COLUMNS, plan.num_heads, in_features // plan.num_heads
         learned = plan.method is PruningMethod.TOPK
-        mask = StructureMask(technique, plan.group, learned, kept_count(plan.dense_ratio, units), axis, units, unit_size)
+        mask = StructureMask(
+            technique, plan.group, learned, kept_count(plan.dense_ratio, units), axis, units, unit_size
+        )
         mask.to(module.weight.device)
         mask.shrinks = bool(plan.related)
         if mask.learned:
@@ -293,9 +300,9 @@ def clean_pruned(root: nn.Module) -> None:
 
         raise TrainingError(
             f"redundancy_clean: removing pruned units from a ZeRO-3 partitioned model needs DeepSpeed >= "
-            f"{'.'.join(map(str, PARTITION_NEW_MIN_DEEPSPEED))} (this is {deepspeed.__version__}, whose gathers of the "
-            "re-partitioned weights can return corrupt data); upgrade DeepSpeed, or save a checkpoint and clean the "
-            "model loaded from it outside ZeRO-3 (as launch/train.py does)"
+            f"{'.'.join(map(str, PARTITION_NEW_MIN_DEEPSPEED))} (this is {deepspeed.__version__}, whose gathers of "
+            "the re-partitioned weights can return corrupt data); upgrade DeepSpeed, or save a checkpoint and clean "
+            "the model loaded from it outside ZeRO-3 (as launch/train.py does)"
         )
     score_unscored(masks, only_enabled=False)
     for _, _, mask in masks:

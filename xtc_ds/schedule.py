@@ -185,7 +185,9 @@ class CompressionScheduler:
         masks = {name: mask for name, _, mask in self._masks}
         for name, scores in state_dict.get("pruning_scores", {}).items():
             if name not in masks or masks[name].scores.shape != scores.shape:
-                raise KeyError(f"CompressionScheduler.load_state_dict: no pruning mask '{name}' of {tuple(scores.shape)}")
+                raise KeyError(
+                    f"CompressionScheduler.load_state_dict: no pruning mask '{name}' of {tuple(scores.shape)}"
+                )
             with full_parameters([masks[name].scores], modify=True), torch.no_grad():
                 masks[name].scores.copy_(scores)
             masks[name].saved_scores = scores.clone()

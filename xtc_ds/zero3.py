@@ -7,7 +7,12 @@ from collections.abc import Iterator, Sequence
 
 from torch import nn
 
-__all__ = ["full_parameters", "partition_new_parameters", "can_partition_new_parameters", "PARTITION_NEW_MIN_DEEPSPEED"]
+__all__ = [
+    "full_parameters",
+    "partition_new_parameters",
+    "can_partition_new_parameters",
+    "PARTITION_NEW_MIN_DEEPSPEED",
+]
 
 
 @contextlib.contextmanager

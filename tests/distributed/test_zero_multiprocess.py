@@ -72,7 +72,10 @@ def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
             assert "needs DeepSpeed >= 0.19" in pruned["refused"], pruned
             continue
         # the schedule state a checkpoint saves holds the whole scores, also of ZeRO-3-partitioned topk ones
-        assert pruned["saved_scores"] == {"attention.output.dense.head_pruning": [2], "intermediate.dense.row_pruning": [64]}
+        assert pruned["saved_scores"] == {
+            "attention.output.dense.head_pruning": [2],
+            "intermediate.dense.row_pruning": [64],
+        }
         assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-5), (rank, stage)
         assert pruned["cleaned"] == pytest.approx(reference["pruned"]["cleaned"], abs=1e-4), (rank, stage)
         assert pruned["shapes"]["attention.self.query"] == [16, 32], (rank, stage)

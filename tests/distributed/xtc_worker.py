@@ -31,7 +31,11 @@ PRUNING = {
     "head_pruning": {
         "shared_parameters": {"enabled": True, "schedule_offset": 2, "method": "topk", "num_heads": 2},
         "different_groups": {
-            "hp1": {"params": {"dense_ratio": 0.5}, "modules": ["@attention.output"], "related_modules": [["@attention.qkv"]]}
+            "hp1": {
+                "params": {"dense_ratio": 0.5},
+                "modules": ["@attention.output"],
+                "related_modules": [["@attention.qkv"]],
+            }
         },
     },
     "row_pruning": {
@@ -161,7 +165,9 @@ def _pruned_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
     return {
         "kept_heads": kept_heads,
         "kept_rows": rows.kept().tolist(),
-        "saved_scores": {name.split("layer.0.")[-1]: list(tensor.shape) for name, tensor in saved.items() if "layer.0." in name},
+        "saved_scores": {
+            name.split("layer.0.")[-1]: list(tensor.shape) for name, tensor in saved.items() if "layer.0." in name
+        },
         "masked": masked,
         "cleaned": cleaned,
         "shapes": {

@@ -110,7 +110,9 @@ def _check_block(block: Any, path: Path) -> None:
         raise _fail(path, "quantization_config.pruned_shapes must be an object, and only in format 3")
     for name, shape in shapes.items():
         if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int and d >= 1 for d in shape)):
-            raise _fail(path, f"quantization_config.pruned_shapes.{name}: {shape!r} (must be [out_features, in_features])")
+            raise _fail(
+                path, f"quantization_config.pruned_shapes.{name}: {shape!r} (must be [out_features, in_features])"
+            )
 
 
 def read_quantization_config(folder: Union[str, Path]) -> tuple[dict[str, Any], dict[str, PackedSpec]]:

@@ -67,6 +67,8 @@ class XtcQATLinear(nn.Linear):
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight as the forward pass uses it, shape (out_features, in_features)."""
+        if any(axis_mask.mask.enabled for axis_mask in self.pruning):
+            return pruned_weight(self.weight, self.weight_quantizer, self.pruning).weight
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
