@@ -175,9 +175,9 @@ MALFORMED = [
     ("layer_reduction.keep_number_layer", 4, "compression_training.layer_reduction.keep_number_layer: 4"),
     ("layer_reduction.module_name_prefix", "", "compression_training.layer_reduction.module_name_prefix: ''"),
     (
-        "sparse_pruning.shared_parameters.enabled",
-        True,
-        "compression_training.sparse_pruning.shared_parameters.enabled: True",
+        "sparse_pruning.shared_parameters.method",
+        "l2",
+        "compression_training.sparse_pruning.shared_parameters.method: 'l2'",
     ),
     (
         "row_pruning.different_groups.rp1.params.dense_ratio",
@@ -216,11 +216,13 @@ def test_malformed_config_names_key_path(key, value, message):
     assert isinstance(err.value, ValueError)
 
 
-def test_enabled_sparse_and_channel_pruning_say_not_implemented():
-    for technique in ("sparse_pruning", "channel_pruning"):
-        section = {"shared_parameters": {"enabled": True}, "different_groups": {"g": {"params": {"dense_ratio": 0.5}}}}
-        with pytest.raises(ConfigError, match=f"{technique}.shared_parameters.enabled: True .*not implemented"):
-            load_compression_config(_set(_base(), technique, section))
+def test_enabled_channel_pruning_and_snip_momentum_say_not_implemented():
+    section = {"shared_parameters": {"enabled": True}, "different_groups": {"g": {"params": {"dense_ratio": 0.5}}}}
+    with pytest.raises(ConfigError, match="channel_pruning.shared_parameters.enabled: True .*not implemented"):
+        load_compression_config(_set(_base(), "channel_pruning", section))
+    section["shared_parameters"]["method"] = "snip_momentum"
+    with pytest.raises(ConfigError, match="sparse_pruning.shared_parameters.method: 'snip_momentum' .not implemented"):
+        load_compression_config(_set(_base(), "sparse_pruning", section))
 
 
 def test_enabled_row_and_head_pruning_load():

@@ -39,6 +39,14 @@ HEAD = {
 }
 
 
+def _sparse(method: str = "l1", dense_ratio: float = 0.3, offset: int = 0, **group) -> dict:
+    """A ``sparse_pruning`` section over every Linear of the layers (``group`` overrides its keys)."""
+    return {
+        "shared_parameters": {"enabled": True, "schedule_offset": offset, "method": method},
+        "different_groups": {"sp1": {"params": {"dense_ratio": dense_ratio}, "modules": ["@layers"], **group}},
+    }
+
+
 def _model(heads: int = 4, hidden: int = 32, layers: int = 2):
     torch.manual_seed(0)
     model = tiny_bert(layers=layers, hidden=hidden)
@@ -273,16 +281,29 @@ def test_legacy_structured_pruning_config_trains_a_few_steps():
             "quantize_groups: 1024 (does not divide the 32x32 weights that pruning keeps",
         ),
         (
-            {
-                "sparse_pruning": {
-                    "shared_parameters": {"enabled": True},
-                    "different_groups": {"sp1": {"params": {"dense_ratio": 0.5}}},
-                }
-            },
-            "sparse_pruning is parsed and validated but not implemented",
+            {"sparse_pruning": _sparse("snip_momentum")},
+            "sparse_pruning.shared_parameters.method: 'snip_momentum' (not implemented",
+        ),
+        (
+            {"sparse_pruning": _sparse("l1", modules=["self.query"], related_modules=[["self.key"]])},
+            "sp1.related_modules: sparse pruning removes single weights",
+        ),
+        (
+            {"sparse_pruning": _sparse("l1", modules=["intermediate.dense"])},
+            "'bert.encoder.layer.0.intermediate.dense' is also pruned by rows or heads",
         ),
     ],
-    ids=["related-length", "related-nothing", "related-shape", "heads", "two-masks", "groups", "sparse"],
+    ids=[
+        "related-length",
+        "related-nothing",
+        "related-shape",
+        "heads",
+        "two-masks",
+        "groups",
+        "snip",
+        "sparse-related",
+        "sparse-and-rows",
+    ],
 )
 def test_bad_pruning_configs_name_the_key(changes, message):
     sec = _section(row_pruning__different_groups__rp1__related_modules=[["layer.\\w+.output.dense"]])
@@ -382,3 +403,64 @@ def test_trainer_job_prunes_resumes_with_its_masks_and_saves_the_smaller_model(t
     folder = resumed.save_packed(tmp_path / "packed")
     assert _layer(model).intermediate.dense.out_features == 32
     assert torch.allclose(_logits(xtc_ds.load_packed(folder, attn_implementation="eager"), IDS), masked, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["l1", "topk"])
+def test_sparse_masks_keep_the_ratio_and_binary_scales_come_from_kept_weights(method):
+    model = _model()
+    sec = _section(row=None, head=None)
+    sec["sparse_pruning"] = _sparse(method, offset=2)
+    xtc_ds.init_compression(model, {"compression_training": sec})
+    scheduler = xtc_ds.CompressionScheduler(model)
+    query = _layer(model).attention.self.query
+    assert not query.sparse_pruning.enabled and bool((query.quantized_weight() != 0).all())
+    scheduler.step()
+    scheduler.step()
+    weight = query.quantized_weight().detach()
+    keep = weight != 0
+    assert int(keep.sum()) == 308  # ceil(0.3 * 32 * 32)
+    magnitude = query.weight.detach().abs()
+    assert float(magnitude[keep].min()) >= float(magnitude[~keep].max())  # the largest |w| (topk starts from them)
+    alpha = magnitude[keep].double().mean().float()  # one scale (quantize_groups 1), over the kept weights only
+    assert torch.equal(weight[keep].abs().unique(), alpha.reshape(1))
+    if method == "topk":
+        model.train()
+        model(input_ids=IDS, labels=torch.tensor([0, 1, 0])).loss.backward()
+        assert bool((query.sparse_pruning.scores.grad != 0).any())
+
+
+@pytest.mark.parametrize("recipe, stored_bits", [("ds_xtc_1bit.json", 2), ("ds_xtc_2bit.json", 2)])
+def test_sparse_cleaned_model_computes_the_masked_logits_and_exports_ternary_codes(recipe, stored_bits, tmp_path):
+    model = _model()
+    sec = _section(recipe, row=None, head=None)
+    sec["sparse_pruning"] = _sparse("topk", dense_ratio=0.5)
+    xtc_ds.init_compression(model, {"compression_training": sec})
+    masked = _logits(model, IDS)
+    xtc_ds.redundancy_clean(model)
+    assert torch.equal(_logits(model, IDS), masked)
+    assert not any("pruning" in name for name in model.state_dict())
+    zeros = float((_layer(model).output.dense.weight == 0).float().mean())
+    assert zeros == 0.5 if stored_bits == 2 and "1bit" in recipe else zeros >= 0.5  # ternary adds its own zeros
+    folder = xtc_ds.export_packed(model, None, tmp_path / "packed")
+    modules = json.loads((folder / "config.json").read_text())["quantization_config"]["modules"]
+    assert modules["bert.encoder.layer.0.output.dense"]["bits"] == stored_bits
+    assert torch.allclose(_logits(xtc_ds.load_packed(folder), IDS), masked, atol=1e-5)
+
+
+def test_legacy_sparse_pruning_config_trains_a_few_steps():
+    config = json.loads(LEGACY.read_text())
+    config["compression_training"]["sparse_pruning"]["shared_parameters"].update(enabled=True, schedule_offset=2)
+    model = _model(heads=12, hidden=48)
+    xtc_ds.init_compression(model, config)
+    scheduler = xtc_ds.CompressionScheduler(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(3):
+        model(input_ids=IDS, labels=torch.tensor([0, 1, 0])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    key = _layer(model).attention.self.key.quantized_weight()
+    assert float((key == 0).float().mean()) == 0.5
+    levels = [group.unique().numel() for group in key.detach().reshape(64, -1)]
+    assert max(levels) == 3 and min(levels) >= 2  # -a, 0, +a per group (quantize_groups 64)

@@ -104,7 +104,12 @@ def _summary(model: nn.Module, config: Any, report: Any) -> str:
             bits = getattr(params, "target_bits", None) or params.bits
             count = sum(1 for g in table.values() if g == group)
             parts.append(f"{kind} {bits}-bit in {count} modules ('{group}')")
-    for technique, table in (("row_pruning", report.row_pruned), ("head_pruning", report.head_pruned)):
+    prunings = (
+        ("sparse_pruning", report.sparse_pruned),
+        ("row_pruning", report.row_pruned),
+        ("head_pruning", report.head_pruned),
+    )
+    for technique, table in prunings:
         groups = getattr(config, technique).different_groups
         for group in sorted(set(table.values())):
             count = sum(1 for g in table.values() if g == group)

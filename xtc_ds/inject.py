@@ -36,6 +36,7 @@ __all__ = ["inject", "revert", "to_packed", "set_submodule"]
 
 def _announce(config: CompressionConfig) -> None:
     """Say how legacy settings that have no exact equivalent here are served: nothing is silently dropped."""
+    _announce_sparse(config)
     wq = config.weight_quantization
     if not wq.enabled:
         return
@@ -61,6 +62,23 @@ def _announce(config: CompressionConfig) -> None:
                     f"xtc_ds: {SECTION}.{kind}.different_groups.{name}.related_modules has no effect on quantization "
                     "(it names layers that pruning shrinks together); it is ignored for this group"
                 )
+
+
+_SNIP_ONLY = ("schedule_offset_end", "schedule_offset_stride", "block_pattern", "dense_ratio", "excluded_modules")
+
+
+def _announce_sparse(config: CompressionConfig) -> None:
+    sparse = config.sparse_pruning
+    if not sparse.enabled:
+        return
+    default = type(sparse.shared_parameters)()
+    for key in _SNIP_ONLY:
+        if getattr(sparse.shared_parameters, key) != getattr(default, key):
+            warn_once(
+                f"xtc_ds: {SECTION}.sparse_pruning.shared_parameters.{key} is used by method snip_momentum only; "
+                f"with method {sparse.shared_parameters.method.value} it has no effect (each group's "
+                "params.dense_ratio sets what is kept)"
+            )
 
 
 def _quantizers(config: CompressionConfig, plan: ModulePlan) -> tuple[Any, Any]:

@@ -37,6 +37,7 @@ class InjectionReport:
 
     weight_quantized: dict[str, str] = field(default_factory=dict)
     activation_quantized: dict[str, str] = field(default_factory=dict)
+    sparse_pruned: dict[str, str] = field(default_factory=dict)
     row_pruned: dict[str, str] = field(default_factory=dict)
     head_pruned: dict[str, str] = field(default_factory=dict)
 
@@ -46,6 +47,7 @@ class InjectionReport:
         for kind, table in (
             ("weight quantization", self.weight_quantized),
             ("activation quantization", self.activation_quantized),
+            ("sparse pruning", self.sparse_pruned),
             ("row pruning", self.row_pruned),
             ("head pruning", self.head_pruned),
         ):

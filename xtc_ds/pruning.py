@@ -13,7 +13,7 @@ import copy
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from xtc_ds.architectures import resolve_patterns
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, PruningMethod
 from xtc_ds.errors import TrainingError
 from xtc_ds.matching import ModulePlan, match_groups, weight_shape
+from xtc_ds.nn.sparse_mask import SparseMask, masked_fake_quant
 from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, pruned_weight
 from xtc_ds.zero3 import (
     PARTITION_NEW_MIN_DEEPSPEED,
@@ -34,6 +35,7 @@ __all__ = [
     "PrunePlan",
     "plan_pruning",
     "kept_count",
+    "sparse_owners",
     "check_quantize_groups",
     "attach_masks",
     "structure_masks",
@@ -44,7 +46,8 @@ __all__ = [
     "fit_attention_heads",
 ]
 
-TECHNIQUES = ("row_pruning", "head_pruning")
+STRUCTURED = ("row_pruning", "head_pruning")
+TECHNIQUES = ("sparse_pruning", *STRUCTURED)
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,11 @@ def _check_shapes(plan: PrunePlan, owner: str, linears: dict[str, nn.Module], wh
 
 
 def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str, str], PrunePlan]:
-    """``(technique, owner module name) -> PrunePlan`` for every enabled structured pruning group.
+    """``(technique, owner module name) -> PrunePlan`` for every enabled pruning group.
 
     Raises:
         ConfigError: a group or related pattern matching no Linear, a related module of the wrong size, a module
-            masked twice along one axis, or a weight quantized with a group count that pruning would break.
+            masked twice along one axis or both sparse and structured, ``related_modules`` on a sparse group.
     """
     linears = {name: module for name, module in model.named_modules() if name and isinstance(module, nn.Linear)}
     plans: dict[tuple[str, str], PrunePlan] = {}
@@ -138,6 +141,11 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
             group = section.different_groups[group_name]
             group_where = f"{where}.different_groups.{group_name}"
             related: tuple[str, ...] = ()
+            if group.related_modules and technique == "sparse_pruning":
+                raise ConfigError(
+                    f"{group_where}.related_modules: sparse pruning removes single weights, which shrinks no other "
+                    "module; remove related_modules"
+                )
             if group.related_modules:
                 k = _pattern_index(model, owner, group.modules, f"{group_where}.modules")
                 related = _related(model, owner, k, group.related_modules[k], linears, group_where)
@@ -152,6 +160,12 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
             _check_shapes(plan, owner, linears, group_where)
             plans[(technique, owner)] = plan
     _check_axes(plans)
+    structured = _axes(plans)
+    for technique, owner in plans:
+        if technique == "sparse_pruning" and owner in structured:
+            raise ConfigError(
+                f"{SECTION}.sparse_pruning: '{owner}' is also pruned by rows or heads; a Linear takes one of the two"
+            )
     return plans
 
 
@@ -159,6 +173,8 @@ def _axes(plans: dict[tuple[str, str], PrunePlan]) -> dict[str, list[tuple[int, 
     """Module name -> ``(axis, owner)`` of every mask it applies."""
     axes: dict[str, list[tuple[int, str]]] = {}
     for (technique, owner), plan in plans.items():
+        if technique == "sparse_pruning":
+            continue
         own_axis = ROWS if technique == "row_pruning" else COLUMNS
         axes.setdefault(owner, []).append((own_axis, owner))
         for name in plan.related:
@@ -199,6 +215,15 @@ def _kept_shape(name: str, plans: dict[tuple[str, str], PrunePlan], linears: dic
     return shape
 
 
+def sparse_owners(model: nn.Module, config: CompressionConfig) -> set[str]:
+    """The Linears the config's ``sparse_pruning`` groups own (their 1-bit weights are stored as ternary codes)."""
+    section = config.sparse_pruning
+    if not section.enabled:
+        return set()
+    linears = {name: module for name, module in model.named_modules() if name and isinstance(module, nn.Linear)}
+    return set(match_groups(model, section.different_groups, linears, f"{SECTION}.sparse_pruning"))
+
+
 def check_quantize_groups(
     model: nn.Module, plans: dict[tuple[str, str], PrunePlan], quant_plans: dict[str, ModulePlan]
 ) -> None:
@@ -226,11 +251,19 @@ def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> N
     for (technique, owner), plan in plans.items():
         module = modules[owner]
         out_features, in_features = weight_shape(module)
+        learned = plan.method is PruningMethod.TOPK
+        if technique == "sparse_pruning":
+            numel = out_features * in_features
+            sparse = SparseMask(plan.group, learned, kept_count(plan.dense_ratio, numel), (out_features, in_features))
+            module.sparse_pruning = sparse.to(module.weight.device)
+            if learned:
+                with full_parameters([module.weight]):
+                    sparse.score(module.weight)
+            continue
         if technique == "row_pruning":
             axis, units, unit_size = ROWS, out_features, 1
         else:
             axis, units, unit_size = COLUMNS, plan.num_heads, in_features // plan.num_heads
-        learned = plan.method is PruningMethod.TOPK
         mask = StructureMask(
             technique, plan.group, learned, kept_count(plan.dense_ratio, units), axis, units, unit_size
         )
@@ -245,18 +278,18 @@ def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> N
             modules[name].pruning = (*modules[name].pruning, AxisMask(mask, 1 - axis, False))
 
 
-def structure_masks(root: nn.Module) -> list[tuple[str, nn.Module, StructureMask]]:
-    """``(mask name, owner module, mask)`` of every structured pruning mask under ``root``."""
+def structure_masks(root: nn.Module) -> list[tuple[str, nn.Module, Union[StructureMask, SparseMask]]]:
+    """``(mask name, owner module, mask)`` of every pruning mask (sparse or structured) under ``root``."""
     found = []
     for name, module in root.named_modules():
         for technique in TECHNIQUES:
             mask = getattr(module, technique, None)
-            if isinstance(mask, StructureMask):
+            if isinstance(mask, (StructureMask, SparseMask)):
                 found.append((f"{name}.{technique}", module, mask))
     return found
 
 
-def score_unscored(masks: list[tuple[str, nn.Module, StructureMask]], only_enabled: bool = True) -> None:
+def score_unscored(masks: list[tuple[str, nn.Module, Any]], only_enabled: bool = True) -> None:
     """Take the L1 scores of every (enabled) mask not scored yet, from its owner's whole weight."""
     for _, owner, mask in masks:
         if (mask.enabled or not only_enabled) and not bool(mask.scored):
@@ -283,6 +316,21 @@ def _clean_module(module: nn.Module) -> None:
         partition_new_parameters(module)
 
 
+def _clean_sparse(module: nn.Module, mask: SparseMask) -> None:
+    """Bake a sparse-pruned Linear in place: kept weights (quantized at ``target_bits`` over the kept ones), zeros
+    elsewhere. The caller holds learned scores whole, so the mask is evaluated without ZeRO-3's module hooks."""
+    keep, _ = mask.forward()
+    quantizer = module.weight_quantizer
+    with full_parameters([module.weight], modify=True):
+        if quantizer is None:
+            baked = module.weight * keep
+        else:
+            groups = module.weight.shape[0] if quantizer.num_groups is None else quantizer.num_groups
+            baked = masked_fake_quant(module.weight, keep, quantizer.target_bits, groups, quantizer.symmetric)
+        module.weight.copy_(baked)
+    module.weight_quantizer = None
+
+
 def _shrunk(tensor: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[torch.Tensor]) -> torch.Tensor:
     out = tensor if rows is None else tensor.index_select(0, rows)
     return out if cols is None or out.dim() == 1 else out.index_select(1, cols)
@@ -291,8 +339,8 @@ def _shrunk(tensor: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[t
 @torch.no_grad()
 def clean_pruned(root: nn.Module) -> None:
     """Remove pruned units for good: masks whose related modules shrink with them take the units out of the
-    weights (smaller Linears); the others zero them. Quantized weights are baked over the kept weights, as in
-    training. Masks apply whatever step the schedule is at, as quantization does at ``target_bits``."""
+    weights (smaller Linears); the others, and sparse masks, zero them. Quantized weights are baked over the kept
+    weights, as in training. Masks apply whatever step the schedule is at, as quantization does at ``target_bits``."""
     masks = structure_masks(root)
     pruned = [m for m in root.modules() if getattr(m, "pruning", ())]
     if any(hasattr(m.weight, "ds_id") for m in pruned) and not can_partition_new_parameters():
@@ -311,10 +359,13 @@ def clean_pruned(root: nn.Module) -> None:
     with full_parameters(learned):
         for module in pruned:
             _clean_module(module)
-    for module in pruned:
+        for _, owner, mask in masks:
+            if isinstance(mask, SparseMask):
+                _clean_sparse(owner, mask)
+    for module in {id(m): m for m in (*pruned, *(owner for _, owner, _ in masks))}.values():
         module.pruning = ()
         for technique in TECHNIQUES:
-            if isinstance(getattr(module, technique, None), StructureMask):
+            if isinstance(getattr(module, technique, None), (StructureMask, SparseMask)):
                 delattr(module, technique)
     fit_attention_heads(root)
 

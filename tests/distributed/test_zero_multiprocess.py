@@ -82,10 +82,28 @@ def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
         assert pruned["shapes"]["attention.output.dense"] == [32, 16], (rank, stage)
         assert pruned["shapes"]["intermediate.dense"] == [32, 32], (rank, stage)
         assert pruned["shapes"]["output.dense"] == [32, 32], (rank, stage)
-        for name, weight in record["weights"].items():
-            assert weight["levels"] <= 3, (rank, stage, name)  # binary, plus the zeros of pruned units
+        # the FFN-in weight: binary, plus the zeros of its pruned rows (the query's rows of pruned heads keep their
+        # full-precision values until cleaning: they feed only the pruned heads)
+        assert record["weights"]["bert.encoder.layer.0.intermediate.dense"]["levels"] == 3, (rank, stage)
     for rank in (0, 1):  # the export of the cleaned stage-3 model holds the smaller FFN: 32 rows of 32 1-bit codes
         assert records[(rank, 3)]["exported_packed_shape"] == ([32, 4] if can_partition_new_parameters() else None)
+
+
+def test_sparse_topk_pruning_with_1bit_weights_under_zero_0_and_3(tmp_path):
+    result = _launch(tmp_path, "--stages", "0,3", "--steps", "6", "--sparse")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path, (0, 3))
+    reference = records[(0, 0)]
+    for (rank, stage), record in records.items():
+        assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
+        pruned = record["pruned"]
+        assert pruned["zeros"] == 0.5, (rank, stage)  # half of every weight, on every rank
+        assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-6), (rank, stage)
+        assert pruned["cleaned"] == pytest.approx(reference["pruned"]["cleaned"], abs=1e-4), (rank, stage)
+        assert pruned["saved_scores"] == [32, 32]  # whole, also when ZeRO-3 partitions the scores
+    for rank in (0, 1):  # a sparse binary weight (-a, 0, +a) is exported as 2-bit codes: 64 rows of 32 codes
+        assert records[(rank, 3)]["exported_packed_shape"] == [64, 8]
+        assert records[(rank, 3)]["exported_bits"] == 2
 
 
 def test_zero3_partitioned_teacher_gives_the_same_losses(tmp_path):

@@ -46,10 +46,21 @@ PRUNING = {
     },
 }
 """Half the heads and half the FFN rows, from step 2 (``--prune``)."""
+SPARSE = {
+    "shared_parameters": {"enabled": True, "schedule_offset": 2, "method": "topk"},
+    "different_groups": {"sp1": {"params": {"dense_ratio": 0.5}, "modules": ["@layers"]}},
+}
+"""Half the single weights of every Linear of the layers, learned scores, from step 2 (``--sparse``)."""
 
 
 def xtc_config(
-    stage: int, world: int, bits: int = 1, bf16: bool = False, teacher_zero3: bool = False, prune: bool = False
+    stage: int,
+    world: int,
+    bits: int = 1,
+    bf16: bool = False,
+    teacher_zero3: bool = False,
+    prune: bool = False,
+    sparse: bool = False,
 ) -> dict:
     """``ds_configs/ds_xtc_1bit.json`` at ``bits``, every tensor partitioned, teacher layers 1 and 3 kept."""
     config = recipe(
@@ -63,6 +74,8 @@ def xtc_config(
     config["compression_training"]["knowledge_distillation"]["teacher_zero3"] = teacher_zero3
     if prune:
         config["compression_training"].update(PRUNING)
+    if sparse:
+        config["compression_training"]["sparse_pruning"] = SPARSE
     return config
 
 
@@ -81,7 +94,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     teacher = tiny_bert(layers=4)
-    config = xtc_config(stage, world, args.bits, args.bf16, args.teacher_zero3, args.prune)
+    config = xtc_config(stage, world, args.bits, args.bf16, args.teacher_zero3, args.prune, args.sparse)
     student = build_student(teacher, config)
     for module in student.modules():  # no dropout: a fixed-seed job must give the same losses on every stage
         if isinstance(module, torch.nn.Dropout):
@@ -115,7 +128,9 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         for name in ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.1.attention.self.query")
     }
     pruned = _pruned_record(engine, student, ids[0]) if args.prune else None
-    exported = None
+    if args.sparse:
+        pruned = _sparse_record(engine, student, ids[0])
+    exported = exported_bits = None
     if stage == 3 and "refused" not in (pruned or {}):  # gathered on every rank, written by rank 0, seen by all
         from safetensors.torch import load_file
 
@@ -124,11 +139,15 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         export_packed(engine, config, Path(args.out) / "packed_stage3")
         tensors = load_file(str(Path(args.out) / "packed_stage3" / "model.safetensors"))
         exported = list(tensors["bert.encoder.layer.0.intermediate.dense.packed_weight"].shape)
+        exported_bits = json.loads((Path(args.out) / "packed_stage3" / "config.json").read_text())[
+            "quantization_config"
+        ]["modules"]["bert.encoder.layer.0.intermediate.dense"]["bits"]
     return {
         "pruned": pruned,
         "mpi": "openmpi" if "OMPI_COMM_WORLD_RANK" in os.environ else "mpich" if "PMI_RANK" in os.environ else None,
         "netns": os.readlink("/proc/self/ns/net"),  # distinct per simulated node
         "exported_packed_shape": exported,
+        "exported_bits": exported_bits,
         "stage": stage,
         "rank": rank,
         "world": world,
@@ -137,6 +156,30 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         "local_numel": dense.weight.numel(),
         "teacher_local_numel": sum(p.numel() for p in engine.xtc.teacher.parameters()),
         "weights": weights,
+    }
+
+
+def _sparse_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
+    """Sparse topk masks: the kept fraction and the masked logits, then ``redundancy_clean`` on the engine."""
+    import deepspeed
+
+    from xtc_ds import redundancy_clean
+
+    query = student.bert.encoder.layer[0].attention.self.query
+    saved = engine.xtc.scheduler.state_dict()["pruning_scores"]
+    engine.eval()
+    with torch.no_grad():
+        masked = engine(input_ids=ids).logits.float().reshape(-1).tolist()
+    redundancy_clean(engine)
+    with torch.no_grad():
+        cleaned = engine(input_ids=ids).logits.float().reshape(-1).tolist()
+    with deepspeed.zero.GatheredParameters([query.weight]):
+        zeros = float((query.weight == 0).float().mean())
+    return {
+        "zeros": zeros,
+        "masked": masked,
+        "cleaned": cleaned,
+        "saved_scores": list(saved["bert.encoder.layer.0.attention.self.query.sparse_pruning"].shape),
     }
 
 
@@ -188,6 +231,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--teacher_zero3", action="store_true")
     parser.add_argument("--prune", action="store_true")
+    parser.add_argument("--sparse", action="store_true")
     parser.add_argument("--timeout_s", type=float, default=60.0)
     parser.add_argument("--die_rank", type=int, default=-1)
     parser.add_argument("--die_step", type=int, default=-1)

@@ -101,8 +101,9 @@ class ChannelPruningSharedConfig(_PruningSharedConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class _PruningSection(Checked):
-    """One legacy pruning technique. ``row_pruning`` and ``head_pruning`` run; ``sparse_pruning`` and
-    ``channel_pruning`` are parsed and validated so legacy configs load, and refused when enabled."""
+    """One legacy pruning technique. ``sparse_pruning`` (``l1``, ``topk``), ``row_pruning`` and ``head_pruning`` run;
+    ``snip_momentum`` and ``channel_pruning`` are parsed and validated so legacy configs load, and refused when
+    enabled."""
 
     different_groups: dict[str, PruningGroupConfig] = field(default_factory=dict)
     _implemented = False
@@ -126,9 +127,13 @@ class _PruningSection(Checked):
                 f"must have one list per entry of modules ({len(group.modules)}): related_modules[k] shrinks with "
                 "modules[k]",
             )
+        technique = path.rsplit(".", 1)[-1]
+        if method is PruningMethod.SNIP_MOMENTUM:
+            raise ConfigError(
+                f"{path}.shared_parameters.method: 'snip_momentum' (not implemented in xtc_ds yet; use 'l1' or 'topk')"
+            )
         if self._implemented:
             return
-        technique = path.rsplit(".", 1)[-1]
         raise ConfigError(
             f"{path}.shared_parameters.enabled: True ({technique} is parsed and validated but not implemented "
             "in xtc_ds yet; set it to false)"
@@ -138,6 +143,7 @@ class _PruningSection(Checked):
 @dataclass(frozen=True, kw_only=True)
 class SparsePruningConfig(_PruningSection):
     shared_parameters: SparsePruningSharedConfig = field(default_factory=SparsePruningSharedConfig)
+    _implemented = True
 
 
 @dataclass(frozen=True, kw_only=True)

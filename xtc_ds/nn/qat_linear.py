@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
+from xtc_ds.nn.sparse_mask import sparse_quantized
 from xtc_ds.nn.structure_mask import AxisMask, kept_bias, pruned_weight
 
 __all__ = ["XtcQATLinear", "XtcQATConv1D", "CONV1D", "is_conv1d"]
@@ -45,7 +46,7 @@ class XtcQATLinear(nn.Linear):
     """``nn.Linear`` whose forward fake-quantizes its input and weight, and applies structured pruning masks.
 
     Build with :meth:`from_linear`; ``state_dict()`` keys stay ``weight`` and ``bias`` (a pruning mask it owns
-    adds its ``row_pruning.*`` / ``head_pruning.*`` scores).
+    adds its ``sparse_pruning.*`` / ``row_pruning.*`` / ``head_pruning.*`` scores).
     """
 
     weight_quantizer: Optional[WeightFakeQuantizer]
@@ -67,6 +68,9 @@ class XtcQATLinear(nn.Linear):
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight as the forward pass uses it, shape (out_features, in_features)."""
+        sparse = getattr(self, "sparse_pruning", None)
+        if sparse is not None and sparse.enabled:
+            return sparse_quantized(self.weight, self.weight_quantizer, sparse)
         if any(axis_mask.mask.enabled for axis_mask in self.pruning):
             return pruned_weight(self.weight, self.weight_quantizer, self.pruning).weight
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
