@@ -27,7 +27,7 @@ from xtc_ds.nn.packed_embedding import XtcPackedEmbedding
 from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.qat_embedding import XtcQATEmbedding
 from xtc_ds.nn.qat_linear import XtcQATConv1D, XtcQATLinear, is_conv1d
-from xtc_ds.pruning import attach_masks, check_quantize_groups, plan_pruning, structure_masks
+from xtc_ds.pruning import attach_masks, check_quantize_groups, plan_pruning, pruning_masks
 from xtc_ds.schedule import apply_schedule, quantizers
 from xtc_ds.state import attach_state, compression_state, detach_state, require_same_config, unwrap_model
 
@@ -162,7 +162,7 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
     for (technique, owner), prune_plan in prune_plans.items():
         getattr(report, technique.replace("_pruning", "_pruned"))[owner] = prune_plan.group
     attach_state(model, config, report)
-    apply_schedule(config, *quantizers(model), step=0, masks=structure_masks(model))
+    apply_schedule(config, *quantizers(model), step=0, masks=pruning_masks(model))
     log_rank_zero(logging.INFO, "xtc_ds: " + report.summary().replace("\n", "; "))
     return report
 

@@ -1,5 +1,5 @@
-"""Structured pruning (``row_pruning``, ``head_pruning``): which Linears own a mask, which related Linears shrink
-with them, and the physical removal of pruned units by :func:`xtc_ds.redundancy_clean`.
+"""Pruning (``sparse_pruning``, ``row_pruning``, ``head_pruning``): which Linears own a mask, which related Linears
+shrink with them, and the removal of pruned units by :func:`xtc_ds.redundancy_clean`.
 
 A group's ``modules[k]`` and ``related_modules[k]`` are paired as in the legacy library; each owner's related
 modules are, per related pattern, the matches nearest to it in the module tree (the longest common dotted name
@@ -38,7 +38,7 @@ __all__ = [
     "sparse_owners",
     "check_quantize_groups",
     "attach_masks",
-    "structure_masks",
+    "pruning_masks",
     "score_unscored",
     "clean_pruned",
     "pruned_shapes",
@@ -278,7 +278,7 @@ def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> N
             modules[name].pruning = (*modules[name].pruning, AxisMask(mask, 1 - axis, False))
 
 
-def structure_masks(root: nn.Module) -> list[tuple[str, nn.Module, Union[StructureMask, SparseMask]]]:
+def pruning_masks(root: nn.Module) -> list[tuple[str, nn.Module, Union[StructureMask, SparseMask]]]:
     """``(mask name, owner module, mask)`` of every pruning mask (sparse or structured) under ``root``."""
     found = []
     for name, module in root.named_modules():
@@ -341,7 +341,7 @@ def clean_pruned(root: nn.Module) -> None:
     """Remove pruned units for good: masks whose related modules shrink with them take the units out of the
     weights (smaller Linears); the others, and sparse masks, zero them. Quantized weights are baked over the kept
     weights, as in training. Masks apply whatever step the schedule is at, as quantization does at ``target_bits``."""
-    masks = structure_masks(root)
+    masks = pruning_masks(root)
     pruned = [m for m in root.modules() if getattr(m, "pruning", ())]
     if any(hasattr(m.weight, "ds_id") for m in pruned) and not can_partition_new_parameters():
         import deepspeed

@@ -17,7 +17,7 @@ from torch import nn
 from xtc_ds._log import log_rank_zero
 from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression_config
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
-from xtc_ds.pruning import score_unscored, structure_masks
+from xtc_ds.pruning import pruning_masks, score_unscored
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
 from xtc_ds.zero3 import full_parameters
 
@@ -115,7 +115,7 @@ class CompressionScheduler:
         self.state = state
         self.config = state.config
         self._weight, self._act = quantizers(unwrap_model(model))
-        self._masks = structure_masks(unwrap_model(model))
+        self._masks = pruning_masks(unwrap_model(model))
         self.step_count = 0
         self._apply()
 
@@ -169,7 +169,7 @@ class CompressionScheduler:
         return {"step": self.step_count, "activation_ranges": ranges, "pruning_scores": scores}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the step count (and every switch derived from it) and static activation ranges."""
+        """Restore the step count (and every switch derived from it), static activation ranges and pruning scores."""
         self.step_count = int(state_dict["step"])
         self.state.stepped = self.state.stepped or self.step_count > 0
         quantizers = dict(self._act)
@@ -184,12 +184,14 @@ class CompressionScheduler:
             quantizer.calibrated.fill_(True)
         masks = {name: mask for name, _, mask in self._masks}
         for name, scores in state_dict.get("pruning_scores", {}).items():
-            if name not in masks or masks[name].scores.shape != scores.shape:
+            mask = masks.get(name)
+            shape = None if mask is None else tuple(getattr(mask.scores, "ds_shape", mask.scores.shape))
+            if shape != tuple(scores.shape):
                 raise KeyError(
                     f"CompressionScheduler.load_state_dict: no pruning mask '{name}' of {tuple(scores.shape)}"
                 )
-            with full_parameters([masks[name].scores], modify=True), torch.no_grad():
-                masks[name].scores.copy_(scores)
-            masks[name].saved_scores = scores.clone()
-            masks[name].scored.fill_(True)
+            with full_parameters([mask.scores], modify=True), torch.no_grad():
+                mask.scores.copy_(scores)
+            mask.saved_scores = scores.clone()
+            mask.scored.fill_(True)
         self._apply()

@@ -71,6 +71,7 @@ def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
         if stage == 3 and not can_partition_new_parameters():  # the legacy stack: refused, naming the fix
             assert "needs DeepSpeed >= 0.19" in pruned["refused"], pruned
             continue
+        assert pruned["kept_heads_reloaded"] == pruned["kept_heads"]  # restored by the checkpoint
         # the schedule state a checkpoint saves holds the whole scores, also of ZeRO-3-partitioned topk ones
         assert pruned["saved_scores"] == {
             "attention.output.dense.head_pruning": [2],

@@ -127,7 +127,9 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         name: _weight_record(student.get_submodule(name))
         for name in ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.1.attention.self.query")
     }
-    pruned = _pruned_record(engine, student, ids[0]) if args.prune else None
+    pruned = None
+    if args.prune:
+        pruned = _pruned_record(engine, student, ids[0], Path(args.out) / f"checkpoint_stage{stage}")
     if args.sparse:
         pruned = _sparse_record(engine, student, ids[0])
     exported = exported_bits = None
@@ -183,9 +185,9 @@ def _sparse_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
     }
 
 
-def _pruned_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
-    """Kept heads and FFN rows (scores gathered), the masked model's logits, then ``redundancy_clean`` on the
-    engine: the cleaned weight shapes and logits."""
+def _pruned_record(engine, student: torch.nn.Module, ids: torch.Tensor, checkpoint: Path) -> dict:
+    """Kept heads and FFN rows (scores gathered), also after a checkpoint round trip; the masked model's logits,
+    then ``redundancy_clean`` on the engine: the cleaned weight shapes and logits."""
     import deepspeed
 
     from xtc_ds import redundancy_clean
@@ -196,6 +198,12 @@ def _pruned_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
     with deepspeed.zero.GatheredParameters([heads.scores]):
         kept_heads = heads.kept().tolist()
     saved = engine.xtc.scheduler.state_dict()["pruning_scores"]
+    engine.save_checkpoint(str(checkpoint))
+    with torch.no_grad():  # flip the ranking (every rank its partition): only the checkpoint can restore it
+        getattr(heads.scores, "ds_tensor", heads.scores).neg_()
+    engine.load_checkpoint(str(checkpoint))
+    with deepspeed.zero.GatheredParameters([heads.scores]):
+        reloaded = heads.kept().tolist()
     engine.eval()
     with torch.no_grad():
         masked = engine(input_ids=ids).logits.float().reshape(-1).tolist()
@@ -207,6 +215,7 @@ def _pruned_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
         cleaned = engine(input_ids=ids).logits.float().reshape(-1).tolist()
     return {
         "kept_heads": kept_heads,
+        "kept_heads_reloaded": reloaded,
         "kept_rows": rows.kept().tolist(),
         "saved_scores": {
             name.split("layer.0.")[-1]: list(tensor.shape) for name, tensor in saved.items() if "layer.0." in name

@@ -44,7 +44,7 @@ from xtc_ds.export.gather import (
 from xtc_ds.files import path_within, replace_dir_atomic
 from xtc_ds.nn.packed_linear import packed_weight_tensors
 from xtc_ds.nn.packed_spec import PackedSpec
-from xtc_ds.pruning import pruned_shapes, structure_masks
+from xtc_ds.pruning import pruned_shapes, pruning_masks
 
 __all__ = ["export_packed", "check_output_dir", "copy_tokenizer", "is_export"]
 
@@ -184,7 +184,7 @@ def export_packed(
     check_output_dir(output_dir, (model, tokenizer, checkpoint), overwrite)
     root = source_model(model)
     config = export_config(root, deepspeed_config)
-    if structure_masks(root):
+    if pruning_masks(root):
         raise ValueError(
             "export_packed: the model still carries row/head pruning masks; call xtc_ds.redundancy_clean(model) "
             "first, which removes the pruned units (the export then stores the smaller Linears)"
