@@ -230,21 +230,27 @@ def test_scheduler_state_restores_the_masks_in_a_reloaded_model(tmp_path):
     assert restored.step_count == 1
 
 
-def test_legacy_structured_pruning_config_trains_a_few_steps():
-    config = json.loads(LEGACY.read_text())
-    sec = config["compression_training"]
-    for technique in ("row_pruning", "head_pruning"):
-        sec[technique]["shared_parameters"].update(enabled=True, schedule_offset=2)
+def _train_legacy(config: dict, steps: int):
+    """A 12-head tiny BERT compressed with a legacy config, trained ``steps`` steps in a plain loop."""
     model = _model(heads=12, hidden=48)
     xtc_ds.init_compression(model, config)
     scheduler = xtc_ds.CompressionScheduler(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
-    for _ in range(4):
+    for _ in range(steps):
         model(input_ids=IDS, labels=torch.tensor([0, 1, 0])).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         scheduler.step()
+    return model
+
+
+def test_legacy_structured_pruning_config_trains_a_few_steps():
+    config = json.loads(LEGACY.read_text())
+    sec = config["compression_training"]
+    for technique in ("row_pruning", "head_pruning"):
+        sec[technique]["shared_parameters"].update(enabled=True, schedule_offset=2)
+    model = _train_legacy(config, steps=4)
     assert _layer(model).attention.output.dense.head_pruning.kept_units == 6
     model.eval()
     masked = _logits(model, IDS)
@@ -450,16 +456,7 @@ def test_sparse_cleaned_model_computes_the_masked_logits_and_exports_ternary_cod
 def test_legacy_sparse_pruning_config_trains_a_few_steps():
     config = json.loads(LEGACY.read_text())
     config["compression_training"]["sparse_pruning"]["shared_parameters"].update(enabled=True, schedule_offset=2)
-    model = _model(heads=12, hidden=48)
-    xtc_ds.init_compression(model, config)
-    scheduler = xtc_ds.CompressionScheduler(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(3):
-        model(input_ids=IDS, labels=torch.tensor([0, 1, 0])).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        scheduler.step()
+    model = _train_legacy(config, steps=3)
     key = _layer(model).attention.self.key.quantized_weight()
     assert float((key == 0).float().mean()) == 0.5
     levels = [group.unique().numel() for group in key.detach().reshape(64, -1)]
