@@ -244,9 +244,9 @@ def check_quantize_groups(
 
 
 def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> None:
-    """Give every owner (already an ``XtcQATLinear``) its :class:`StructureMask` (``row_pruning`` or
-    ``head_pruning`` submodule), and every module its :class:`AxisMask` list. ``topk`` scores start from the units'
-    L1 norms of the weight as it is now."""
+    """Give every owner (already an ``XtcQATLinear``) its mask submodule (``sparse_pruning``: a
+    :class:`SparseMask`; ``row_pruning``/``head_pruning``: a :class:`StructureMask`), and every module a structured
+    mask acts on its :class:`AxisMask` list. ``topk`` scores start from the magnitudes of the weight as it is now."""
     modules = dict(model.named_modules())
     for (technique, owner), plan in plans.items():
         module = modules[owner]
@@ -254,28 +254,23 @@ def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> N
         learned = plan.method is PruningMethod.TOPK
         if technique == "sparse_pruning":
             numel = out_features * in_features
-            sparse = SparseMask(plan.group, learned, kept_count(plan.dense_ratio, numel), (out_features, in_features))
-            module.sparse_pruning = sparse.to(module.weight.device)
-            if learned:
-                with full_parameters([module.weight]):
-                    sparse.score(module.weight)
-            continue
-        if technique == "row_pruning":
-            axis, units, unit_size = ROWS, out_features, 1
+            mask = SparseMask(plan.group, learned, kept_count(plan.dense_ratio, numel), (out_features, in_features))
         else:
-            axis, units, unit_size = COLUMNS, plan.num_heads, in_features // plan.num_heads
-        mask = StructureMask(
-            technique, plan.group, learned, kept_count(plan.dense_ratio, units), axis, units, unit_size
-        )
+            if technique == "row_pruning":
+                axis, units, unit_size = ROWS, out_features, 1
+            else:
+                axis, units, unit_size = COLUMNS, plan.num_heads, in_features // plan.num_heads
+            kept = kept_count(plan.dense_ratio, units)
+            mask = StructureMask(technique, plan.group, learned, kept, axis, units, unit_size)
+            mask.shrinks = bool(plan.related)
+            module.pruning = (*module.pruning, AxisMask(mask, axis, True))
+            for name in plan.related:
+                modules[name].pruning = (*modules[name].pruning, AxisMask(mask, 1 - axis, False))
         mask.to(module.weight.device)
-        mask.shrinks = bool(plan.related)
-        if mask.learned:
+        if learned:
             with full_parameters([module.weight]):
                 mask.score(module.weight)
         setattr(module, technique, mask)
-        module.pruning = (*module.pruning, AxisMask(mask, axis, True))
-        for name in plan.related:
-            modules[name].pruning = (*modules[name].pruning, AxisMask(mask, 1 - axis, False))
 
 
 def pruning_masks(root: nn.Module) -> list[tuple[str, nn.Module, Union[StructureMask, SparseMask]]]:

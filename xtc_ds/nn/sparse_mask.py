@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from xtc_ds.quant.reference import TERNARY_THRESHOLD
+from xtc_ds.quant.reference import TERNARY_THRESHOLD, fake_quant_weight
 
 __all__ = ["SparseMask", "sparse_quantized", "masked_fake_quant"]
 
@@ -77,8 +77,6 @@ def masked_fake_quant(
     ``|w|`` above it. 3..8 bits: the grid of ``w * keep`` (zeros move neither ``max|w|`` nor the asymmetric range,
     which always contains 0, and quantize to exactly 0).
     """
-    from xtc_ds.quant.reference import fake_quant_weight
-
     rows = weight.detach().reshape(num_groups, -1).float()
     kept = keep.reshape(num_groups, -1)
     if bits > 2:
