@@ -216,13 +216,12 @@ def test_malformed_config_names_key_path(key, value, message):
     assert isinstance(err.value, ValueError)
 
 
-def test_enabled_channel_pruning_and_snip_momentum_say_not_implemented():
+def test_enabled_channel_pruning_and_snip_momentum_load():
     section = {"shared_parameters": {"enabled": True}, "different_groups": {"g": {"params": {"dense_ratio": 0.5}}}}
-    with pytest.raises(ConfigError, match="channel_pruning.shared_parameters.enabled: True .*not implemented"):
-        load_compression_config(_set(_base(), "channel_pruning", section))
-    section["shared_parameters"]["method"] = "snip_momentum"
-    with pytest.raises(ConfigError, match="sparse_pruning.shared_parameters.method: 'snip_momentum' .not implemented"):
-        load_compression_config(_set(_base(), "sparse_pruning", section))
+    assert load_compression_config(_set(_base(), "channel_pruning", section)).channel_pruning.enabled
+    snip = {"shared_parameters": {"enabled": True, "method": "snip_momentum", "schedule_offset": 30}}
+    parsed = load_compression_config(_set(_base(), "sparse_pruning", snip)).sparse_pruning.shared_parameters
+    assert parsed.offset_end == 30 and parsed.block_pattern == "4x1" and parsed.dense_ratio == 0.1
 
 
 def test_enabled_row_and_head_pruning_load():

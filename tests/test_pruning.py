@@ -8,12 +8,16 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import xtc_ds
 from configs import section
 from conftest import REPO_ROOT, trainer_resumes_under_this_torch
 from models import tiny_bert
 from xtc_ds.config import ConfigError
+from xtc_ds.export.sparse_codes import BITMAP, VALUES, compact_form, expand_compact
+from xtc_ds.nn.packed_linear import packed_weight_tensors
+from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.ops import fake_quant_weight
 
 LEGACY = REPO_ROOT.parent / "shared" / "legacy_configs" / "ds_config_W1or2A8_Qgroup64_fp16.json"
@@ -287,8 +291,12 @@ def test_legacy_structured_pruning_config_trains_a_few_steps():
             "quantize_groups: 1024 (does not divide the 32x32 weights that pruning keeps",
         ),
         (
-            {"sparse_pruning": _sparse("snip_momentum")},
-            "sparse_pruning.shared_parameters.method: 'snip_momentum' (not implemented",
+            {"sparse_pruning": _sparse("snip_momentum", offset=1, modules=["self.query"], related_modules=[["key"]])},
+            "sp1.related_modules: sparse pruning removes single weights",
+        ),
+        (
+            {"sparse_pruning": _sparse("snip_momentum", offset=1, modules=["intermediate.dense"])},
+            "'bert.encoder.layer.0.intermediate.dense' is also pruned by rows or heads",
         ),
         (
             {"sparse_pruning": _sparse("l1", modules=["self.query"], related_modules=[["self.key"]])},
@@ -306,7 +314,8 @@ def test_legacy_structured_pruning_config_trains_a_few_steps():
         "heads",
         "two-masks",
         "groups",
-        "snip",
+        "snip-related",
+        "snip-and-rows",
         "sparse-related",
         "sparse-and-rows",
     ],
@@ -448,9 +457,38 @@ def test_sparse_cleaned_model_computes_the_masked_logits_and_exports_ternary_cod
     zeros = float((_layer(model).output.dense.weight == 0).float().mean())
     assert zeros == 0.5 if stored_bits == 2 and "1bit" in recipe else zeros >= 0.5  # ternary adds its own zeros
     folder = xtc_ds.export_packed(model, None, tmp_path / "packed")
-    modules = json.loads((folder / "config.json").read_text())["quantization_config"]["modules"]
-    assert modules["bert.encoder.layer.0.output.dense"]["bits"] == stored_bits
+    block = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert block["modules"]["bert.encoder.layer.0.output.dense"]["bits"] == stored_bits
+    assert "bert.encoder.layer.0.output.dense" in block["compact_sparse"] and block["format_version"] == 3
+    tensors = load_file(str(folder / "model.safetensors"))
+    stored = sum(tensors[f"bert.encoder.layer.0.output.dense.{leaf}"].numel() for leaf in (BITMAP, VALUES))
+    assert stored < 32 * 64 * 2 // 8  # smaller than the 2-bit codes of every weight
     assert torch.allclose(_logits(xtc_ds.load_packed(folder), IDS), masked, atol=1e-5)
+
+
+def _spec(bits: int, symmetric: bool = True) -> PackedSpec:
+    return PackedSpec("linear", 12, 20, bits=bits, num_groups=12, symmetric=symmetric)
+
+
+@pytest.mark.parametrize("bits, density", [(2, 0.5), (4, 0.3), (8, 0.3)])
+def test_compact_sparse_form_round_trips_to_the_same_codes(bits, density):
+    torch.manual_seed(0)
+    weight = torch.randn(12, 20) * (torch.rand(12, 20) < density)
+    spec = _spec(bits)
+    packed = packed_weight_tensors(weight, spec)["packed_weight"]
+    compact = compact_form(packed, spec)
+    assert compact is not None and sum(t.numel() for t in compact.values()) < packed.numel()
+    assert torch.equal(expand_compact(compact[BITMAP], compact[VALUES], spec), packed)
+    with pytest.raises(ValueError, match="sparse_values must hold"):
+        expand_compact(compact[BITMAP], compact[VALUES][:-1], spec)
+
+
+def test_compact_sparse_form_is_not_used_where_it_is_not_smaller():
+    dense = torch.randn(12, 20)
+    assert compact_form(packed_weight_tensors(dense, _spec(8))["packed_weight"], _spec(8)) is None
+    sparse = dense * (torch.rand(12, 20) < 0.3)
+    asymmetric = _spec(8, symmetric=False)  # its zero code differs by group
+    assert compact_form(packed_weight_tensors(sparse, asymmetric)["packed_weight"], asymmetric) is None
 
 
 def test_legacy_sparse_pruning_config_trains_a_few_steps():
@@ -461,3 +499,25 @@ def test_legacy_sparse_pruning_config_trains_a_few_steps():
     assert float((key == 0).float().mean()) == 0.5
     levels = [group.unique().numel() for group in key.detach().reshape(64, -1)]
     assert max(levels) == 3 and min(levels) >= 2  # -a, 0, +a per group (quantize_groups 64)
+
+
+CHANNEL = {
+    "shared_parameters": {"enabled": True, "schedule_offset": 0, "method": "l1"},
+    "different_groups": {"cp1": {"params": {"dense_ratio": 0.5}, "modules": ["conv"]}},
+}
+
+
+def test_channel_pruning_is_skipped_with_a_warning_on_a_model_without_conv2d(caplog):
+    sec = _section(row=None, head=None)
+    sec["channel_pruning"] = copy.deepcopy(CHANNEL)
+    xtc_ds.init_compression(_model(), {"compression_training": sec})
+    assert "channel_pruning is enabled but BertForSequenceClassification has no Conv2d module" in caplog.text
+
+
+def test_channel_pruning_of_a_conv2d_is_refused_naming_the_module():
+    model = _model()
+    model.conv = torch.nn.Conv2d(3, 8, 3)
+    sec = _section(row=None, head=None)
+    sec["channel_pruning"] = copy.deepcopy(CHANNEL)
+    with pytest.raises(ConfigError, match=r"channel_pruning.shared_parameters.enabled: True \(matches the Conv2d "):
+        xtc_ds.init_compression(model, {"compression_training": sec})

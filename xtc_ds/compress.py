@@ -110,10 +110,11 @@ def _summary(model: nn.Module, config: Any, report: Any) -> str:
         ("head_pruning", report.head_pruned),
     )
     for technique, table in prunings:
-        groups = getattr(config, technique).different_groups
+        section = getattr(config, technique)
         for group in sorted(set(table.values())):
             count = sum(1 for g in table.values() if g == group)
-            kept = groups[group].params.dense_ratio
+            configured = section.different_groups.get(group)
+            kept = section.shared_parameters.dense_ratio if configured is None else configured.params.dense_ratio
             parts.append(f"{technique.replace('_', ' ')} keeping {kept:.0%} in {count} modules ('{group}')")
     if config.layer_reduction.enabled:
         parts.append(f"{len(config.layer_reduction.teacher_layer)} layers kept")

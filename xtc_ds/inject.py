@@ -16,6 +16,7 @@ from xtc_ds.config import (
     SECTION,
     CompressionConfig,
     ConfigError,
+    PruningMethod,
     QuantizationType,
     RangeCalibration,
     Rounding,
@@ -72,6 +73,13 @@ def _announce_sparse(config: CompressionConfig) -> None:
     if not sparse.enabled:
         return
     default = type(sparse.shared_parameters)()
+    if sparse.shared_parameters.method is PruningMethod.SNIP_MOMENTUM:
+        if sparse.different_groups and sparse.shared_parameters.dense_ratio != default.dense_ratio:
+            warn_once(
+                f"xtc_ds: {SECTION}.sparse_pruning.shared_parameters.dense_ratio is used only without "
+                "different_groups; here each group's params.dense_ratio sets what is kept"
+            )
+        return
     for key in _SNIP_ONLY:
         if getattr(sparse.shared_parameters, key) != getattr(default, key):
             warn_once(

@@ -1,6 +1,9 @@
 """Pruning (``sparse_pruning``, ``row_pruning``, ``head_pruning``): which Linears own a mask, which related Linears
 shrink with them, and the removal of pruned units by :func:`xtc_ds.redundancy_clean`.
 
+``snip_momentum`` sparse pruning without ``different_groups`` prunes, as the legacy library did, every Linear not
+named by ``excluded_modules`` at the shared ``dense_ratio`` (skipping, with a warning, those its block does not tile).
+
 A group's ``modules[k]`` and ``related_modules[k]`` are paired as in the legacy library; each owner's related
 modules are, per related pattern, the matches nearest to it in the module tree (the longest common dotted name
 prefix: the same transformer layer). The legacy library paired them by match order and reused the first pattern's
@@ -18,10 +21,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from xtc_ds._log import warn_once
 from xtc_ds.architectures import resolve_patterns
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, PruningMethod
 from xtc_ds.errors import TrainingError
 from xtc_ds.matching import ModulePlan, match_groups, weight_shape
+from xtc_ds.nn.snip_mask import SnipMomentumMask, SnipSchedule, parse_block_pattern
 from xtc_ds.nn.sparse_mask import SparseMask, masked_fake_quant
 from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, pruned_weight
 from xtc_ds.zero3 import (
@@ -48,6 +53,9 @@ __all__ = [
 
 STRUCTURED = ("row_pruning", "head_pruning")
 TECHNIQUES = ("sparse_pruning", *STRUCTURED)
+SPARSE_MASKS = (SparseMask, SnipMomentumMask)
+MASKS = (StructureMask, *SPARSE_MASKS)
+SHARED_GROUP = "shared_parameters"  # the group name of snip_momentum pruning configured without different_groups
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,8 @@ class PrunePlan:
     dense_ratio: float
     num_heads: Optional[int] = None
     related: tuple[str, ...] = field(default_factory=tuple)
+    block: Optional[tuple[int, int]] = None  # snip_momentum
+    schedule: Optional[SnipSchedule] = None  # snip_momentum
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -128,7 +138,8 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
         ConfigError: a group or related pattern matching no Linear, a related module of the wrong size, a module
             masked twice along one axis or both sparse and structured, ``related_modules`` on a sparse group.
     """
-    linears = {name: module for name, module in model.named_modules() if name and isinstance(module, nn.Linear)}
+    _check_channel_pruning(model, config)
+    linears = _linears(model)
     plans: dict[tuple[str, str], PrunePlan] = {}
     for technique in TECHNIQUES:
         section = getattr(config, technique)
@@ -136,6 +147,9 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
             continue
         where = f"{SECTION}.{technique}"
         shared = section.shared_parameters
+        if shared.method is PruningMethod.SNIP_MOMENTUM:
+            plans.update(_plan_snip(model, config, linears))
+            continue
         owners = match_groups(model, section.different_groups, linears, where)
         for owner, group_name in owners.items():
             group = section.different_groups[group_name]
@@ -166,6 +180,91 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
             raise ConfigError(
                 f"{SECTION}.sparse_pruning: '{owner}' is also pruned by rows or heads; a Linear takes one of the two"
             )
+    return plans
+
+
+def _check_channel_pruning(model: nn.Module, config: CompressionConfig) -> None:
+    """``channel_pruning`` prunes Conv2d output channels: a model without a matching Conv2d (every BERT-family
+    model) is told so and trained without it; xtc_ds does not prune Conv2d channels, so a match is refused."""
+    section = config.channel_pruning
+    if not section.enabled:
+        return
+    where = f"{SECTION}.channel_pruning"
+    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    matched = []
+    for group_name, group in section.different_groups.items():
+        patterns = resolve_patterns(model, group.modules, f"{where}.different_groups.{group_name}.modules")
+        matched += [n for n in convs if any(p == "*" or re.search(p, n) for p in patterns)]
+    if matched:
+        raise ConfigError(
+            f"{where}.shared_parameters.enabled: True (matches the Conv2d modules {sorted(set(matched))}; xtc_ds "
+            "compresses transformer Linears and does not prune Conv2d channels; set it to false)"
+        )
+    warn_once(
+        f"xtc_ds: {where} is enabled but {type(model).__name__} has no Conv2d module its groups match (channel "
+        "pruning prunes Conv2d output channels only); it is skipped for this model"
+    )
+
+
+def _linears(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: module for name, module in model.named_modules() if name and isinstance(module, nn.Linear)}
+
+
+def _snip_owners(model: nn.Module, config: CompressionConfig, linears: dict[str, nn.Module]) -> dict[str, str]:
+    """Owner -> group of ``snip_momentum`` pruning: the groups' matches, or every Linear its block tiles when the
+    config has no groups; ``excluded_modules`` taken out of either."""
+    section = config.sparse_pruning
+    shared = section.shared_parameters
+    where = f"{SECTION}.sparse_pruning"
+    excluded = [re.compile(p) for p in shared.excluded_modules]
+    eligible = {n: m for n, m in linears.items() if not any(p.search(n) for p in excluded)}
+    height, width = parse_block_pattern(shared.block_pattern)
+    if section.different_groups:
+        owners = match_groups(model, section.different_groups, eligible, where)
+        for owner, group_name in owners.items():
+            rows, cols = weight_shape(linears[owner])
+            if rows % height or cols % width:
+                raise ConfigError(
+                    f"{where}.shared_parameters.block_pattern: {shared.block_pattern!r} does not tile the "
+                    f"{rows}x{cols} weight of '{owner}' (group '{group_name}'); pick a pattern that divides it or "
+                    "add the module to excluded_modules"
+                )
+        return owners
+    tiled = {n for n, m in eligible.items() if not (weight_shape(m)[0] % height or weight_shape(m)[1] % width)}
+    skipped = sorted(set(eligible) - tiled)
+    if skipped:
+        warn_once(
+            f"xtc_ds: {where}: snip_momentum leaves {skipped} unpruned (block_pattern {shared.block_pattern!r} "
+            "does not tile their weights)"
+        )
+    if not tiled:
+        raise ConfigError(
+            f"{where}.shared_parameters.excluded_modules: {list(shared.excluded_modules)} (with block_pattern "
+            f"{shared.block_pattern!r}, no Linear module is left to prune)"
+        )
+    return {name: SHARED_GROUP for name in eligible if name in tiled}
+
+
+def _plan_snip(
+    model: nn.Module, config: CompressionConfig, linears: dict[str, nn.Module]
+) -> dict[tuple[str, str], PrunePlan]:
+    section = config.sparse_pruning
+    shared = section.shared_parameters
+    for name, group in section.different_groups.items():
+        if group.related_modules:
+            raise ConfigError(
+                f"{SECTION}.sparse_pruning.different_groups.{name}.related_modules: sparse pruning removes single "
+                "weights, which shrinks no other module; remove related_modules"
+            )
+    schedule = SnipSchedule(shared.schedule_offset, shared.offset_end, shared.schedule_offset_stride)
+    block = parse_block_pattern(shared.block_pattern)
+    plans = {}
+    for owner, group_name in _snip_owners(model, config, linears).items():
+        group = section.different_groups.get(group_name)
+        ratio = shared.dense_ratio if group is None else group.params.dense_ratio
+        plans[("sparse_pruning", owner)] = PrunePlan(
+            "sparse_pruning", group_name, shared.method, ratio, block=block, schedule=schedule
+        )
     return plans
 
 
@@ -220,7 +319,9 @@ def sparse_owners(model: nn.Module, config: CompressionConfig) -> set[str]:
     section = config.sparse_pruning
     if not section.enabled:
         return set()
-    linears = {name: module for name, module in model.named_modules() if name and isinstance(module, nn.Linear)}
+    linears = _linears(model)
+    if section.shared_parameters.method is PruningMethod.SNIP_MOMENTUM:
+        return set(_snip_owners(model, config, linears))
     return set(match_groups(model, section.different_groups, linears, f"{SECTION}.sparse_pruning"))
 
 
@@ -252,7 +353,11 @@ def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> N
         module = modules[owner]
         out_features, in_features = weight_shape(module)
         learned = plan.method is PruningMethod.TOPK
-        if technique == "sparse_pruning":
+        if plan.schedule is not None:
+            mask = SnipMomentumMask(
+                plan.group, plan.dense_ratio, plan.block, (out_features, in_features), plan.schedule
+            )
+        elif technique == "sparse_pruning":
             numel = out_features * in_features
             mask = SparseMask(plan.group, learned, kept_count(plan.dense_ratio, numel), (out_features, in_features))
         else:
@@ -273,21 +378,26 @@ def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> N
         setattr(module, technique, mask)
 
 
-def pruning_masks(root: nn.Module) -> list[tuple[str, nn.Module, Union[StructureMask, SparseMask]]]:
+def pruning_masks(
+    root: nn.Module,
+) -> list[tuple[str, nn.Module, Union[StructureMask, SparseMask, SnipMomentumMask]]]:
     """``(mask name, owner module, mask)`` of every pruning mask (sparse or structured) under ``root``."""
     found = []
     for name, module in root.named_modules():
         for technique in TECHNIQUES:
             mask = getattr(module, technique, None)
-            if isinstance(mask, (StructureMask, SparseMask)):
+            if isinstance(mask, MASKS):
                 found.append((f"{name}.{technique}", module, mask))
     return found
 
 
 def score_unscored(masks: list[tuple[str, nn.Module, Any]], only_enabled: bool = True) -> None:
-    """Take the L1 scores of every (enabled) mask not scored yet, from its owner's whole weight."""
+    """Take the L1 scores of every (enabled) mask not scored yet, from its owner's whole weight. With
+    ``only_enabled`` (the schedule's call), ``snip_momentum`` masks are left to their own pruning steps; without
+    (``redundancy_clean``), they are pruned to their final ratio."""
     for _, owner, mask in masks:
-        if (mask.enabled or not only_enabled) and not bool(mask.scored):
+        on_schedule = mask.enabled and not isinstance(mask, SnipMomentumMask)
+        if (on_schedule or not only_enabled) and not bool(mask.scored):
             with full_parameters([owner.weight]):
                 mask.score(owner.weight)
 
@@ -311,7 +421,7 @@ def _clean_module(module: nn.Module) -> None:
         partition_new_parameters(module)
 
 
-def _clean_sparse(module: nn.Module, mask: SparseMask) -> None:
+def _clean_sparse(module: nn.Module, mask: Union[SparseMask, SnipMomentumMask]) -> None:
     """Bake a sparse-pruned Linear in place: kept weights (quantized at ``target_bits`` over the kept ones), zeros
     elsewhere. The caller holds learned scores whole, so the mask is evaluated without ZeRO-3's module hooks."""
     keep, _ = mask.forward()
@@ -355,12 +465,12 @@ def clean_pruned(root: nn.Module) -> None:
         for module in pruned:
             _clean_module(module)
         for _, owner, mask in masks:
-            if isinstance(mask, SparseMask):
+            if isinstance(mask, SPARSE_MASKS):
                 _clean_sparse(owner, mask)
     for module in {id(m): m for m in (*pruned, *(owner for _, owner, _ in masks))}.values():
         module.pruning = ()
         for technique in TECHNIQUES:
-            if isinstance(getattr(module, technique, None), (StructureMask, SparseMask)):
+            if isinstance(getattr(module, technique, None), MASKS):
                 delattr(module, technique)
     fit_attention_heads(root)
 

@@ -17,6 +17,7 @@ from torch import nn
 from xtc_ds._log import log_rank_zero
 from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression_config
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
+from xtc_ds.nn.snip_mask import SnipMomentumMask
 from xtc_ds.pruning import pruning_masks, score_unscored
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
 from xtc_ds.zero3 import full_parameters
@@ -86,6 +87,8 @@ def apply_schedule(
         return  # redundancy_clean removed the masks
     for _, _, mask in masks:
         mask.enabled = step >= getattr(config, mask.technique).shared_parameters.schedule_offset
+        if isinstance(mask, SnipMomentumMask):
+            mask.recording = step < mask.schedule.end
     score_unscored(masks)
 
 
@@ -124,6 +127,10 @@ class CompressionScheduler:
         self.step_count += 1
         self.state.stepped = True
         self._apply()
+        if not self.state.cleaned:
+            for _, _, mask in self._masks:
+                if isinstance(mask, SnipMomentumMask):
+                    mask.advance(self.step_count)
         self._copy_learned_scores()
 
     def _copy_learned_scores(self) -> None:
@@ -135,6 +142,17 @@ class CompressionScheduler:
             if mask.learned and hasattr(mask.scores, "ds_id"):
                 with full_parameters([mask.scores]):
                     mask.saved_scores = mask.scores.detach().cpu().clone()
+
+    @property
+    def settled(self) -> bool:
+        """Whether the schedule has nothing left to change: every quantizer on (weights at their target bits,
+        without fp16 mixing) and every pruning mask on at its final ratio. A dev score taken before then is not the
+        score of the model ``redundancy_clean`` will bake."""
+        if self.state.cleaned:
+            return True
+        weights = all(q.enabled and q.bits == q.target_bits and q.real_ratio == 0.0 for _, q in self._weight)
+        masks = all(m.enabled and (bool(m.scored) or not isinstance(m, SnipMomentumMask)) for _, _, m in self._masks)
+        return weights and masks and all(q.enabled for _, q in self._act)
 
     def _apply(self) -> None:
         apply_schedule(self.config, self._weight, self._act, self.step_count, self.state.cleaned, self._masks)
@@ -161,12 +179,20 @@ class CompressionScheduler:
         ranges = {
             name: torch.stack([q.x_min, q.x_max]).cpu() for name, q in self._act if q.static and bool(q.calibrated)
         }
-        scores = {}
+        scores, momentum = {}, {}
         for name, _, mask in self._masks:
             whole = mask.saved_scores if hasattr(mask.scores, "ds_id") else mask.scores.detach().cpu().clone()
-            if bool(mask.scored) and whole is not None:
+            gradual = isinstance(mask, SnipMomentumMask)
+            if (bool(mask.scored) or gradual) and whole is not None:
                 scores[name] = whole
-        return {"step": self.step_count, "activation_ranges": ranges, "pruning_scores": scores}
+            if gradual:
+                momentum[name] = mask.momentum.detach().cpu().clone()
+        return {
+            "step": self.step_count,
+            "activation_ranges": ranges,
+            "pruning_scores": scores,
+            "pruning_momentum": momentum,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step count (and every switch derived from it), static activation ranges and pruning scores."""
@@ -194,4 +220,12 @@ class CompressionScheduler:
                 mask.scores.copy_(scores)
             mask.saved_scores = scores.clone()
             mask.scored.fill_(True)
+        for name, momentum in state_dict.get("pruning_momentum", {}).items():
+            mask = masks.get(name)
+            if not isinstance(mask, SnipMomentumMask) or mask.momentum.shape != momentum.shape:
+                raise KeyError(
+                    f"CompressionScheduler.load_state_dict: no snip_momentum mask '{name}' of {tuple(momentum.shape)}"
+                )
+            mask.momentum.copy_(momentum)
+            mask.scored.fill_(self.step_count >= mask.schedule.end)
         self._apply()

@@ -15,11 +15,13 @@ from typing import Optional, Union
 
 from xtc_ds.errors import exit_on_user_error
 from xtc_ds.export.format import DTYPE_BYTES, WEIGHTS_FILE, read_header, read_quantization_config
+from xtc_ds.export.sparse_codes import BITMAP, VALUES
 
 __all__ = ["SizeReport", "size_report", "main"]
 
 _FP32 = 4
-_PACKED_LEAVES = ("packed_weight", "weight_scale", "weight_zero_point")
+_PACKED_LEAVES = ("packed_weight", BITMAP, VALUES, "weight_scale", "weight_zero_point")
+_CODE_LEAVES = ("packed_weight", BITMAP)  # the tensor that stands for the whole fp32 weight
 
 
 @dataclass
@@ -72,12 +74,8 @@ def size_report(folder: Union[str, Path]) -> SizeReport:
             count *= dim
         stored = count * DTYPE_BYTES[info["dtype"]]
         spec = specs.get(owner)
-        if (
-            spec is not None
-            and spec.bits is not None
-            and leaf in ("packed_weight", "weight_scale", "weight_zero_point")
-        ):
-            full = spec.out_features * spec.in_features * _FP32 if leaf == "packed_weight" else 0
+        if spec is not None and spec.bits is not None and leaf in _PACKED_LEAVES:
+            full = spec.out_features * spec.in_features * _FP32 if leaf in _CODE_LEAVES else 0
             group = spec.group or "quantized"
         else:
             full = count * _FP32 if info["dtype"] in ("F32", "F16", "BF16", "F64") else stored

@@ -54,7 +54,7 @@ def test_xtc_under_zero_0_to_3_on_two_ranks(tmp_path):
         for name, weight in record["weights"].items():
             assert weight["levels"] == 2, (rank, stage, name)  # binary on every rank
         if stage == 3:  # export_packed gathered the partitions; every rank sees rank 0's complete file
-            assert record["exported_packed_shape"] == [64, 4], rank
+            assert record["exported_packed_shape"] == {"packed_weight": [64, 4]}, rank
 
 
 def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
@@ -87,7 +87,8 @@ def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
         # full-precision values until cleaning: they feed only the pruned heads)
         assert record["weights"]["bert.encoder.layer.0.intermediate.dense"]["levels"] == 3, (rank, stage)
     for rank in (0, 1):  # the export of the cleaned stage-3 model holds the smaller FFN: 32 rows of 32 1-bit codes
-        assert records[(rank, 3)]["exported_packed_shape"] == ([32, 4] if can_partition_new_parameters() else None)
+        expected = {"packed_weight": [32, 4]} if can_partition_new_parameters() else None
+        assert records[(rank, 3)]["exported_packed_shape"] == expected
 
 
 def test_sparse_topk_pruning_with_1bit_weights_under_zero_0_and_3(tmp_path):
@@ -102,9 +103,27 @@ def test_sparse_topk_pruning_with_1bit_weights_under_zero_0_and_3(tmp_path):
         assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-6), (rank, stage)
         assert pruned["cleaned"] == pytest.approx(reference["pruned"]["cleaned"], abs=1e-4), (rank, stage)
         assert pruned["saved_scores"] == [32, 32]  # whole, also when ZeRO-3 partitions the scores
-    for rank in (0, 1):  # a sparse binary weight (-a, 0, +a) is exported as 2-bit codes: 64 rows of 32 codes
-        assert records[(rank, 3)]["exported_packed_shape"] == [64, 8]
+    for rank in (0, 1):  # a half-sparse binary weight (-a, 0, +a): a bitmap of its 64x32 weights and 1024 signs
+        assert records[(rank, 3)]["exported_packed_shape"] == {"sparse_bitmap": [256], "sparse_values": [128]}
         assert records[(rank, 3)]["exported_bits"] == 2
+
+
+def test_snip_momentum_pruning_keeps_the_same_blocks_on_every_rank_under_zero_0_and_3(tmp_path):
+    result = _launch(tmp_path, "--stages", "0,3", "--steps", "6", "--snip")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path, (0, 3))
+    reference = records[(0, 0)]
+    kept = reference["pruned"]["kept_rows"]
+    assert sum(kept) == 32 * 32 // 2 and len(set(kept)) > 1  # half the weights, unevenly over the rows
+    for (rank, stage), record in records.items():
+        pruned = record["pruned"]
+        # scores summed over the ranks (each saw its own batch): the same blocks everywhere
+        assert pruned["kept_rows"] == kept, (rank, stage)
+        assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
+        assert pruned["zeros"] == 0.5, (rank, stage)
+        assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-6), (rank, stage)
+    for rank in (0, 1):
+        assert records[(rank, 3)]["exported_packed_shape"] == {"sparse_bitmap": [256], "sparse_values": [128]}
 
 
 def test_zero3_partitioned_teacher_gives_the_same_losses(tmp_path):

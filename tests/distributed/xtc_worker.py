@@ -51,6 +51,17 @@ SPARSE = {
     "different_groups": {"sp1": {"params": {"dense_ratio": 0.5}, "modules": ["@layers"]}},
 }
 """Half the single weights of every Linear of the layers, learned scores, from step 2 (``--sparse``)."""
+SNIP = {
+    "shared_parameters": {
+        "enabled": True,
+        "schedule_offset": 2,
+        "schedule_offset_end": 4,
+        "method": "snip_momentum",
+        "block_pattern": "4x1",
+    },
+    "different_groups": {"sp1": {"params": {"dense_ratio": 0.5}, "modules": ["@layers"]}},
+}
+"""Half the 4x1 blocks of every Linear of the layers by momentum SNIP scores, pruned at steps 2, 3, 4 (``--snip``)."""
 
 
 def xtc_config(
@@ -61,6 +72,7 @@ def xtc_config(
     teacher_zero3: bool = False,
     prune: bool = False,
     sparse: bool = False,
+    snip: bool = False,
 ) -> dict:
     """``ds_configs/ds_xtc_1bit.json`` at ``bits``, every tensor partitioned, teacher layers 1 and 3 kept."""
     config = recipe(
@@ -74,8 +86,8 @@ def xtc_config(
     config["compression_training"]["knowledge_distillation"]["teacher_zero3"] = teacher_zero3
     if prune:
         config["compression_training"].update(PRUNING)
-    if sparse:
-        config["compression_training"]["sparse_pruning"] = SPARSE
+    if sparse or snip:
+        config["compression_training"]["sparse_pruning"] = SNIP if snip else SPARSE
     return config
 
 
@@ -94,7 +106,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     teacher = tiny_bert(layers=4)
-    config = xtc_config(stage, world, args.bits, args.bf16, args.teacher_zero3, args.prune, args.sparse)
+    config = xtc_config(stage, world, args.bits, args.bf16, args.teacher_zero3, args.prune, args.sparse, args.snip)
     student = build_student(teacher, config)
     for module in student.modules():  # no dropout: a fixed-seed job must give the same losses on every stage
         if isinstance(module, torch.nn.Dropout):
@@ -130,7 +142,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
     pruned = None
     if args.prune:
         pruned = _pruned_record(engine, student, ids[0], Path(args.out) / f"checkpoint_stage{stage}")
-    if args.sparse:
+    if args.sparse or args.snip:
         pruned = _sparse_record(engine, student, ids[0])
     exported = exported_bits = None
     if stage == 3 and "refused" not in (pruned or {}):  # gathered on every rank, written by rank 0, seen by all
@@ -140,7 +152,9 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
 
         export_packed(engine, config, Path(args.out) / "packed_stage3")
         tensors = load_file(str(Path(args.out) / "packed_stage3" / "model.safetensors"))
-        exported = list(tensors["bert.encoder.layer.0.intermediate.dense.packed_weight"].shape)
+        stored = ("packed_weight", "sparse_bitmap", "sparse_values")
+        prefix = "bert.encoder.layer.0.intermediate.dense."
+        exported = {leaf: list(tensors[prefix + leaf].shape) for leaf in stored if prefix + leaf in tensors}
         exported_bits = json.loads((Path(args.out) / "packed_stage3" / "config.json").read_text())[
             "quantization_config"
         ]["modules"]["bert.encoder.layer.0.intermediate.dense"]["bits"]
@@ -169,6 +183,8 @@ def _sparse_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
 
     query = student.bert.encoder.layer[0].attention.self.query
     saved = engine.xtc.scheduler.state_dict()["pruning_scores"]
+    kept = query.sparse_pruning()[0]
+    kept_rows = [int(row.sum()) for row in kept]
     engine.eval()
     with torch.no_grad():
         masked = engine(input_ids=ids).logits.float().reshape(-1).tolist()
@@ -182,6 +198,7 @@ def _sparse_record(engine, student: torch.nn.Module, ids: torch.Tensor) -> dict:
         "masked": masked,
         "cleaned": cleaned,
         "saved_scores": list(saved["bert.encoder.layer.0.attention.self.query.sparse_pruning"].shape),
+        "kept_rows": kept_rows,
     }
 
 
@@ -241,6 +258,7 @@ def main() -> None:
     parser.add_argument("--teacher_zero3", action="store_true")
     parser.add_argument("--prune", action="store_true")
     parser.add_argument("--sparse", action="store_true")
+    parser.add_argument("--snip", action="store_true")
     parser.add_argument("--timeout_s", type=float, default=60.0)
     parser.add_argument("--die_rank", type=int, default=-1)
     parser.add_argument("--die_step", type=int, default=-1)

@@ -318,3 +318,26 @@ def test_a_phase_without_a_finite_dev_score_fails_and_is_not_complete(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error: teacher: no dev evaluation gave a finite score" in result.stderr
     assert not (out / "teacher" / "eval_results.json").exists() and not (out / "teacher" / "best").exists()
+
+
+def test_the_best_student_is_picked_once_the_compression_schedule_is_final(tmp_path):
+    """A gradual snip_momentum schedule (pruning at steps 2, 4, 6) evaluated every step: scores of the partly
+    pruned students are logged but never picked, so the best checkpoint is the model redundancy_clean bakes."""
+    glue_task_dir("SST-2")
+    teacher, config = (
+        tmp_path / "teacher",
+        json.loads((REPO_ROOT / "ds_configs" / "ds_xtc_1bit_snip50.json").read_text()),
+    )
+    save_tiny_teacher(teacher)
+    snip = config["compression_training"]["sparse_pruning"]["shared_parameters"]
+    snip.update(schedule_offset=2, schedule_offset_end=6, schedule_offset_stride=2)
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    _run([sys.executable, *_tiny_run(tmp_path / "ds.json", out, teacher, 8, "--eval_steps", "1")])
+    log = read_jsonl(out / "student" / "train_log.jsonl")
+    assert [r["step"] for r in log if "eval" in r] == list(range(1, 9))
+    assert json.loads((out / "student" / "best" / "xtc_best.json").read_text())["step"] >= 6
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    query = weights["bert.encoder.layer.0.attention.self.query.weight"]
+    assert float((query == 0).float().mean()) == 0.5  # half the 4x1 blocks of every Linear but classifier/pooler
+    assert bool((weights["classifier.weight"] != 0).all())

@@ -68,8 +68,27 @@ class SparsePruningSharedConfig(_PruningSharedConfig):
         stride = self.schedule_offset_stride
         require(stride >= 1, f"{path}.schedule_offset_stride", stride, "must be >= 1")
         require(0.0 < self.dense_ratio < 1.0, f"{path}.dense_ratio", self.dense_ratio, "must be in (0, 1)")
-        pattern_ok = re.fullmatch(r"\d+x\d+", self.block_pattern) is not None
-        require(pattern_ok, f"{path}.block_pattern", self.block_pattern, "must look like '4x1'")
+        pattern_ok = re.fullmatch(r"[1-9]\d*x[1-9]\d*", self.block_pattern) is not None
+        require(pattern_ok, f"{path}.block_pattern", self.block_pattern, "must look like '4x1' (rows x columns)")
+        if self.enabled and self.method is PruningMethod.SNIP_MOMENTUM:
+            require(
+                self.schedule_offset >= 1,
+                f"{path}.schedule_offset",
+                self.schedule_offset,
+                "must be >= 1 with snip_momentum (its scores come from the gradients of the steps before it)",
+            )
+        for k, pattern in enumerate(self.excluded_modules):
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ConfigError(
+                    f"{path}.excluded_modules[{k}]: {pattern!r} is not a valid regex ({error})"
+                ) from None
+
+    @property
+    def offset_end(self) -> int:
+        """``schedule_offset_end``, defaulting to ``schedule_offset`` (prune once)."""
+        return self.schedule_offset if self.schedule_offset_end is None else self.schedule_offset_end
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,12 +120,11 @@ class ChannelPruningSharedConfig(_PruningSharedConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class _PruningSection(Checked):
-    """One legacy pruning technique. ``sparse_pruning`` (``l1``, ``topk``), ``row_pruning`` and ``head_pruning`` run;
-    ``snip_momentum`` and ``channel_pruning`` are parsed and validated so legacy configs load, and refused when
-    enabled."""
+    """One legacy pruning technique. ``sparse_pruning`` (``l1``, ``topk``, ``snip_momentum``), ``row_pruning`` and
+    ``head_pruning`` run; ``channel_pruning`` (Conv2d output channels) is checked against the model by
+    :func:`xtc_ds.pruning.plan_pruning`."""
 
     different_groups: dict[str, PruningGroupConfig] = field(default_factory=dict)
-    _implemented = False
 
     @property
     def enabled(self) -> bool:
@@ -127,35 +145,21 @@ class _PruningSection(Checked):
                 f"must have one list per entry of modules ({len(group.modules)}): related_modules[k] shrinks with "
                 "modules[k]",
             )
-        technique = path.rsplit(".", 1)[-1]
-        if method is PruningMethod.SNIP_MOMENTUM:
-            raise ConfigError(
-                f"{path}.shared_parameters.method: 'snip_momentum' (not implemented in xtc_ds yet; use 'l1' or 'topk')"
-            )
-        if self._implemented:
-            return
-        raise ConfigError(
-            f"{path}.shared_parameters.enabled: True ({technique} is parsed and validated but not implemented "
-            "in xtc_ds yet; set it to false)"
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class SparsePruningConfig(_PruningSection):
     shared_parameters: SparsePruningSharedConfig = field(default_factory=SparsePruningSharedConfig)
-    _implemented = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class RowPruningConfig(_PruningSection):
     shared_parameters: RowPruningSharedConfig = field(default_factory=RowPruningSharedConfig)
-    _implemented = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class HeadPruningConfig(_PruningSection):
     shared_parameters: HeadPruningSharedConfig = field(default_factory=HeadPruningSharedConfig)
-    _implemented = True
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
-PRUNED_FORMAT_VERSION = 3  # format 2 plus ``pruned_shapes``; written only for pruned models, so others stay 2
+PRUNED_FORMAT_VERSION = 3  # format 2 plus ``pruned_shapes``/``compact_sparse``; only for pruned models, others stay 2
 READABLE_VERSIONS = (1, 2, 3)
 QUANT_METHOD = "xtc"
 LAYOUT = "rows_lsb_first"
@@ -109,6 +109,11 @@ def _check_block(block: Any, path: Path) -> None:
     shapes = block.get("pruned_shapes", {})
     if (version < PRUNED_FORMAT_VERSION and "pruned_shapes" in block) or not isinstance(shapes, dict):
         raise _fail(path, "quantization_config.pruned_shapes must be an object, and only in format 3")
+    compact = block.get("compact_sparse", [])
+    if (version < PRUNED_FORMAT_VERSION and "compact_sparse" in block) or not (
+        isinstance(compact, list) and all(name in block["modules"] for name in compact)
+    ):
+        raise _fail(path, "quantization_config.compact_sparse must list modules of the export, and only in format 3")
     for name, shape in shapes.items():
         if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int and d >= 1 for d in shape)):
             raise _fail(

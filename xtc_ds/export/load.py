@@ -18,6 +18,7 @@ from xtc_ds.export.format import (
     verify_config_checksum,
     verify_tensor_checksums,
 )
+from xtc_ds.export.sparse_codes import BITMAP, VALUES, expand_compact
 from xtc_ds.inject import to_packed
 from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.packed_spec import PackedSpec
@@ -127,8 +128,9 @@ def load_packed(
     tensors = read_tensors(folder)
     path = folder / WEIGHTS_FILE
     to_packed(model, specs)
-    _check_tensors(model, tensors, block, specs, path)
     verify_tensor_checksums(tensors, block, path)
+    _expand_compact(tensors, block.get("compact_sparse", []), specs, path)
+    _check_tensors(model, tensors, block, specs, path)
     buffers = {name: tensors.pop(name) for name in block["non_persistent_buffers"] if name in tensors}
     ranges = {name: tensors.pop(name) for name in list(tensors) if name.endswith(".act_range")}
     tensors = {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
@@ -153,6 +155,21 @@ def load_packed(
             module.prepare_kernel()  # once here, so compiled and exported graphs read the prepacked weight
     model.config.quantization_config = block
     return model.eval()
+
+
+def _expand_compact(
+    tensors: dict[str, torch.Tensor], names: list[str], specs: dict[str, PackedSpec], path: Path
+) -> None:
+    """Replace each compact sparse weight (bitmap and nonzero codes) by its dense ``packed_weight``."""
+    for name in names:
+        keys = (f"{name}.{BITMAP}", f"{name}.{VALUES}")
+        missing = [key for key in keys if key not in tensors]
+        if missing:
+            raise PackedFormatError(f"{path}: tensor '{missing[0]}' is missing")
+        try:
+            tensors[f"{name}.packed_weight"] = expand_compact(*(tensors.pop(key) for key in keys), specs[name])
+        except ValueError as err:
+            raise PackedFormatError(f"{path}: module '{name}': {err}") from None
 
 
 def _is_packed_range(key: str, specs: dict[str, PackedSpec]) -> bool:

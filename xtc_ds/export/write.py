@@ -7,7 +7,8 @@ An exported folder holds ``config.json`` (the model's config plus a ``quantizati
 weights and ``<name>.bias``; everything else keeps its name, in float32 or float16. The block records
 ``format_version``, the layout, the compression config, one :class:`~xtc_ds.nn.PackedSpec` per module and
 the checksums :mod:`xtc_ds.export.format` verifies; a model whose pruned units ``redundancy_clean`` removed also
-records the smaller Linears' shapes (``pruned_shapes``, format 3).
+records the smaller Linears' shapes (``pruned_shapes``, format 3), and a sparse-pruned module whose compact form
+(:mod:`xtc_ds.export.sparse_codes`) is smaller than its codes is stored so (``compact_sparse``, format 3).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from xtc_ds.export.gather import (
     partitioned_parameters,
     source_model,
 )
+from xtc_ds.export.sparse_codes import compact_form
 from xtc_ds.files import path_within, replace_dir_atomic
 from xtc_ds.nn.packed_linear import packed_weight_tensors
 from xtc_ds.nn.packed_spec import PackedSpec
-from xtc_ds.pruning import pruned_shapes, pruning_masks
+from xtc_ds.pruning import pruned_shapes, pruning_masks, sparse_owners
 
 __all__ = ["export_packed", "check_output_dir", "copy_tokenizer", "is_export"]
 
@@ -127,10 +129,11 @@ def copy_tokenizer(tokenizer: Any, folder: Path) -> None:
 
 
 def _packed_tensors(
-    state: dict[str, torch.Tensor], specs: dict[str, PackedSpec], skip: list[str], dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """The file's tensors: each quantized weight replaced by its packed codes and scales, the rest in ``dtype``."""
-    tensors = {}
+    state: dict[str, torch.Tensor], specs: dict[str, PackedSpec], skip: list[str], dtype: torch.dtype, sparse: set[str]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The file's tensors: each quantized weight replaced by its packed codes and scales (those of the ``sparse``
+    modules in their compact form where it is smaller), the rest in ``dtype``; and the modules stored compact."""
+    tensors, compact = {}, []
     for key, tensor in state.items():
         if key in skip:
             continue
@@ -138,10 +141,16 @@ def _packed_tensors(
         spec = specs.get(owner)
         if spec is not None and spec.bits is not None and leaf == "weight":
             weight = tensor.t() if spec.kind == "conv1d" else tensor
-            tensors.update({f"{owner}.{name}": value for name, value in packed_weight_tensors(weight, spec).items()})
+            packed = packed_weight_tensors(weight, spec)
+            smaller = compact_form(packed["packed_weight"], spec) if owner in sparse else None
+            if smaller is not None:
+                del packed["packed_weight"]
+                packed.update(smaller)
+                compact.append(owner)
+            tensors.update({f"{owner}.{name}": value for name, value in packed.items()})
         else:
             tensors[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    return tensors
+    return tensors, compact
 
 
 def export_packed(
@@ -203,14 +212,14 @@ def export_packed(
     inside_specs = tuple(f"{name}." for name in specs)  # quantizer state is replaced by the packed tensors
     buffers = sorted(name for name in set(state) - persistent if not name.startswith(inside_specs))
     state = {name: tensor for name, tensor in state.items() if name in persistent or name in buffers}
-    tensors = _packed_tensors(state, specs, buffers, dtype)
+    tensors, compact = _packed_tensors(state, specs, buffers, dtype, sparse_owners(root, config))
     tensors.update(_static_ranges(root, specs))
     tensors.update({name: state[name] for name in buffers})
     hf_config = copy.deepcopy(root.config)
     hf_config.architectures = [type(root).__name__]
     block = {
         "quant_method": QUANT_METHOD,
-        "format_version": PRUNED_FORMAT_VERSION if shrunk else FORMAT_VERSION,
+        "format_version": PRUNED_FORMAT_VERSION if shrunk or compact else FORMAT_VERSION,
         "layout": LAYOUT,
         "dtype": str(dtype).removeprefix("torch."),
         "compression_training": config.to_dict(),
@@ -219,6 +228,8 @@ def export_packed(
     }
     if shrunk:
         block["pruned_shapes"] = shrunk
+    if compact:
+        block["compact_sparse"] = sorted(compact)
 
     tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
     block["tensor_sha256"] = {name: tensor_sha256(tensor) for name, tensor in tensors.items()}

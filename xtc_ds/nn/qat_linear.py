@@ -70,10 +70,14 @@ class XtcQATLinear(nn.Linear):
         """The weight as the forward pass uses it, shape (out_features, in_features)."""
         sparse = getattr(self, "sparse_pruning", None)
         if sparse is not None and sparse.enabled:
-            return sparse_quantized(self.weight, self.weight_quantizer, sparse)
-        if any(axis_mask.mask.enabled for axis_mask in self.pruning):
+            weight = sparse_quantized(self.weight, self.weight_quantizer, sparse)
+        elif any(axis_mask.mask.enabled for axis_mask in self.pruning):
             return pruned_weight(self.weight, self.weight_quantizer, self.pruning).weight
-        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+        else:
+            weight = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+        if getattr(sparse, "recording", False) and torch.is_grad_enabled():
+            return sparse.watch(weight, self.weight)  # snip_momentum: scores from this weight's gradient
+        return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(axis_mask.mask.enabled for axis_mask in self.pruning):

@@ -1,6 +1,7 @@
 """One training phase (teacher fine-tuning or student distillation) on a DeepSpeed engine.
 
-Evaluates every ``eval_steps``, keeps the best dev checkpoint as a Hugging Face folder, saves resumable
+Evaluates every ``eval_steps``, keeps the best dev checkpoint as a Hugging Face folder (among the evaluations
+made once the compression schedule is final, or the last one), saves resumable
 DeepSpeed checkpoints every ``save_steps`` (model, optimizer, LR schedule, compression schedule, RNG state,
 data position) and resumes from them step for step.
 """
@@ -200,6 +201,12 @@ def _resume(engine: Any, phase: Phase, tag_dir: Path, batches: EpochBatches) -> 
     return step
 
 
+def settled(engine: Any) -> bool:
+    """Whether ``engine``'s compression schedule (if any) is final, so its dev score may pick the best checkpoint."""
+    xtc = getattr(engine, "xtc", None)
+    return xtc is None or xtc.scheduler.settled
+
+
 def run_phase(
     engine: Any,
     phase: Phase,
@@ -276,7 +283,15 @@ def run_phase(
                         for k, v in m.items()
                     ]
                 )
-            if math.isfinite(score) and score > phase.best.get("score", -math.inf):
+            if not (settled(engine) or done == phase.total_steps):
+                if rank_zero:
+                    logger.info(
+                        "xtc_ds %s step %d: not a best-checkpoint candidate (the compression schedule still changes "
+                        "the model: quantization bits or pruning ratios are not final yet)",
+                        phase.name,
+                        done,
+                    )
+            elif math.isfinite(score) and score > phase.best.get("score", -math.inf):
                 phase.best = {"step": done, "score": score, "metrics": metrics}
                 _save_best(engine, phase, tokenizer, done, score, metrics)
         if done % evaluation.save_steps == 0 or done == phase.total_steps:
