@@ -77,6 +77,8 @@ def test_schedule_prunes_at_offset_then_every_stride_on_a_cubic_curve_to_the_den
     assert ratios[4] == pytest.approx(1 - 0.75 * (1 - (1 / 3) ** 3))
     assert ratios[6] == pytest.approx(0.25)
     assert SnipSchedule(5, 5, 1).dense_ratio_at(5, 0.4) == pytest.approx(0.4)  # one shot
+    uneven = SnipSchedule(offset=2, end=7, stride=2)  # the stride stops short of the end: step 6 is the last
+    assert uneven.last_step == 6 and uneven.dense_ratio_at(6, 0.25) == pytest.approx(0.25)
 
 
 def test_masks_shrink_gradually_in_whole_blocks_and_never_regrow():
@@ -182,6 +184,11 @@ def test_cleaning_before_the_last_step_prunes_to_the_final_ratio_and_exports_com
     assert block["modules"]["bert.encoder.layer.0.attention.self.query"]["bits"] == 2  # -a, 0, +a: ternary
     assert "bert.encoder.layer.0.attention.self.query" in block["compact_sparse"]  # bitmap + signs: 1.25 bits
     assert torch.allclose(xtc_ds.load_packed(folder)(input_ids=IDS).logits, cleaned, atol=1e-5)
+    pytest.importorskip("onnxruntime")
+    from xtc_ds.onnx_export import OnnxClassifier, export_onnx
+
+    onnx = OnnxClassifier(export_onnx(folder, tmp_path / "onnx", accuracy_level=0))
+    assert torch.allclose(onnx(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits, cleaned, atol=1e-4)
 
 
 def test_cleaned_model_computes_the_masked_logits_exactly():

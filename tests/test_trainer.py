@@ -114,6 +114,28 @@ def test_load_best_model_at_end_restores_the_best_checkpoints_schedule(tmp_path)
     assert trainer.xtc.scheduler.step_count == int(best.rsplit("-", 1)[1])
 
 
+def test_the_best_checkpoint_is_one_whose_compression_schedule_is_final(tmp_path):
+    """Weights quantized from step 3: the lower losses of the unquantized steps 1-2 never make the best model."""
+    config = recipe()
+    config["compression_training"]["weight_quantization"]["shared_parameters"]["schedule_offset"] = 3
+    path = tmp_path / "offset3.json"
+    path.write_text(json.dumps(config))
+    trainer = _trainer(
+        tmp_path,
+        compression_config=str(path),
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+    )
+    trainer.train()
+    losses = {entry["step"]: entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry}
+    assert min(losses, key=losses.get) < 3  # the unquantized student scores best, and is not picked
+    assert int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1]) >= 3
+
+
 def test_save_packed_exports_what_the_model_computes(tmp_path, reference_kernels):
     trainer = _trainer(tmp_path)
     trainer.train()

@@ -88,7 +88,7 @@ def apply_schedule(
     for _, _, mask in masks:
         mask.enabled = step >= getattr(config, mask.technique).shared_parameters.schedule_offset
         if isinstance(mask, SnipMomentumMask):
-            mask.recording = step < mask.schedule.end
+            mask.recording = step < mask.schedule.last_step
     score_unscored(masks)
 
 
@@ -227,5 +227,5 @@ class CompressionScheduler:
                     f"CompressionScheduler.load_state_dict: no snip_momentum mask '{name}' of {tuple(momentum.shape)}"
                 )
             mask.momentum.copy_(momentum)
-            mask.scored.fill_(self.step_count >= mask.schedule.end)
+            mask.scored.fill_(self.step_count >= mask.schedule.last_step)
         self._apply()

@@ -13,6 +13,8 @@ What they do that the plain classes cannot:
 - writes the schedule state (``xtc_scheduler.pt``) and the config (``xtc_compression.json``) into every saved
   model and checkpoint, and restores them on ``train(resume_from_checkpoint=...)`` and
   ``load_best_model_at_end``; a checkpoint without them is an error, never a silent restart of the schedule;
+- with ``load_best_model_at_end``, counts an evaluation for the best checkpoint only once the compression
+  schedule is final (or at the last step);
 - ``save_packed(dir)`` bakes the quantized weights and writes the packed export in one call.
 
 Without DeepSpeed (a plain CPU or single-GPU Trainer) name the config with ``--compression_config ds.json``.
@@ -251,6 +253,22 @@ class XtcTrainer(Trainer):
     def _load_best_model(self) -> None:
         super()._load_best_model()
         load_compression_state(self.state.best_model_checkpoint, self.xtc.scheduler)
+
+    def _best_candidate(self) -> bool:
+        """Whether this evaluation may make its checkpoint the best: only once the compression schedule is final
+        (bits, pruning ratios), or at the last step; an earlier score is not that of the model ``save_packed``
+        bakes."""
+        return self.xtc.scheduler.settled or self.state.global_step >= self.state.max_steps
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial: Any) -> bool:
+        """transformers >= 4.48 picks the best checkpoint here."""
+        return self._best_candidate() and super()._determine_best_metric(metrics, trial)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any, **kwargs: Any) -> None:
+        """transformers < 4.48 picks the best checkpoint here, from ``metrics``."""
+        if kwargs.get("metrics") is not None and not self._best_candidate():
+            kwargs["metrics"] = None
+        super()._save_checkpoint(model, trial, **kwargs)
 
     def save_packed(self, output_dir: Union[str, Path], dtype: torch.dtype = torch.float32) -> Optional[Path]:
         """Bake the quantized weights (``redundancy_clean``) and write the packed export (``export_packed``) with

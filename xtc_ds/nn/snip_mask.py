@@ -3,8 +3,8 @@
 Each owner's weight is cut into ``block_pattern`` blocks (``"4x1"``: 4 output rows by 1 input column, as Intel
 Neural Compressor reads the pattern). A block's score is a momentum sum of its SNIP saliency ``|W * dL/dW|``:
 every micro-batch's backward adds the block sums of ``|W * grad|`` (the gradient of the weight the layer computes
-with), and every optimizer step multiplies the scores by ``MOMENTUM`` first. At the pruning steps ``offset,
-offset + stride, ... <= end`` the lowest-scoring kept blocks go, the sparsity following the cubic schedule
+with), and each optimizer step ends by multiplying the scores by ``MOMENTUM``. At the pruning steps ``offset,
+offset + stride, ... <= end`` (after the step's update) the lowest-scoring kept blocks go, the sparsity following the cubic schedule
 ``(1 - dense_ratio) * (1 - (1 - i / n)**3)`` of the ``i``-th of ``n`` steps, so the last one keeps exactly the
 configured ``dense_ratio`` of the blocks. A pruned block never comes back. Scores are summed over data-parallel
 ranks at each pruning step, so every rank keeps the same blocks.
@@ -49,10 +49,15 @@ class SnipSchedule:
     def events(self) -> int:
         return (self.end - self.offset) // self.stride + 1
 
+    @property
+    def last_step(self) -> int:
+        """The last pruning step (``end`` itself when the stride reaches it)."""
+        return self.offset + (self.events - 1) * self.stride
+
     def dense_ratio_at(self, step: int, dense_ratio: float) -> Optional[float]:
         """The fraction of blocks kept after pruning at ``step``, or None when ``step`` is not a pruning step."""
         since = step - self.offset
-        if since < 0 or step > self.end or since % self.stride:
+        if since < 0 or step > self.last_step or since % self.stride:
             return None
         progress = (since // self.stride + 1) / self.events
         return 1.0 - (1.0 - dense_ratio) * (1.0 - (1.0 - progress) ** 3)
@@ -111,9 +116,9 @@ class SnipMomentumMask(nn.Module):
         ratio = self.schedule.dense_ratio_at(step, self.dense_ratio)
         if ratio is not None:
             self._prune(self._summed_scores(), ratio)
-            self.scored.fill_(step == self.schedule.end)
+            self.scored.fill_(step == self.schedule.last_step)
         self.momentum *= MOMENTUM
-        self.recording = step < self.schedule.end
+        self.recording = step < self.schedule.last_step
 
     def _summed_scores(self) -> torch.Tensor:
         total = self.momentum.clone()
