@@ -4,10 +4,10 @@ Each owner's weight is cut into ``block_pattern`` blocks (``"4x1"``: 4 output ro
 Neural Compressor reads the pattern). A block's score is a momentum sum of its SNIP saliency ``|W * dL/dW|``:
 every micro-batch's backward adds the block sums of ``|W * grad|`` (the gradient of the weight the layer computes
 with), and each optimizer step ends by multiplying the scores by ``MOMENTUM``. At the pruning steps ``offset,
-offset + stride, ... <= end`` (after the step's update) the lowest-scoring kept blocks go, the sparsity following the cubic schedule
-``(1 - dense_ratio) * (1 - (1 - i / n)**3)`` of the ``i``-th of ``n`` steps, so the last one keeps exactly the
-configured ``dense_ratio`` of the blocks. A pruned block never comes back. Scores are summed over data-parallel
-ranks at each pruning step, so every rank keeps the same blocks.
+offset + stride, ... <= end`` (after the step's update) the lowest-scoring kept blocks go, the sparsity following
+the cubic schedule ``(1 - dense_ratio) * (1 - (1 - i / n)**3)`` of the ``i``-th of ``n`` steps, so the last one
+keeps exactly the configured ``dense_ratio`` of the blocks. A pruned block never comes back. Scores are summed
+over data-parallel ranks at each pruning step, so every rank keeps the same blocks.
 
 The legacy library delegated this method to Intel Neural Compressor (through imports that could not work); INC
 ranks blocks globally across layers by default, xtc_ds ranks them per layer, so every layer keeps its group's ratio.
