@@ -98,16 +98,18 @@ def test_checkpoints_carry_the_schedule_and_resume_restores_it(tmp_path):
         _trainer(tmp_path).train(resume_from_checkpoint=str(plain))
 
 
+BEST_AT_END = dict(
+    eval_strategy="steps",
+    eval_steps=1,
+    save_strategy="steps",
+    save_steps=1,
+    load_best_model_at_end=True,
+    metric_for_best_model="loss",
+)
+
+
 def test_load_best_model_at_end_restores_the_best_checkpoints_schedule(tmp_path):
-    trainer = _trainer(
-        tmp_path,
-        eval_strategy="steps",
-        eval_steps=1,
-        save_strategy="steps",
-        save_steps=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="loss",
-    )
+    trainer = _trainer(tmp_path, **BEST_AT_END)
     trainer.train()
     best = trainer.state.best_model_checkpoint
     assert best is not None
@@ -120,16 +122,7 @@ def test_the_best_checkpoint_is_one_whose_compression_schedule_is_final(tmp_path
     config["compression_training"]["weight_quantization"]["shared_parameters"]["schedule_offset"] = 3
     path = tmp_path / "offset3.json"
     path.write_text(json.dumps(config))
-    trainer = _trainer(
-        tmp_path,
-        compression_config=str(path),
-        eval_strategy="steps",
-        eval_steps=1,
-        save_strategy="steps",
-        save_steps=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="loss",
-    )
+    trainer = _trainer(tmp_path, compression_config=str(path), **BEST_AT_END)
     trainer.train()
     losses = {entry["step"]: entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry}
     assert min(losses, key=losses.get) < 3  # the unquantized student scores best, and is not picked

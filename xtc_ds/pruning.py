@@ -147,6 +147,8 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
             continue
         where = f"{SECTION}.{technique}"
         shared = section.shared_parameters
+        if technique == "sparse_pruning":
+            _refuse_related(section.different_groups, where)
         if shared.method is PruningMethod.SNIP_MOMENTUM:
             plans.update(_plan_snip(model, config, linears))
             continue
@@ -155,11 +157,6 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
             group = section.different_groups[group_name]
             group_where = f"{where}.different_groups.{group_name}"
             related: tuple[str, ...] = ()
-            if group.related_modules and technique == "sparse_pruning":
-                raise ConfigError(
-                    f"{group_where}.related_modules: sparse pruning removes single weights, which shrinks no other "
-                    "module; remove related_modules"
-                )
             if group.related_modules:
                 k = _pattern_index(model, owner, group.modules, f"{group_where}.modules")
                 related = _related(model, owner, k, group.related_modules[k], linears, group_where)
@@ -181,6 +178,15 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
                 f"{SECTION}.sparse_pruning: '{owner}' is also pruned by rows or heads; a Linear takes one of the two"
             )
     return plans
+
+
+def _refuse_related(groups: dict[str, Any], where: str) -> None:
+    for name, group in groups.items():
+        if group.related_modules:
+            raise ConfigError(
+                f"{where}.different_groups.{name}.related_modules: sparse pruning removes single weights, which "
+                "shrinks no other module; remove related_modules"
+            )
 
 
 def _check_channel_pruning(model: nn.Module, config: CompressionConfig) -> None:
@@ -250,12 +256,6 @@ def _plan_snip(
 ) -> dict[tuple[str, str], PrunePlan]:
     section = config.sparse_pruning
     shared = section.shared_parameters
-    for name, group in section.different_groups.items():
-        if group.related_modules:
-            raise ConfigError(
-                f"{SECTION}.sparse_pruning.different_groups.{name}.related_modules: sparse pruning removes single "
-                "weights, which shrinks no other module; remove related_modules"
-            )
     schedule = SnipSchedule(shared.schedule_offset, shared.offset_end, shared.schedule_offset_stride)
     block = parse_block_pattern(shared.block_pattern)
     plans = {}
