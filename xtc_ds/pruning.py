@@ -13,7 +13,6 @@ masks for the later ones.
 from __future__ import annotations
 
 import copy
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -28,7 +27,7 @@ from xtc_ds.errors import TrainingError
 from xtc_ds.matching import ModulePlan, match_groups, weight_shape
 from xtc_ds.nn.snip_mask import SnipMomentumMask, SnipSchedule, parse_block_pattern
 from xtc_ds.nn.sparse_mask import SparseMask, masked_fake_quant
-from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, pruned_weight
+from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, kept_count, pruned_weight
 from xtc_ds.zero3 import (
     PARTITION_NEW_MIN_DEEPSPEED,
     can_partition_new_parameters,
@@ -291,12 +290,6 @@ def _check_axes(plans: dict[tuple[str, str], PrunePlan]) -> None:
                     f"{SECTION}: the {what} of '{name}' would be pruned by two masks (those of {owners}); a Linear "
                     "may lose rows to one mask and columns to one mask"
                 )
-
-
-def kept_count(dense_ratio: float, units: int) -> int:
-    """Units a mask keeps: ``ceil(dense_ratio * units)`` (at least one; a product like ``0.3 * 10`` that floating
-    point puts a hair above 3 still keeps 3)."""
-    return max(1, math.ceil(dense_ratio * units - 1e-9))
 
 
 def _kept_shape(name: str, plans: dict[tuple[str, str], PrunePlan], linears: dict[str, nn.Module]) -> list[int]:

@@ -17,7 +17,7 @@ from torch import nn
 from xtc_ds._log import log_rank_zero
 from xtc_ds.config import CompressionConfig, WeightQuantParams, load_compression_config
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
-from xtc_ds.nn.snip_mask import SnipMomentumMask
+from xtc_ds.nn.snip_mask import SnipMomentumMask, sum_over_ranks
 from xtc_ds.pruning import pruning_masks, score_unscored
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
 from xtc_ds.zero3 import full_parameters
@@ -124,13 +124,13 @@ class CompressionScheduler:
 
     def step(self) -> None:
         """Advance by one optimizer step."""
+        snip = [] if self.state.cleaned else [m for _, _, m in self._masks if isinstance(m, SnipMomentumMask)]
+        sum_over_ranks(snip)  # before the schedule turns recording off: the step that ends it recorded too
         self.step_count += 1
         self.state.stepped = True
         self._apply()
-        if not self.state.cleaned:
-            for _, _, mask in self._masks:
-                if isinstance(mask, SnipMomentumMask):
-                    mask.advance(self.step_count)
+        for mask in snip:
+            mask.advance(self.step_count)
         self._copy_learned_scores()
 
     def _copy_learned_scores(self) -> None:

@@ -6,8 +6,10 @@ every micro-batch's backward adds the block sums of ``|W * grad|`` (the gradient
 with), and each optimizer step ends by multiplying the scores by ``MOMENTUM``. At the pruning steps ``offset,
 offset + stride, ... <= end`` (after the step's update) the lowest-scoring kept blocks go, the sparsity following
 the cubic schedule ``(1 - dense_ratio) * (1 - (1 - i / n)**3)`` of the ``i``-th of ``n`` steps, so the last one
-keeps exactly the configured ``dense_ratio`` of the blocks. A pruned block never comes back. Scores are summed
-over data-parallel ranks at each pruning step, so every rank keeps the same blocks.
+keeps exactly the configured ``dense_ratio`` of the blocks. A pruned block never comes back. Each step's
+contributions are summed over the data-parallel ranks (one all-reduce per step while scores are recorded), so
+every rank holds the same scores and keeps the same blocks, and pruning itself needs no collective
+(``redundancy_clean`` may run on one rank).
 
 The legacy library delegated this method to Intel Neural Compressor (through imports that could not work); INC
 ranks blocks globally across layers by default, xtc_ds ranks them per layer, so every layer keeps its group's ratio.
@@ -16,7 +18,6 @@ ranks blocks globally across layers by default, xtc_ds ranks them per layer, so 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,8 +26,9 @@ import torch.distributed as dist
 from torch import nn
 
 from xtc_ds._log import warn_once
+from xtc_ds.nn.structure_mask import kept_count
 
-__all__ = ["MOMENTUM", "SnipSchedule", "SnipMomentumMask", "parse_block_pattern"]
+__all__ = ["MOMENTUM", "SnipSchedule", "SnipMomentumMask", "parse_block_pattern", "sum_over_ranks"]
 
 MOMENTUM = 0.9
 
@@ -86,6 +88,7 @@ class SnipMomentumMask(nn.Module):
         self.recording = False
         self.register_buffer("scores", torch.ones(shape, dtype=torch.bool))
         self.register_buffer("momentum", torch.zeros(self.blocks))
+        self.register_buffer("pending", torch.zeros(self.blocks), persistent=False)  # this step's contributions
         self.register_buffer("scored", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -108,28 +111,25 @@ class SnipMomentumMask(nn.Module):
 
     @torch.no_grad()
     def _record(self, weight: torch.Tensor, grad: torch.Tensor) -> None:
-        self.momentum += self._block_sums((weight * grad).abs())
+        self.pending += self._block_sums((weight * grad).abs())
 
     @torch.no_grad()
     def advance(self, step: int) -> None:
-        """After optimizer step ``step``: prune if it is a pruning step, then decay the scores for the next one."""
+        """After optimizer step ``step`` (its contributions already summed over the ranks by
+        :func:`sum_over_ranks`): add them to the scores, prune if it is a pruning step, then decay the scores."""
+        self.momentum += self.pending
+        self.pending.zero_()
         ratio = self.schedule.dense_ratio_at(step, self.dense_ratio)
         if ratio is not None:
-            self._prune(self._summed_scores(), ratio)
+            self._prune(self.momentum, ratio)
             self.scored.fill_(step == self.schedule.last_step)
         self.momentum *= MOMENTUM
         self.recording = step < self.schedule.last_step
 
-    def _summed_scores(self) -> torch.Tensor:
-        total = self.momentum.clone()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(total)
-        return total
-
     def _prune(self, scores: torch.Tensor, ratio: float) -> None:
         height, width = self.block
         kept_blocks = self.scores[::height, ::width]
-        count = min(int(kept_blocks.sum()), max(1, math.ceil(ratio * kept_blocks.numel() - 1e-9)))
+        count = min(int(kept_blocks.sum()), kept_count(ratio, kept_blocks.numel()))
         ranked = torch.where(kept_blocks, scores.to(self.momentum.device), float("-inf")).reshape(-1)
         keep = torch.zeros(ranked.numel(), dtype=torch.bool, device=ranked.device)
         keep[torch.topk(ranked, count, sorted=False).indices] = True
@@ -140,7 +140,7 @@ class SnipMomentumMask(nn.Module):
     def score(self, weight: torch.Tensor) -> None:
         """Prune to the final ``dense_ratio`` now (``redundancy_clean`` before the schedule's last pruning step):
         by the momentum scores, or by the blocks' ``|W|`` when no gradient was ever recorded."""
-        scores = self._summed_scores()
+        scores = self.momentum + self.pending
         if not bool(scores.any()):
             warn_once(
                 f"xtc_ds: sparse_pruning group '{self.group}' (snip_momentum) is pruned before any gradient was "
@@ -160,3 +160,16 @@ class SnipMomentumMask(nn.Module):
             f"sparse_pruning, group={self.group}, method=snip_momentum, block={height}x{width}, keep "
             f"{self.kept_units} of {self.units} weights (target {self.dense_ratio})"
         )
+
+
+@torch.no_grad()
+def sum_over_ranks(masks: list[SnipMomentumMask]) -> None:
+    """Sum the step's score contributions of every recording mask over the data-parallel ranks, in one all-reduce
+    (every rank steps the schedule, and the masks record on the same steps everywhere)."""
+    pending = [mask.pending for mask in masks if mask.recording]
+    if not pending or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    flat = torch.cat([p.reshape(-1) for p in pending])
+    dist.all_reduce(flat)
+    for tensor, chunk in zip(pending, flat.split([p.numel() for p in pending])):
+        tensor.copy_(chunk.view_as(tensor))

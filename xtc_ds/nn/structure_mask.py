@@ -10,14 +10,21 @@ exactly what the masked model computed.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["StructureMask", "AxisMask", "PrunedWeight", "unit_norms", "pruned_weight", "kept_bias"]
+__all__ = ["StructureMask", "AxisMask", "PrunedWeight", "kept_count", "unit_norms", "pruned_weight", "kept_bias"]
 
 ROWS, COLUMNS = 0, 1
+
+
+def kept_count(dense_ratio: float, units: int) -> int:
+    """Units a mask keeps: ``ceil(dense_ratio * units)`` (at least one; a product like ``0.3 * 10`` that floating
+    point puts a hair above 3 still keeps 3)."""
+    return max(1, math.ceil(dense_ratio * units - 1e-9))
 
 
 def unit_norms(weight: torch.Tensor, axis: int, unit_size: int) -> torch.Tensor:
