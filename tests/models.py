@@ -91,3 +91,13 @@ def tiny_model(arch: str, layers: int = 2, eager: bool = False):
     if eager:
         config._attn_implementation = "eager"
     return model_class(config)
+
+
+def tiny_resnet(num_labels: int = 3):
+    """A random-init two-stage ResNetForImageClassification (basic blocks): Conv2d + BatchNorm2d to prune."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=num_labels
+    )
+    return ResNetForImageClassification(config)

@@ -19,6 +19,7 @@ from xtc_ds.export.sparse_codes import BITMAP, VALUES, compact_form, expand_comp
 from xtc_ds.nn.packed_linear import packed_weight_tensors
 from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.ops import fake_quant_weight
+from xtc_ds.schedule import quantizers
 
 LEGACY = REPO_ROOT.parent / "shared" / "legacy_configs" / "ds_config_W1or2A8_Qgroup64_fp16.json"
 ROW = {
@@ -514,10 +515,38 @@ def test_channel_pruning_is_skipped_with_a_warning_on_a_model_without_conv2d(cap
     assert "channel_pruning is enabled but BertForSequenceClassification has no Conv2d module" in caplog.text
 
 
-def test_channel_pruning_of_a_conv2d_is_refused_naming_the_module():
+def test_a_pruned_model_saved_with_save_pretrained_loads_back_with_load_cleaned(tmp_path):
+    from transformers import BertForSequenceClassification
+
     model = _model()
-    model.conv = torch.nn.Conv2d(3, 8, 3)
-    sec = _section(row=None, head=None)
-    sec["channel_pruning"] = copy.deepcopy(CHANNEL)
-    with pytest.raises(ConfigError, match=r"channel_pruning.shared_parameters.enabled: True \(matches the Conv2d "):
-        xtc_ds.init_compression(model, {"compression_training": sec})
+    xtc_ds.init_compression(model, {"compression_training": _section()})
+    xtc_ds.redundancy_clean(model)
+    model.save_pretrained(tmp_path / "final")
+    for _, quantizer in quantizers(model)[1]:
+        quantizer.enabled = False  # the folder holds weights; activations run in float when it is loaded
+    cleaned = _logits(model, IDS)
+    with pytest.raises(Exception, match="ignore_mismatched_sizes"):  # transformers 5 builds every layer at full size
+        BertForSequenceClassification.from_pretrained(tmp_path / "final")
+    loaded = xtc_ds.load_cleaned(tmp_path / "final", attn_implementation="eager")
+    assert not loaded.training and _layer(loaded).attention.self.query.out_features == 16
+    assert _layer(loaded).intermediate.dense.out_features == 32 and _layer(loaded).output.dense.in_features == 32
+    assert torch.equal(_logits(loaded, IDS), cleaned)
+
+
+def test_load_cleaned_names_the_file_of_a_damaged_or_oversized_tensor(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _model()
+    model.save_pretrained(tmp_path / "plain")
+    assert torch.equal(
+        _logits(xtc_ds.load_cleaned(tmp_path / "plain", attn_implementation="eager"), IDS), _logits(model, IDS)
+    )
+    weights_file = tmp_path / "plain" / "model.safetensors"
+    tensors = load_file(weights_file)
+    tensors["bert.encoder.layer.0.intermediate.dense.weight"] = torch.zeros(128, 32)
+    save_file(tensors, weights_file, metadata={"format": "pt"})
+    with pytest.raises(xtc_ds.PackedFormatError, match=r"model.safetensors.*intermediate.dense: \[128, 32\]"):
+        xtc_ds.load_cleaned(tmp_path / "plain")
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    with pytest.raises(xtc_ds.PackedFormatError, match=r"model.safetensors"):
+        xtc_ds.load_cleaned(tmp_path / "plain")

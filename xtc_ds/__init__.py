@@ -11,7 +11,7 @@ Importing it points ``TORCH_EXTENSIONS_DIR`` at a kernel cache of this Python en
 from xtc_ds.compress import init_compression, redundancy_clean
 from xtc_ds.config import CompressionConfig, ConfigError, load_compression_config
 from xtc_ds.distill import DistillationLoss, distillation_loss
-from xtc_ds.export import PackedFormatError, export_packed, load_packed
+from xtc_ds.export import PackedFormatError, export_packed, load_cleaned, load_packed
 from xtc_ds.inject import inject, revert
 from xtc_ds.layer_reduction import build_student
 from xtc_ds.matching import InjectionReport
@@ -39,6 +39,7 @@ __all__ = [
     "revert",
     "export_packed",
     "load_packed",
+    "load_cleaned",
     "export_onnx",
     "PackedFormatError",
     "InjectionReport",

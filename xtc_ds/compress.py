@@ -19,7 +19,7 @@ from xtc_ds.nn.qat_linear import is_conv1d
 from xtc_ds.ops import fake_quant_weight
 from xtc_ds.pruning import clean_pruned
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
-from xtc_ds.zero3 import full_parameters
+from xtc_ds.zero3 import forget_parameter_trace, full_parameters
 
 __all__ = ["init_compression", "redundancy_clean"]
 
@@ -108,6 +108,7 @@ def _summary(model: nn.Module, config: Any, report: Any) -> str:
         ("sparse_pruning", report.sparse_pruned),
         ("row_pruning", report.row_pruned),
         ("head_pruning", report.head_pruned),
+        ("channel_pruning", report.channel_pruned),
     )
     for technique, table in prunings:
         section = getattr(config, technique)
@@ -155,6 +156,7 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any = None, mpu: Any = 
         # a gather of those read incomplete data (then baked into the weights). Release them all first.
         model.empty_partition_cache()
     clean_pruned(root)
+    forget_parameter_trace(model)
     for module in root.modules():
         quantizer = getattr(module, "weight_quantizer", None)
         if quantizer is not None:

@@ -23,6 +23,7 @@ from xtc_ds.config import (
     load_compression_config,
 )
 from xtc_ds.matching import InjectionReport, ModulePlan, is_compressed, plan_injection
+from xtc_ds.nn.channel_mask import CHANNEL_MODULES, remove_channel_masks
 from xtc_ds.nn.fake_quant import ActFakeQuantizer, WeightFakeQuantizer
 from xtc_ds.nn.packed_embedding import XtcPackedEmbedding
 from xtc_ds.nn.packed_linear import XtcPackedLinear
@@ -148,12 +149,13 @@ def inject(model: nn.Module, deepspeed_config: Any) -> InjectionReport:
     plans = plan_injection(model, config)
     prune_plans = plan_pruning(model, config)
     check_quantize_groups(model, prune_plans, plans)
+    modules = dict(model.named_modules())
     for technique, owner in prune_plans:
         for name in (owner, *prune_plans[(technique, owner)].related):
-            plans.setdefault(name, ModulePlan())
+            if not isinstance(modules[name], CHANNEL_MODULES):  # those take channel masks as they are
+                plans.setdefault(name, ModulePlan())
     _announce(config)
     report = InjectionReport()
-    modules = dict(model.named_modules())
     for name, plan in plans.items():
         module = modules[name]
         if is_compressed(module):
@@ -187,6 +189,9 @@ def revert(model: nn.Module) -> nn.Module:
             set_submodule(model, name, module.to_linear())
         elif XtcQATConv1D is not None and isinstance(module, XtcQATConv1D):
             set_submodule(model, name, module.to_conv1d())
+        elif getattr(module, "channel_masks", ()):
+            remove_channel_masks(module)
+            module._modules.pop("channel_pruning", None)
     detach_state(model)
     return model
 

@@ -40,6 +40,7 @@ class InjectionReport:
     sparse_pruned: dict[str, str] = field(default_factory=dict)
     row_pruned: dict[str, str] = field(default_factory=dict)
     head_pruned: dict[str, str] = field(default_factory=dict)
+    channel_pruned: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line per group: how many modules it covers."""
@@ -50,6 +51,7 @@ class InjectionReport:
             ("sparse pruning", self.sparse_pruned),
             ("row pruning", self.row_pruned),
             ("head pruning", self.head_pruned),
+            ("channel pruning", self.channel_pruned),
         ):
             for group in sorted(set(table.values())):
                 count = sum(1 for g in table.values() if g == group)

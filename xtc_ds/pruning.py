@@ -1,5 +1,6 @@
-"""Pruning (``sparse_pruning``, ``row_pruning``, ``head_pruning``): which Linears own a mask, which related Linears
-shrink with them, and the removal of pruned units by :func:`xtc_ds.redundancy_clean`.
+"""Pruning (``sparse_pruning``, ``row_pruning``, ``head_pruning``, ``channel_pruning``): which modules own a mask
+(Linears; Conv2d for channels), which related modules shrink with them, and the removal of pruned units by
+:func:`xtc_ds.redundancy_clean`.
 
 ``snip_momentum`` sparse pruning without ``different_groups`` prunes, as the legacy library did, every Linear not
 named by ``excluded_modules`` at the shared ``dense_ratio`` (skipping, with a warning, those its block does not tile).
@@ -25,6 +26,7 @@ from xtc_ds.architectures import resolve_patterns
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, PruningMethod
 from xtc_ds.errors import TrainingError
 from xtc_ds.matching import ModulePlan, match_groups, weight_shape
+from xtc_ds.nn.channel_mask import CHANNEL_MODULES, add_channel_mask, kept_channels, remove_channel_masks
 from xtc_ds.nn.snip_mask import SnipMomentumMask, SnipSchedule, parse_block_pattern
 from xtc_ds.nn.sparse_mask import SparseMask, masked_fake_quant
 from xtc_ds.nn.structure_mask import COLUMNS, ROWS, AxisMask, StructureMask, kept_bias, kept_count, pruned_weight
@@ -46,11 +48,13 @@ __all__ = [
     "score_unscored",
     "clean_pruned",
     "pruned_shapes",
+    "file_shape",
     "shrink_to",
     "fit_attention_heads",
 ]
 
-STRUCTURED = ("row_pruning", "head_pruning")
+CHANNEL = "channel_pruning"
+STRUCTURED = ("row_pruning", "head_pruning", CHANNEL)
 TECHNIQUES = ("sparse_pruning", *STRUCTURED)
 SPARSE_MASKS = (SparseMask, SnipMomentumMask)
 MASKS = (StructureMask, *SPARSE_MASKS)
@@ -67,6 +71,7 @@ class PrunePlan:
     dense_ratio: float
     num_heads: Optional[int] = None
     related: tuple[str, ...] = field(default_factory=tuple)
+    related_rows: tuple[str, ...] = field(default_factory=tuple)  # channel pruning: the related BatchNorm2d
     block: Optional[tuple[int, int]] = None  # snip_momentum
     schedule: Optional[SnipSchedule] = None  # snip_momentum
 
@@ -90,16 +95,20 @@ def _related(
     owner: str,
     pattern_index: int,
     related: tuple[str, ...],
-    linears: dict[str, nn.Module],
+    eligible: dict[str, nn.Module],
     where: str,
 ) -> tuple[str, ...]:
     names: list[str] = []
+    channels = any(isinstance(m, CHANNEL_MODULES) for m in eligible.values())
+    kinds = "Linear, Conv2d or BatchNorm2d" if channels else "Linear"
     for j, pattern in enumerate(related):
         spot = f"{where}.related_modules[{pattern_index}][{j}]"
         regexes = [re.compile(p) for p in resolve_patterns(model, (pattern,), spot)]
-        candidates = [n for n in linears if n != owner and any(r.search(n) for r in regexes)]
+        candidates = [n for n in eligible if n != owner and any(r.search(n) for r in regexes)]
         if not candidates:
-            raise ConfigError(f"{spot}: {pattern!r} matches no Linear module (the module paired with it is '{owner}')")
+            raise ConfigError(
+                f"{spot}: {pattern!r} matches no {kinds} module (the module paired with it is '{owner}')"
+            )
         names += [n for n in _nearest(owner, candidates) if n not in names]
     return tuple(names)
 
@@ -134,10 +143,10 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
     """``(technique, owner module name) -> PrunePlan`` for every enabled pruning group.
 
     Raises:
-        ConfigError: a group or related pattern matching no Linear, a related module of the wrong size, a module
-            masked twice along one axis or both sparse and structured, ``related_modules`` on a sparse group.
+        ConfigError: a group or related pattern matching no eligible module, a related module of the wrong size, a
+            module masked twice along one axis or both sparse and structured, ``related_modules`` on a sparse group,
+            a grouped Conv2d.
     """
-    _check_channel_pruning(model, config)
     linears = _linears(model)
     plans: dict[tuple[str, str], PrunePlan] = {}
     for technique in TECHNIQUES:
@@ -151,14 +160,21 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
         if shared.method is PruningMethod.SNIP_MOMENTUM:
             plans.update(_plan_snip(model, config, linears))
             continue
-        owners = match_groups(model, section.different_groups, linears, where)
+        eligible = linears
+        if technique == CHANNEL:
+            eligible = _conv2ds(model, config)
+            if not eligible:
+                continue
+        owners = match_groups(model, section.different_groups, eligible, where)
+        related_eligible = {**linears, **_channel_modules(model)} if technique == CHANNEL else linears
         for owner, group_name in owners.items():
             group = section.different_groups[group_name]
             group_where = f"{where}.different_groups.{group_name}"
             related: tuple[str, ...] = ()
             if group.related_modules:
                 k = _pattern_index(model, owner, group.modules, f"{group_where}.modules")
-                related = _related(model, owner, k, group.related_modules[k], linears, group_where)
+                related = _related(model, owner, k, group.related_modules[k], related_eligible, group_where)
+            modules = related_eligible | eligible
             plan = PrunePlan(
                 technique,
                 group_name,
@@ -166,8 +182,12 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
                 group.params.dense_ratio,
                 getattr(shared, "num_heads", None),
                 related,
+                tuple(n for n in related if isinstance(modules[n], nn.BatchNorm2d)),
             )
-            _check_shapes(plan, owner, linears, group_where)
+            if technique == CHANNEL:
+                _check_channel_shapes(plan, owner, modules, group_where)
+            else:
+                _check_shapes(plan, owner, linears, group_where)
             plans[(technique, owner)] = plan
     _check_axes(plans)
     structured = _axes(plans)
@@ -188,27 +208,50 @@ def _refuse_related(groups: dict[str, Any], where: str) -> None:
             )
 
 
-def _check_channel_pruning(model: nn.Module, config: CompressionConfig) -> None:
-    """``channel_pruning`` prunes Conv2d output channels: a model without a matching Conv2d (every BERT-family
-    model) is told so and trained without it; xtc_ds does not prune Conv2d channels, so a match is refused."""
-    section = config.channel_pruning
-    if not section.enabled:
-        return
-    where = f"{SECTION}.channel_pruning"
-    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    matched = []
-    for group_name, group in section.different_groups.items():
+def _conv2ds(model: nn.Module, config: CompressionConfig) -> dict[str, nn.Module]:
+    """The Conv2d modules ``channel_pruning`` may own; empty (after a warning saying so) when its groups match none,
+    as on every BERT-family model, which then trains without it."""
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    where = f"{SECTION}.{CHANNEL}"
+    for group_name, group in config.channel_pruning.different_groups.items():
         patterns = resolve_patterns(model, group.modules, f"{where}.different_groups.{group_name}.modules")
-        matched += [n for n in convs if any(p == "*" or re.search(p, n) for p in patterns)]
-    if matched:
-        raise ConfigError(
-            f"{where}.shared_parameters.enabled: True (matches the Conv2d modules {sorted(set(matched))}; xtc_ds "
-            "compresses transformer Linears and does not prune Conv2d channels; set it to false)"
-        )
+        if any(p == "*" or re.search(p, n) for p in patterns for n in convs):
+            return convs
     warn_once(
         f"xtc_ds: {where} is enabled but {type(model).__name__} has no Conv2d module its groups match (channel "
         "pruning prunes Conv2d output channels only); it is skipped for this model"
     )
+    return {}
+
+
+def _channel_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if name and isinstance(m, CHANNEL_MODULES)}
+
+
+def _check_channel_shapes(plan: PrunePlan, owner: str, modules: dict[str, nn.Module], where: str) -> None:
+    """An owner Conv2d's output channels must be what each related module consumes: a Conv2d's input channels, a
+    BatchNorm2d's channels, a Linear's inputs. Grouped convolutions tie channels together and are refused."""
+    conv = modules[owner]
+    for name in (owner, *plan.related):
+        module = modules[name]
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ConfigError(
+                f"{where}: '{name}' is a grouped Conv2d (groups={module.groups}); channel pruning removes channels of "
+                "ungrouped Conv2d modules only"
+            )
+    for name in plan.related:
+        module = modules[name]
+        if isinstance(module, nn.BatchNorm2d):
+            size, what = module.num_features, "channels"
+        elif isinstance(module, nn.Conv2d):
+            size, what = module.in_channels, "input channels"
+        else:
+            size, what = weight_shape(module)[1], "inputs"
+        if size != conv.out_channels:
+            raise ConfigError(
+                f"{where}.related_modules: '{name}' has {size} {what}, but its module '{owner}' has "
+                f"{conv.out_channels} output channels; a related module must consume the pruned channels"
+            )
 
 
 def _linears(model: nn.Module) -> dict[str, nn.Module]:
@@ -273,10 +316,10 @@ def _axes(plans: dict[tuple[str, str], PrunePlan]) -> dict[str, list[tuple[int, 
     for (technique, owner), plan in plans.items():
         if technique == "sparse_pruning":
             continue
-        own_axis = ROWS if technique == "row_pruning" else COLUMNS
+        own_axis = COLUMNS if technique == "head_pruning" else ROWS
         axes.setdefault(owner, []).append((own_axis, owner))
         for name in plan.related:
-            axes.setdefault(name, []).append((1 - own_axis, owner))
+            axes.setdefault(name, []).append((own_axis if name in plan.related_rows else 1 - own_axis, owner))
     return axes
 
 
@@ -287,8 +330,8 @@ def _check_axes(plans: dict[tuple[str, str], PrunePlan]) -> None:
             if len(owners) > 1:
                 what = "output rows" if axis == ROWS else "input columns"
                 raise ConfigError(
-                    f"{SECTION}: the {what} of '{name}' would be pruned by two masks (those of {owners}); a Linear "
-                    "may lose rows to one mask and columns to one mask"
+                    f"{SECTION}: the {what} of '{name}' would be pruned by two masks (those of {owners}); a module "
+                    "may lose rows (output channels) to one mask and columns (input channels) to one mask"
                 )
 
 
@@ -298,7 +341,7 @@ def _kept_shape(name: str, plans: dict[tuple[str, str], PrunePlan], linears: dic
         if name != owner and name not in plan.related:
             continue
         owner_out, owner_in = weight_shape(linears[owner])
-        if technique == "row_pruning":
+        if technique in ("row_pruning", CHANNEL):
             axis, kept = (ROWS if name == owner else COLUMNS), kept_count(plan.dense_ratio, owner_out)
         else:
             head_dim = owner_in // plan.num_heads
@@ -338,15 +381,33 @@ def check_quantize_groups(
 
 
 def attach_masks(model: nn.Module, plans: dict[tuple[str, str], PrunePlan]) -> None:
-    """Give every owner (already an ``XtcQATLinear``) its mask submodule (``sparse_pruning``: a
-    :class:`SparseMask`; ``row_pruning``/``head_pruning``: a :class:`StructureMask`), and every module a structured
-    mask acts on its :class:`AxisMask` list. ``topk`` scores start from the magnitudes of the weight as it is now."""
+    """Give every owner (an ``XtcQATLinear``, or for ``channel_pruning`` the user's Conv2d) its mask submodule
+    (``sparse_pruning``: a :class:`SparseMask`; ``row_pruning``/``head_pruning``/``channel_pruning``: a
+    :class:`StructureMask`), and every module a structured mask acts on its :class:`AxisMask` (Linears: in
+    ``pruning``; Conv2d/BatchNorm2d: in ``channel_masks``, applied by hooks). ``topk`` scores start from the
+    magnitudes of the weight as it is now."""
     modules = dict(model.named_modules())
     for (technique, owner), plan in plans.items():
         module = modules[owner]
         out_features, in_features = weight_shape(module)
         learned = plan.method is PruningMethod.TOPK
-        if plan.schedule is not None:
+        if technique == CHANNEL:
+            mask = StructureMask(
+                technique, plan.group, learned, kept_count(plan.dense_ratio, out_features), ROWS, out_features, 1
+            )
+            mask.shrinks = bool(plan.related)
+            # topk's straight-through gradient is taken after a related BatchNorm2d, which cancels any scale
+            # given to a channel before it (the legacy mask sat before it and its scores learned nothing)
+            add_channel_mask(module, AxisMask(mask, ROWS, not plan.related_rows))
+            for name in plan.related:
+                related = modules[name]
+                if name in plan.related_rows:
+                    add_channel_mask(related, AxisMask(mask, ROWS, True))
+                elif isinstance(related, CHANNEL_MODULES):
+                    add_channel_mask(related, AxisMask(mask, COLUMNS, False))
+                else:
+                    related.pruning = (*related.pruning, AxisMask(mask, COLUMNS, False))
+        elif plan.schedule is not None:
             mask = SnipMomentumMask(
                 plan.group, plan.dense_ratio, plan.block, (out_features, in_features), plan.schedule
             )
@@ -429,6 +490,37 @@ def _clean_sparse(module: nn.Module, mask: Union[SparseMask, SnipMomentumMask]) 
     module.weight_quantizer = None
 
 
+def _clean_channels(module: nn.Module) -> None:
+    """Bake a channel-masked Conv2d or BatchNorm2d: the kept channels only where the mask's related modules shrink
+    with it, the pruned ones zeroed otherwise (an owner Conv2d without related modules)."""
+    rows, cols = kept_channels(module, ROWS), kept_channels(module, COLUMNS)
+    if rows is not None and not any(m.mask.shrinks for m in module.channel_masks if m.axis == ROWS):
+        zero_rows, rows = rows, None
+    else:
+        zero_rows = None
+    names = [name for name in ("weight", "bias") if getattr(module, name, None) is not None]
+    partitioned = any(hasattr(getattr(module, name), "ds_id") for name in names)
+    with full_parameters([getattr(module, name) for name in names]):
+        for name in names:
+            tensor = getattr(module, name).detach()
+            tensor = tensor if zero_rows is None else _zeroed(tensor, zero_rows)
+            setattr(module, name, nn.Parameter(_shrunk(tensor, rows, None if name == "bias" else cols).contiguous()))
+    if isinstance(module, nn.BatchNorm2d):
+        for name in ("running_mean", "running_var"):
+            stats = getattr(module, name, None)
+            if stats is not None and rows is not None:
+                setattr(module, name, stats.index_select(0, rows.to(stats.device)))
+        module.num_features = module.num_features if rows is None else len(rows)
+    else:
+        module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
+    if partitioned:
+        partition_new_parameters(module)
+
+
+def _zeroed(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(tensor).index_copy(0, rows, tensor.index_select(0, rows))
+
+
 def _shrunk(tensor: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[torch.Tensor]) -> torch.Tensor:
     out = tensor if rows is None else tensor.index_select(0, rows)
     return out if cols is None or out.dim() == 1 else out.index_select(1, cols)
@@ -441,7 +533,8 @@ def clean_pruned(root: nn.Module) -> None:
     weights, as in training. Masks apply whatever step the schedule is at, as quantization does at ``target_bits``."""
     masks = pruning_masks(root)
     pruned = [m for m in root.modules() if getattr(m, "pruning", ())]
-    if any(hasattr(m.weight, "ds_id") for m in pruned) and not can_partition_new_parameters():
+    channels = [m for m in root.modules() if getattr(m, "channel_masks", ())]
+    if any(hasattr(m.weight, "ds_id") for m in (*pruned, *channels)) and not can_partition_new_parameters():
         import deepspeed
 
         raise TrainingError(
@@ -457,20 +550,61 @@ def clean_pruned(root: nn.Module) -> None:
     with full_parameters(learned):
         for module in pruned:
             _clean_module(module)
+        for module in channels:
+            _clean_channels(module)
         for _, owner, mask in masks:
             if isinstance(mask, SPARSE_MASKS):
                 _clean_sparse(owner, mask)
-    for module in {id(m): m for m in (*pruned, *(owner for _, owner, _ in masks))}.values():
+    for module in pruned:
         module.pruning = ()
+    for module in channels:
+        remove_channel_masks(module)
+    for module in {id(m): m for m in (*pruned, *channels, *(owner for _, owner, _ in masks))}.values():
         for technique in TECHNIQUES:
             if isinstance(getattr(module, technique, None), MASKS):
                 delattr(module, technique)
     fit_attention_heads(root)
 
 
+_SHRINKABLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
+
+
+def _kind(module: nn.Module) -> Optional[type]:
+    return next((kind for kind in _SHRINKABLE if isinstance(module, kind)), None)
+
+
+def _shape(module: nn.Module) -> Optional[list[int]]:
+    """What :func:`shrink_to` rebuilds: ``[out, in]`` of a Linear or Conv2d, ``[channels]`` of a BatchNorm2d."""
+    if isinstance(module, nn.Linear):
+        return list(weight_shape(module))
+    if isinstance(module, nn.Conv2d):
+        return [module.out_channels, module.in_channels]
+    if isinstance(module, nn.BatchNorm2d):
+        return [module.num_features]
+    return None
+
+
+def file_shape(module: nn.Module, name: str, stored: Optional[dict[str, list[int]]]) -> Optional[list[int]]:
+    """:func:`_shape` of ``module`` as the tensors ``stored`` (name -> shape, e.g. a safetensors header) give it, or
+    as the module is when ``stored`` is None; None for other modules or when its weight is not stored."""
+    kind = _kind(module)
+    if kind is None:
+        return None
+    if stored is None:
+        return _shape(module)
+    shape = stored.get(f"{name}.running_mean" if kind is nn.BatchNorm2d else f"{name}.weight")
+    shape = stored.get(f"{name}.weight") if shape is None else shape
+    if shape is None:
+        return None
+    if kind is nn.Conv2d:
+        return [shape[0], shape[1] * module.groups] if len(shape) == 4 else None
+    return list(shape[:1]) if kind is nn.BatchNorm2d else list(shape)
+
+
 def pruned_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """``name -> [out_features, in_features]`` of every Linear smaller than the one ``model.config`` builds (the
-    Linears :func:`clean_pruned` shrank), which an export records so :func:`shrink_to` can rebuild them."""
+    """``name -> shape`` (:func:`_shape`) of every Linear, Conv2d and BatchNorm2d smaller than the one
+    ``model.config`` builds (those :func:`clean_pruned` shrank), which an export records so :func:`shrink_to` can
+    rebuild them."""
     config = getattr(model, "config", None)
     if config is None:
         return {}
@@ -479,32 +613,51 @@ def pruned_shapes(model: nn.Module) -> dict[str, list[int]]:
     shapes = {}
     for name, module in model.named_modules():
         built = reference.get(name)
-        if isinstance(module, nn.Linear) and isinstance(built, nn.Linear):
-            shape = list(weight_shape(module))
-            if shape != list(weight_shape(built)):
-                shapes[name] = shape
+        shape = _shape(module)
+        if shape is not None and built is not None and _kind(built) is _kind(module) and shape != _shape(built):
+            shapes[name] = shape
     return shapes
 
 
+def _smaller(module: nn.Module, shape: list[int]) -> nn.Module:
+    device = module.weight.device if getattr(module, "weight", None) is not None else None
+    if isinstance(module, nn.Linear):
+        return nn.Linear(shape[1], shape[0], bias=module.bias is not None, device=device)
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv2d(
+            shape[1],
+            shape[0],
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            device=device,
+        )
+    return nn.BatchNorm2d(
+        shape[0], module.eps, module.momentum, module.affine, module.track_running_stats, device=device
+    )
+
+
 def shrink_to(model: nn.Module, shapes: dict[str, list[int]], where: str) -> None:
-    """Replace each named Linear of ``model`` by one of the recorded ``[out_features, in_features]`` (same device,
-    no copy of weights: to be filled by ``load_state_dict``), and fit the attention modules' head counts.
+    """Replace each named Linear, Conv2d or BatchNorm2d of ``model`` by one of the recorded shape (same device and
+    hyperparameters, no copy of weights: to be filled by ``load_state_dict``), and fit the attention modules' head
+    counts.
 
     Raises:
-        ConfigError: naming ``where`` when a name is not a Linear of the model or a shape is not smaller than it.
+        ConfigError: naming ``where`` when a name is not such a module of the model or a shape is not smaller.
     """
     modules = dict(model.named_modules())
     for name, shape in shapes.items():
         module = modules.get(name)
-        if not isinstance(module, nn.Linear):
-            raise ConfigError(f"{where}.{name}: not a Linear module of {type(model).__name__}")
-        out_features, in_features = shape
-        if not (1 <= out_features <= module.out_features and 1 <= in_features <= module.in_features):
-            raise ConfigError(
-                f"{where}.{name}: {shape} (must be at most the model's {[module.out_features, module.in_features]})"
-            )
-        smaller = nn.Linear(in_features, out_features, bias=module.bias is not None, device=module.weight.device)
-        model.set_submodule(name, smaller)
+        current = None if module is None else _shape(module)
+        if current is None:
+            raise ConfigError(f"{where}.{name}: not a Linear, Conv2d or BatchNorm2d module of {type(model).__name__}")
+        fits = isinstance(shape, list) and len(shape) == len(current)
+        if not (fits and all(type(d) is int and 1 <= d <= c for d, c in zip(shape, current))):
+            raise ConfigError(f"{where}.{name}: {shape!r} (must be at most the model's {current})")
+        model.set_submodule(name, _smaller(module, shape))
     fit_attention_heads(model)
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "full_parameters",
     "partition_new_parameters",
     "can_partition_new_parameters",
+    "forget_parameter_trace",
     "PARTITION_NEW_MIN_DEEPSPEED",
 ]
 
@@ -49,3 +50,14 @@ def partition_new_parameters(module: nn.Module) -> None:
     import deepspeed
 
     deepspeed.zero.Init(module=module)
+
+
+def forget_parameter_trace(engine: object) -> None:
+    """Make a ZeRO-3 engine re-record its Parameter fetch order. It records which Parameters each module fetches
+    and checks every later forward against that record; once :func:`partition_new_parameters` gave modules new
+    Parameters the record is stale, and the next forward fails with a "tracing error". (DeepSpeed invalidates it
+    the same way when it re-registers its hooks.) No-op for other engines and models."""
+    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
+    coordinator = None if offload is None else offload.get_param_coordinator()
+    if coordinator is not None and not coordinator.is_invalid_trace():
+        coordinator._invalidate_trace()

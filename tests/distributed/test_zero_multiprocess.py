@@ -20,11 +20,11 @@ WORKER = str(Path(__file__).with_name("xtc_worker.py"))
 ENV = {"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
-def _launch(out: Path, *worker_args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def _launch(out: Path, *worker_args: str, timeout: float = 300, worker: str = WORKER) -> subprocess.CompletedProcess:
     if shutil.which("deepspeed") is None:
         pytest.skip("the deepspeed launcher is not on PATH")
     out.mkdir(parents=True, exist_ok=True)
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), WORKER, "--out", str(out)]
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), worker, "--out", str(out)]
     return subprocess.run(
         cmd + list(worker_args), env=job_env(**ENV), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )
@@ -124,6 +124,29 @@ def test_snip_momentum_pruning_keeps_the_same_blocks_on_every_rank_under_zero_0_
         assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-6), (rank, stage)
     for rank in (0, 1):
         assert records[(rank, 3)]["exported_packed_shape"] == {"sparse_bitmap": [256], "sparse_values": [128]}
+
+
+def test_channel_pruning_of_a_resnet_under_zero_0_and_3(tmp_path):
+    result = _launch(
+        tmp_path, "--stages", "0,3", "--steps", "4", worker=str(Path(__file__).with_name("channel_worker.py"))
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path, (0, 3))
+    reference = records[(0, 0)]
+    for (rank, stage), record in records.items():
+        assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
+        # the same channels on every rank and stage: the learned scores are replicated, gathered under ZeRO-3
+        assert record["kept"] == reference["kept"] and [len(k) for k in record["kept"]] == [4, 8], (rank, stage)
+        if stage == 3 and not can_partition_new_parameters():  # the legacy stack: refused, naming the fix
+            assert "needs DeepSpeed >= 0.19" in record["refused"], record
+            continue
+        assert record["cleaned"] == pytest.approx(record["masked"], abs=1e-5), (rank, stage)
+        assert record["shapes"] == {
+            "0.convolution": [4, 8, 3, 3],
+            "0.normalization": [4],
+            "1.convolution": [8, 4, 3, 3],
+            "1.normalization": [8],
+        }, (rank, stage)
 
 
 def test_zero3_partitioned_teacher_gives_the_same_losses(tmp_path):

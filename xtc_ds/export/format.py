@@ -115,9 +115,11 @@ def _check_block(block: Any, path: Path) -> None:
     ):
         raise _fail(path, "quantization_config.compact_sparse must list modules of the export, and only in format 3")
     for name, shape in shapes.items():
-        if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int and d >= 1 for d in shape)):
+        if not (isinstance(shape, list) and len(shape) in (1, 2) and all(type(d) is int and d >= 1 for d in shape)):
             raise _fail(
-                path, f"quantization_config.pruned_shapes.{name}: {shape!r} (must be [out_features, in_features])"
+                path,
+                f"quantization_config.pruned_shapes.{name}: {shape!r} (must be [out_features, in_features], or "
+                "[channels] for a BatchNorm2d)",
             )
 
 

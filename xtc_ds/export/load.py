@@ -1,4 +1,5 @@
-"""load_packed(): a packed folder back into a ready ``transformers`` model whose quantized layers stay packed."""
+"""load_packed(): a packed folder back into a ready ``transformers`` model whose quantized layers stay packed;
+load_cleaned(): a cleaned (possibly pruned, smaller) model saved with ``save_pretrained`` back at its own shapes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from xtc_ds.errors import PackedFormatError
 from xtc_ds.export.format import (
     WEIGHTS_FILE,
     packed_specs,
+    read_header,
     read_quantization_config,
     read_tensors,
     verify_config_checksum,
@@ -22,9 +24,9 @@ from xtc_ds.export.sparse_codes import BITMAP, VALUES, expand_compact
 from xtc_ds.inject import to_packed
 from xtc_ds.nn.packed_linear import XtcPackedLinear
 from xtc_ds.nn.packed_spec import PackedSpec
-from xtc_ds.pruning import shrink_to
+from xtc_ds.pruning import file_shape, shrink_to
 
-__all__ = ["load_packed"]
+__all__ = ["load_packed", "load_cleaned"]
 
 
 def _model_class(config: dict[str, Any], path: Path) -> type:
@@ -175,3 +177,62 @@ def _expand_compact(
 def _is_packed_range(key: str, specs: dict[str, PackedSpec]) -> bool:
     spec = specs.get(key.removesuffix(".act_range"))
     return spec is not None and spec.bits is not None
+
+
+def load_cleaned(
+    folder: Union[str, Path], model_class: Optional[type] = None, attn_implementation: Optional[str] = None
+) -> nn.Module:
+    """A model that :func:`xtc_ds.redundancy_clean` cleaned and ``save_pretrained`` saved (``launch/train.py``'s
+    ``final/``), in eval mode, with the smaller Linears, Conv2d and BatchNorm2d that pruning left.
+
+    ``from_pretrained`` cannot read a pruned one: transformers 5 has no ``prune_heads`` and builds every layer at
+    the config's size. Here the model is built from ``config.json`` and each module whose weights in
+    ``model.safetensors`` are smaller is rebuilt at their shape before they are loaded. Weights are the baked
+    (quantized) values; activations run in float (the packed export quantizes them).
+
+    Args:
+        folder: a Hugging Face folder (``config.json`` + ``model.safetensors``).
+        model_class: the ``transformers`` class to build (default: ``config.json``'s ``architectures``).
+        attn_implementation: ``"eager"``, ``"sdpa"``, ... (default: what ``transformers`` picks).
+    Raises:
+        PackedFormatError: naming the file and field or tensor that is missing, unreadable or does not fit.
+    """
+    import transformers
+
+    folder = Path(folder)
+    config_path, path = folder / "config.json", folder / WEIGHTS_FILE
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(folder)
+    except Exception as err:  # transformers raises many types for a missing or damaged config.json
+        raise PackedFormatError(f"{config_path}: unreadable ({type(err).__name__}: {err})") from None
+    if attn_implementation is not None:
+        hf_config._attn_implementation = attn_implementation
+    model_class = model_class or _model_class(hf_config.to_dict(), config_path)
+    try:
+        model = model_class(hf_config)
+    except Exception as err:  # transformers raises many types for fields it cannot build a model from
+        raise PackedFormatError(f"{config_path}: no model can be built from it ({err})") from None
+    header = read_header(path)
+    shapes = {}
+    for name, module in model.named_modules():
+        stored = file_shape(module, name, {key: entry["shape"] for key, entry in header.items()})
+        if stored is not None and stored != file_shape(module, name, None):
+            shapes[name] = stored
+    try:
+        shrink_to(model, shapes, str(path))
+    except ConfigError as err:
+        raise PackedFormatError(str(err)) from None
+    tensors = read_tensors(folder)
+    expected = model.state_dict()
+    for name, tensor in tensors.items():
+        if name not in expected:
+            raise PackedFormatError(f"{path}: unexpected tensor '{name}' for {model_class.__name__}")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise PackedFormatError(
+                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
+            )
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise PackedFormatError(f"{path}: tensor '{missing[0]}' is missing")
+    model.load_state_dict(tensors)
+    return model.eval()

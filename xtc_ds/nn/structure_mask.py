@@ -28,9 +28,9 @@ def kept_count(dense_ratio: float, units: int) -> int:
 
 
 def unit_norms(weight: torch.Tensor, axis: int, unit_size: int) -> torch.Tensor:
-    """L1 norm of each unit of ``weight`` (out_features, in_features): rows (axis 0) or blocks of ``unit_size``
-    input columns (axis 1, one block per attention head)."""
-    magnitude = weight.detach().float().abs()
+    """L1 norm of each unit of ``weight`` (out_features, in_features; a Conv2d's (out, in, kh, kw) counts as
+    (out, in * kh * kw)): rows (axis 0) or blocks of ``unit_size`` input columns (axis 1, one block per head)."""
+    magnitude = weight.detach().float().abs().flatten(1)
     if axis == ROWS:
         return magnitude.reshape(-1, unit_size * magnitude.shape[1]).sum(dim=1)
     return magnitude.reshape(magnitude.shape[0], -1, unit_size).sum(dim=(0, 2))
