@@ -167,6 +167,7 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
                 continue
         owners = match_groups(model, section.different_groups, eligible, where)
         related_eligible = {**linears, **_channel_modules(model)} if technique == CHANNEL else linears
+        modules = related_eligible | eligible
         for owner, group_name in owners.items():
             group = section.different_groups[group_name]
             group_where = f"{where}.different_groups.{group_name}"
@@ -174,7 +175,6 @@ def plan_pruning(model: nn.Module, config: CompressionConfig) -> dict[tuple[str,
             if group.related_modules:
                 k = _pattern_index(model, owner, group.modules, f"{group_where}.modules")
                 related = _related(model, owner, k, group.related_modules[k], related_eligible, group_where)
-            modules = related_eligible | eligible
             plan = PrunePlan(
                 technique,
                 group_name,
@@ -652,8 +652,10 @@ def shrink_to(model: nn.Module, shapes: dict[str, list[int]], where: str) -> Non
     for name, shape in shapes.items():
         module = modules.get(name)
         current = None if module is None else _shape(module)
-        if current is None:
-            raise ConfigError(f"{where}.{name}: not a Linear, Conv2d or BatchNorm2d module of {type(model).__name__}")
+        if current is None or getattr(module, "groups", 1) != 1:
+            raise ConfigError(
+                f"{where}.{name}: not a Linear, ungrouped Conv2d or BatchNorm2d module of {type(model).__name__}"
+            )
         fits = isinstance(shape, list) and len(shape) == len(current)
         if not (fits and all(type(d) is int and 1 <= d <= c for d, c in zip(shape, current))):
             raise ConfigError(f"{where}.{name}: {shape!r} (must be at most the model's {current})")

@@ -120,9 +120,9 @@ class ChannelPruningSharedConfig(_PruningSharedConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class _PruningSection(Checked):
-    """One legacy pruning technique. ``sparse_pruning`` (``l1``, ``topk``, ``snip_momentum``), ``row_pruning`` and
-    ``head_pruning`` run; ``channel_pruning`` (Conv2d output channels) is checked against the model by
-    :func:`xtc_ds.pruning.plan_pruning`."""
+    """One legacy pruning technique: ``sparse_pruning`` (``l1``, ``topk``, ``snip_momentum``), ``row_pruning``,
+    ``head_pruning`` or ``channel_pruning`` (Conv2d output channels); :func:`xtc_ds.pruning.plan_pruning` matches
+    it to the model."""
 
     different_groups: dict[str, PruningGroupConfig] = field(default_factory=dict)
 

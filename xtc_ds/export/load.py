@@ -209,7 +209,8 @@ def load_cleaned(
         hf_config._attn_implementation = attn_implementation
     model_class = model_class or _model_class(hf_config.to_dict(), config_path)
     try:
-        model = model_class(hf_config)
+        with torch.random.fork_rng():  # the random initialization, overwritten below, leaves the caller's RNG alone
+            model = model_class(hf_config)
     except Exception as err:  # transformers raises many types for fields it cannot build a model from
         raise PackedFormatError(f"{config_path}: no model can be built from it ({err})") from None
     header = read_header(path)

@@ -1,5 +1,6 @@
-"""Structured pruning masks: which output rows (``row_pruning``) or attention heads (``head_pruning``) of a Linear
-stay, and the weight a pruned (and possibly quantized) Linear computes with.
+"""Structured pruning masks: which output rows (``row_pruning``) or attention heads (``head_pruning``) of a Linear,
+or output channels of a Conv2d (``channel_pruning``, applied by :mod:`xtc_ds.nn.channel_mask`), stay, and the weight
+a pruned (and possibly quantized) Linear computes with.
 
 A mask belongs to the Linear it was configured on (its *owner*) and is also applied, along the matching axis, to
 the owner's related modules: a pruned FFN row removes the next Linear's input column, a pruned head removes the
@@ -45,7 +46,7 @@ class StructureMask(nn.Module):
     as in the legacy library (which started them at random).
 
     Args:
-        technique: ``row_pruning`` or ``head_pruning``.
+        technique: ``row_pruning``, ``head_pruning`` or ``channel_pruning``.
         group: the config group name.
         learned: ``topk`` scores (a Parameter) rather than fixed ``l1`` ones.
         kept_units: how many units stay.
@@ -102,11 +103,16 @@ class StructureMask(nn.Module):
         offsets = torch.arange(self.unit_size, device=kept.device)
         return (kept[:, None] * self.unit_size + offsets).reshape(-1)
 
+    def _unit_name(self) -> str:
+        if self.technique == "channel_pruning":
+            return "channels"
+        return "rows" if self.axis == ROWS and self.unit_size == 1 else "units"
+
     def extra_repr(self) -> str:
         method = "topk" if self.learned else "l1"
         return (
             f"{self.technique}, group={self.group}, method={method}, keep {self.kept_units} of {self.units} "
-            f"{'rows' if self.axis == ROWS and self.unit_size == 1 else 'units'}, enabled={self.enabled}"
+            f"{self._unit_name()}, enabled={self.enabled}"
         )
 
 
