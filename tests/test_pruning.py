@@ -525,7 +525,7 @@ def test_a_pruned_model_saved_with_save_pretrained_loads_back_with_load_cleaned(
     for _, quantizer in quantizers(model)[1]:
         quantizer.enabled = False  # the folder holds weights; activations run in float when it is loaded
     cleaned = _logits(model, IDS)
-    with pytest.raises(Exception, match="ignore_mismatched_sizes"):  # transformers 5 builds every layer at full size
+    with pytest.raises(Exception, match="ignore_mismatched_sizes|size mismatch"):  # every layer built at full size
         BertForSequenceClassification.from_pretrained(tmp_path / "final")
     loaded = xtc_ds.load_cleaned(tmp_path / "final", attn_implementation="eager")
     assert not loaded.training and _layer(loaded).attention.self.query.out_features == 16
