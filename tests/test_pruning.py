@@ -550,3 +550,22 @@ def test_load_cleaned_names_the_file_of_a_damaged_or_oversized_tensor(tmp_path):
     weights_file.write_bytes(weights_file.read_bytes()[:1000])
     with pytest.raises(xtc_ds.PackedFormatError, match=r"model.safetensors"):
         xtc_ds.load_cleaned(tmp_path / "plain")
+
+
+def test_the_export_command_reads_a_pruned_cleaned_folder(tmp_path):
+    from xtc_ds.export.__main__ import main as export_main
+
+    config = {"compression_training": _section()}
+    model = _model()
+    xtc_ds.init_compression(model, config)
+    xtc_ds.redundancy_clean(model)
+    cleaned = _logits(model, IDS)
+    model.save_pretrained(tmp_path / "final")
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    export_main(
+        ["--model", str(tmp_path / "final"), "--deepspeed_config", str(tmp_path / "ds.json")]
+        + ["--output_dir", str(tmp_path / "packed")]
+    )
+    loaded = xtc_ds.load_packed(tmp_path / "packed", attn_implementation="eager")
+    assert _layer(loaded).attention.self.query.out_features == 16
+    assert torch.allclose(_logits(loaded, IDS), cleaned, atol=1e-5)

@@ -12,6 +12,8 @@ from torch import nn
 from xtc_ds.checkpoints import checkpoint_tag_dir
 from xtc_ds.config import CompressionConfig, ConfigError, load_compression_config
 from xtc_ds.errors import CheckpointError, ModelError, PackedFormatError, XtcError
+from xtc_ds.export.format import WEIGHTS_FILE
+from xtc_ds.export.load import load_cleaned
 from xtc_ds.files import require_model_folder
 from xtc_ds.safe_load import check_pickle, load_weights
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
@@ -104,9 +106,13 @@ def export_config(root: nn.Module, deepspeed_config: Any) -> CompressionConfig:
 
 
 def _load_hf(folder: Path) -> nn.Module:
+    """The model of a Hugging Face folder; one saved as ``model.safetensors`` through :func:`load_cleaned`, which also
+    reads a cleaned model that pruning made smaller than its config (``from_pretrained`` refuses those)."""
     import transformers
 
     require_model_folder(folder)
+    if (folder / WEIGHTS_FILE).is_file():
+        return load_cleaned(folder, strict=False)
     try:
         config = transformers.AutoConfig.from_pretrained(folder)
         architecture = (config.architectures or [None])[0]

@@ -180,7 +180,10 @@ def _is_packed_range(key: str, specs: dict[str, PackedSpec]) -> bool:
 
 
 def load_cleaned(
-    folder: Union[str, Path], model_class: Optional[type] = None, attn_implementation: Optional[str] = None
+    folder: Union[str, Path],
+    model_class: Optional[type] = None,
+    attn_implementation: Optional[str] = None,
+    strict: bool = True,
 ) -> nn.Module:
     """A model that :func:`xtc_ds.redundancy_clean` cleaned and ``save_pretrained`` saved (``launch/train.py``'s
     ``final/``), in eval mode, with the smaller Linears, Conv2d and BatchNorm2d that pruning left.
@@ -194,6 +197,8 @@ def load_cleaned(
         folder: a Hugging Face folder (``config.json`` + ``model.safetensors``).
         model_class: the ``transformers`` class to build (default: ``config.json``'s ``architectures``).
         attn_implementation: ``"eager"``, ``"sdpa"``, ... (default: what ``transformers`` picks).
+        strict: refuse tensors the model does not hold; without, they are ignored as ``from_pretrained`` does
+            (the pruning scores a compressed, not yet cleaned model saves).
     Raises:
         PackedFormatError: naming the file and field or tensor that is missing, unreadable or does not fit.
     """
@@ -225,6 +230,8 @@ def load_cleaned(
         raise PackedFormatError(str(err)) from None
     tensors = read_tensors(folder)
     expected = model.state_dict()
+    if not strict:
+        tensors = {name: tensor for name, tensor in tensors.items() if name in expected}
     for name, tensor in tensors.items():
         if name not in expected:
             raise PackedFormatError(f"{path}: unexpected tensor '{name}' for {model_class.__name__}")
