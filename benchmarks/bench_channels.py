@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
-from bench_inference import _time
+from bench_inference import median_times
 
 from xtc_ds import init_compression, load_cleaned, redundancy_clean
 
@@ -75,14 +74,7 @@ def main() -> None:
     print("| batch | model | params M | file MB | ms | speed-up |")
     print("|---|---|---|---|---|---|")
     for batch in args.batches:
-        inputs = {"pixel_values": torch.randn(batch, 3, args.image, args.image)}
-        for model in variants.values():
-            _time(model, inputs)
-        times: dict[str, list[float]] = {label: [] for label in variants}
-        for _ in range(args.rounds):
-            for label, model in variants.items():
-                times[label].append(_time(model, inputs))
-        median = {label: statistics.median(values) for label, values in times.items()}
+        median = median_times(variants, {"pixel_values": torch.randn(batch, 3, args.image, args.image)}, args.rounds)
         for label in variants:
             print(
                 f"| {batch} | {label} | {params[label]:.2f} | {sizes[label]:.1f} | {median[label] * 1e3:.1f} | "

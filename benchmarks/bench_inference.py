@@ -78,6 +78,17 @@ def _time(model: Any, inputs: dict[str, torch.Tensor]) -> float:
         return time.perf_counter() - start
 
 
+def median_times(variants: dict[str, Any], inputs: dict[str, torch.Tensor], rounds: int) -> dict[str, float]:
+    """Median forward seconds of each variant: one warm-up call each, then ``rounds`` interleaved rounds."""
+    for model in variants.values():
+        _time(model, inputs)
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(rounds):
+        for label, model in variants.items():
+            times[label].append(_time(model, inputs))
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
 class _Flavoured:
     """A packed model whose CPU ops run on one kernel flavour for every call (``native.use_cpu_flavour``)."""
 

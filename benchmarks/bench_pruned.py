@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 from _models import minilm
-from bench_inference import _time
+from bench_inference import median_times
 
 from xtc_ds import CompressionScheduler, export_packed, init_compression, load_packed, redundancy_clean
 
@@ -80,14 +79,7 @@ def main() -> None:
             ids = torch.randint(
                 1000, fp32.config.vocab_size, (batch, args.seq), generator=torch.Generator().manual_seed(0)
             )
-            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-            for model in variants.values():
-                _time(model, inputs)
-            times: dict[str, list[float]] = {label: [] for label in variants}
-            for _ in range(args.rounds):
-                for label, model in variants.items():
-                    times[label].append(_time(model, inputs))
-            median = {label: statistics.median(values) for label, values in times.items()}
+            median = median_times(variants, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, args.rounds)
             for label in variants:
                 size = f"{sizes[label]:.2f}" if label in sizes else ""
                 print(
