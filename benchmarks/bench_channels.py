@@ -17,25 +17,14 @@ import copy
 import tempfile
 from pathlib import Path
 
+import _models  # noqa: F401  (puts tests/ on the path, for the configs shared with the tests)
 import torch
 from bench_inference import median_times
 
+from configs import resnet_channel_pruning
 from xtc_ds import init_compression, load_cleaned, redundancy_clean
 
-CHANNELS = {
-    "compression_training": {
-        "channel_pruning": {
-            "shared_parameters": {"enabled": True, "schedule_offset": 0, "method": "l1"},
-            "different_groups": {
-                "cp1": {
-                    "params": {"dense_ratio": 0.5},
-                    "modules": [r"layers\.\d+\.layer\.0\.convolution"],
-                    "related_modules": [[r"layer\.0\.normalization", r"layer\.1\.convolution"]],
-                }
-            },
-        }
-    }
-}
+CHANNELS = {"compression_training": {"channel_pruning": resnet_channel_pruning()}}
 
 
 def resnet18() -> torch.nn.Module:

@@ -45,3 +45,16 @@ def recipe(
 def section(name: str = "ds_xtc_1bit.json", **changes: Any) -> dict[str, Any]:
     """Only the ``compression_training`` section of :func:`recipe`."""
     return recipe(name, **changes)["compression_training"]
+
+
+def resnet_channel_pruning(method: str = "l1", schedule_offset: int = 0, related: bool = True) -> dict[str, Any]:
+    """A ``channel_pruning`` section for Hugging Face's ResNet (``tests/models.py::tiny_resnet``, ResNet-18 shapes in
+    the benchmark): half the channels of every basic block's first convolution, with its BatchNorm2d and the second
+    convolution's inputs as related modules (``related=False``: none)."""
+    group: dict[str, Any] = {"params": {"dense_ratio": 0.5}, "modules": [r"layers\.\d+\.layer\.0\.convolution"]}
+    if related:
+        group["related_modules"] = [[r"layer\.0\.normalization", r"layer\.1\.convolution"]]
+    return {
+        "shared_parameters": {"enabled": True, "schedule_offset": schedule_offset, "method": method},
+        "different_groups": {"cp1": group},
+    }

@@ -4,26 +4,14 @@ changing the logits, packed exports of the smaller model, and the errors a wrong
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 import xtc_ds
+from configs import resnet_channel_pruning
 from models import tiny_resnet
 from xtc_ds.config import ConfigError
 
-OWNERS = r"layers\.\d+\.layer\.0\.convolution"
-CHANNEL = {
-    "shared_parameters": {"enabled": True, "schedule_offset": 2, "method": "l1"},
-    "different_groups": {
-        "cp1": {
-            "params": {"dense_ratio": 0.5},
-            "modules": [OWNERS],
-            "related_modules": [[r"layer\.0\.normalization", r"layer\.1\.convolution"]],
-        }
-    },
-}
 CLASSIFIER_8BIT = {
     "shared_parameters": {"enabled": True, "schedule_offset": 0},
     "different_groups": {"wq1": {"params": {"start_bits": 8, "target_bits": 8}, "modules": ["classifier"]}},
@@ -32,12 +20,9 @@ PIXELS = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 LABELS = torch.tensor([0, 1, 2, 0])
 
 
-def _config(method: str = "l1", related: bool = True, **shared) -> dict:
-    section = copy.deepcopy(CHANNEL)
-    section["shared_parameters"].update(method=method, **shared)
-    if not related:
-        del section["different_groups"]["cp1"]["related_modules"]
-    return {"compression_training": {"channel_pruning": section, "weight_quantization": CLASSIFIER_8BIT}}
+def _config(method: str = "l1", related: bool = True, schedule_offset: int = 2) -> dict:
+    channels = resnet_channel_pruning(method, schedule_offset, related)
+    return {"compression_training": {"channel_pruning": channels, "weight_quantization": CLASSIFIER_8BIT}}
 
 
 def _block(model, stage: int = 0):

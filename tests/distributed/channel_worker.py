@@ -16,9 +16,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (the tiny models)
 
+from configs import resnet_channel_pruning  # noqa: E402
 from models import tiny_resnet  # noqa: E402
-
-OWNERS = r"layers\.\d+\.layer\.0\.convolution"
 
 
 def ds_config(stage: int, world: int) -> dict:
@@ -27,16 +26,7 @@ def ds_config(stage: int, world: int) -> dict:
         "train_micro_batch_size_per_gpu": 4,
         "zero_optimization": {"stage": stage},
         "compression_training": {
-            "channel_pruning": {
-                "shared_parameters": {"enabled": True, "schedule_offset": 1, "method": "topk"},
-                "different_groups": {
-                    "cp1": {
-                        "params": {"dense_ratio": 0.5},
-                        "modules": [OWNERS],
-                        "related_modules": [[r"layer\.0\.normalization", r"layer\.1\.convolution"]],
-                    }
-                },
-            },
+            "channel_pruning": resnet_channel_pruning("topk", schedule_offset=1),
             "weight_quantization": {
                 "shared_parameters": {"enabled": True, "schedule_offset": 0},
                 "different_groups": {
