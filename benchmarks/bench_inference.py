@@ -10,9 +10,12 @@ what evaluation during training runs); and the XTC 1-/2-bit-weight, 8-bit per-to
 with ``export_packed`` and loaded with ``load_packed``, on the best CPU kernel flavour this machine has and, for
 W1A8, side by side on each other flavour it executes (``--flavours``; e.g. AVX2 and the portable loops on an
 AVX-512 VNNI CPU: what a fleet of older CPUs would run). With ``onnxruntime`` installed (the ``[onnx]`` extra)
-also ONNX Runtime: the fp32 model exported by ``torch.onnx.export``; that file after
+also ONNX Runtime: the fp32 model exported by ``torch.onnx.export`` with eager attention (ONNX Runtime runs that
+export faster than the default SDPA one, so it is the stronger baseline); that file after
 ``onnxruntime.quantization.quantize_dynamic`` (int8 weights and activations: what a BERT user deploys on CPU
-today); and ``xtc_ds.export_onnx`` of the packed W1A8 / W2A8 models (``MatMulNBits``, ``accuracy_level`` 4).
+today); and ``xtc_ds.export_onnx`` of the packed W1A8 / W2A8 models, with ``MatMulNBits`` (``accuracy_level`` 4)
+and with ``linear_op="MatMulIntegerToFloat"`` ("int8 GEMM": ONNX Runtime's int8 kernel on weights rebuilt at load
+from the 1/2-bit codes in the file; "fp16": of a W1A8 model packed with float16 unquantized tensors).
 ONNX Runtime sessions get the same thread count as torch. Peak memory of loading each is measured in a fresh
 subprocess: peak RSS while loading and running one short forward pass (which touches every weight), minus the
 RSS of the interpreter with torch, transformers, onnxruntime and the BERT model code imported. File size is the
@@ -22,6 +25,7 @@ model's weights file (``model.safetensors`` or ``model.onnx``). Models: the real
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import statistics
@@ -71,7 +75,11 @@ def _load_peak_mb(kind: str, path: Path) -> float:
     return (peak - before) / 1024
 
 
+_SETTLE_S = 0.05  # before each timed call: the previous variant's spinning worker threads (ORT, OpenMP) go idle
+
+
 def _time(model: Any, inputs: dict[str, torch.Tensor]) -> float:
+    time.sleep(_SETTLE_S)
     with torch.inference_mode():
         start = time.perf_counter()
         model(**inputs)
@@ -116,11 +124,16 @@ class _OrtModel:
         return self.session.run(None, feed)[0]
 
 
-def _onnx_variants(model: torch.nn.Module, packed: dict[int, Path], tmp: Path, name: str) -> dict[str, tuple]:
-    """ONNX Runtime fp32, int8 dynamic and XTC (MatMulNBits) variants: (callable, loader kind, file)."""
+def _onnx_variants(
+    model: torch.nn.Module, packed: dict[int, Path], half: Path, tmp: Path, name: str
+) -> dict[str, tuple]:
+    """ONNX Runtime fp32, int8 dynamic and XTC variants (``half``: a float16 packed W1A8 export):
+    (callable, loader kind, file)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = tmp / f"{name}-fp32.onnx"
+    model = copy.deepcopy(model)
+    model.set_attn_implementation("eager")  # ONNX Runtime fuses eager attention better than the SDPA export
     ids = torch.ones(2, 8, dtype=torch.long)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with warnings.catch_warnings(), torch.no_grad():
@@ -140,6 +153,11 @@ def _onnx_variants(model: torch.nn.Module, packed: dict[int, Path], tmp: Path, n
     variants = {"ORT fp32": fp32, "ORT int8 dynamic": int8}
     for bits, folder in packed.items():
         variants[f"ORT XTC W{bits}A8"] = export_onnx(folder, tmp / f"{name}-onnx-w{bits}") / "model.onnx"
+    for bits, folder in packed.items():
+        int8 = export_onnx(folder, tmp / f"{name}-onnx-int8-w{bits}", linear_op="MatMulIntegerToFloat")
+        variants[f"ORT XTC W{bits}A8 int8 GEMM"] = int8 / "model.onnx"
+    int8 = export_onnx(half, tmp / f"{name}-onnx-int8-fp16", linear_op="MatMulIntegerToFloat")
+    variants["ORT XTC W1A8 int8 fp16"] = int8 / "model.onnx"
     return {key: (_OrtModel(path), "onnx", path) for key, path in variants.items()}
 
 
@@ -178,7 +196,8 @@ def bench(
     for isa in flavours:
         variants[f"packed W1A8 {isa}"] = (_Flavoured(variants["packed W1A8"][0], isa), None, packed[1])
     if onnx:
-        variants.update(_onnx_variants(model, packed, tmp, name))
+        half = export_packed(compressed(model, 1), compression_config(1), tmp / f"{name}-w1-fp16", dtype=torch.float16)
+        variants.update(_onnx_variants(model, packed, half, tmp, name))
     rows = []
     for batch in batches:
         generator = torch.Generator().manual_seed(0)
@@ -228,11 +247,11 @@ def main() -> None:
             rows += bench(name, build(), args.batches, args.seq, args.rounds, Path(tmp), args.onnx, args.flavours)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, seq {args.seq}, median of {args.rounds}")
     print(f"CPU kernel flavour of 'packed': {best} (this CPU runs {', '.join(builder.supported_isas())})")
-    print(f"{'model':<10} {'batch':>5} {'variant':<23} {'ms':>9} {'speed-up':>9} {'file MB':>8} {'load peak MB':>13}")
+    print(f"{'model':<10} {'batch':>5} {'variant':<26} {'ms':>9} {'speed-up':>9} {'file MB':>8} {'load peak MB':>13}")
     for name, batch, key, ms, speedup, size, peak in rows:
         peak_text = "" if peak is None else f"{peak:.0f}"
         size_text = "" if size is None else f"{size:.1f}"
-        print(f"{name:<10} {batch:>5} {key:<23} {ms:>9.1f} {speedup:>8.2f}x {size_text:>8} {peak_text:>13}")
+        print(f"{name:<10} {batch:>5} {key:<26} {ms:>9.1f} {speedup:>8.2f}x {size_text:>8} {peak_text:>13}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -24,6 +24,7 @@ def _export(args: argparse.Namespace):
             block_size=args.block_size,
             overwrite=args.overwrite_output_dir,
             one_bit_storage=args.one_bit_storage,
+            linear_op=args.linear_op,
         )
     if args.deepspeed_config is None:
         raise ConfigError("--deepspeed_config: required for --format packed (the config the model was trained with)")
@@ -81,6 +82,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "--one_bit_storage",
         action="store_true",
         help="onnx: binary weights at 1 bit in the file (about a third smaller; more memory while ONNX Runtime loads)",
+    )
+    parser.add_argument(
+        "--linear_op",
+        choices=("MatMulNBits", "MatMulIntegerToFloat"),
+        default="MatMulNBits",
+        help="onnx: MatMulIntegerToFloat = ONNX Runtime's int8 GEMM, weights rebuilt at load from their 1/2/4-bit "
+        "codes (fastest where ONNX Runtime's int8 kernels use AMX or VNNI; activations quantized per tensor)",
     )
     args = parser.parse_args(argv)
     if args.format == "onnx" and (args.checkpoint or args.dtype != "float32"):

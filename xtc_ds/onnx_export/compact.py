@@ -4,8 +4,14 @@ ONNX Runtime constant-folds when it loads the model (before ``MatMulNBits`` prep
 - Binary weights: ``MatMulNBits`` has no 1-bit form, so its ``B`` holds 2-bit codes 1 and 3. The file stores the
   packed export's 1 bit per weight instead (``<B>.bits1``, the :mod:`xtc_ds.quant.packing` layout) and a chain
   ``BitShift -> BitwiseAnd -> 2 * bit + 1 -> pack 4 per byte`` rebuilds ``B`` at load.
+- ``MatMulIntegerToFloat`` weights: its ``B`` is int8 ``(K, N)``; the file stores the codes at their own width
+  (1, 2 or 4 bits, packed along N, ``<B>.codes``) and one 256-entry table per code map from a byte to its
+  ``8 / width`` entries; ``Cast -> Gather -> Reshape`` rebuilds ``B`` at load (a few transient bytes per weight
+  while ONNX Runtime folds it, then the int8 ``B`` its GEMM prepacks).
 - Per-row scales: ``MatMulNBits`` takes one scale per block; where every block of a row has the same scale the
   file stores one per row (``<scales>.rows``) and ``Expand`` repeats it.
+- Float tensors of one repeated value (scales of ``quantize_groups: 1``): the value once (``<name>.fill``) and
+  ``Expand``.
 - Float tensors whose every value is exact in float16 (those of a ``float16`` packed export): stored in float16
   (``<name>.fp16``) and ``Cast`` back, so the float32 values are unchanged.
 - The exporter's per-node source annotations (stack traces) are dropped.
@@ -15,17 +21,30 @@ ONNX Runtime constant-folds when it loads the model (before ``MatMulNBits`` prep
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from xtc_ds.onnx_export.mapping import NBitsWeight
+from xtc_ds.onnx_export.mapping import Int8Weight, NBitsWeight
 from xtc_ds.quant.packing import pack_bits, unpack_bits
 
-__all__ = ["BITS1_SUFFIX", "ROWS_SUFFIX", "FP16_SUFFIX", "compact_initializers", "nbits_weights"]
+__all__ = [
+    "BITS1_SUFFIX",
+    "ROWS_SUFFIX",
+    "FP16_SUFFIX",
+    "CODES_SUFFIX",
+    "FILL_SUFFIX",
+    "Int8Storage",
+    "compact_initializers",
+    "nbits_weights",
+    "int8_weights",
+]
 
 BITS1_SUFFIX = ".bits1"
+CODES_SUFFIX = ".codes"
+FILL_SUFFIX = ".fill"
+_FILL_MIN_ELEMENTS = 256
 ROWS_SUFFIX = ".rows"
 FP16_SUFFIX = ".fp16"
 _FP16_MIN_ELEMENTS = 1024  # smaller tensors are not worth a Cast node
@@ -74,6 +93,53 @@ def _bits1_nodes(name: str, n: int, k: int, block_size: int) -> tuple[list[Any],
     return nodes, constants
 
 
+class Int8Storage(NamedTuple):
+    """How a ``MatMulIntegerToFloat`` ``B`` is stored: codes of ``width`` bits, ``entry = base + step * code``."""
+
+    width: int
+    base: int
+    step: int
+
+
+def _int8_table(storage: Int8Storage, dtype: np.dtype) -> np.ndarray:
+    """``(256, 8 / width)``: the ``B`` entries of every byte of packed codes, first code first."""
+    per_byte = 8 // storage.width
+    places = np.arange(per_byte) * storage.width
+    codes = (np.arange(256)[:, None] >> places) & (2**storage.width - 1)
+    return (storage.base + storage.step * codes).astype(dtype)
+
+
+def _int8_compact(name: str, matrix: np.ndarray, storage: Int8Storage) -> tuple[list[Any], list[Any]]:
+    """Nodes computing ``B`` (initializer ``name``, ``(K, N)``) from its packed codes and the table of its code map,
+    and their initializers (the table under a name shared by every ``B`` of the same map)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = matrix.shape
+    per_byte = 8 // storage.width
+    padded = -(-n // per_byte) * per_byte
+    codes = (matrix.astype(np.int16) - storage.base) // storage.step
+    codes = np.pad(codes, ((0, 0), (0, padded - n))).astype(np.uint8)
+    packed = pack_bits(torch.from_numpy(codes), storage.width).numpy()
+    table = f"xtc.int8_table.{matrix.dtype}.w{storage.width}.b{storage.base}.s{storage.step}"
+    t = f"{name}/"
+    inits = [
+        numpy_helper.from_array(packed, name + CODES_SUFFIX),
+        numpy_helper.from_array(_int8_table(storage, matrix.dtype), table),
+        numpy_helper.from_array(np.array([k, padded], np.int64), t + "shape"),
+    ]
+    whole = name if padded == n else t + "padded"
+    nodes = [
+        helper.make_node("Cast", [name + CODES_SUFFIX], [t + "index"], to=TensorProto.INT32),
+        helper.make_node("Gather", [table, t + "index"], [t + "entries"], axis=0),
+        helper.make_node("Reshape", [t + "entries", t + "shape"], [whole]),
+    ]
+    if padded != n:
+        bounds = (("start", [0]), ("end", [n]), ("axis", [1]))
+        inits += [numpy_helper.from_array(np.array(value, np.int64), t + key) for key, value in bounds]
+        nodes.append(helper.make_node("Slice", [whole, t + "start", t + "end", t + "axis"], [name]))
+    return nodes, inits
+
+
 def _rows_nodes(name: str, rows: int, blocks: int) -> tuple[list[Any], list[Any]]:
     """Nodes computing the flat per-block scales ``name`` from one scale per row (``name + ROWS_SUFFIX``)."""
     from onnx import helper, numpy_helper
@@ -85,6 +151,25 @@ def _rows_nodes(name: str, rows: int, blocks: int) -> tuple[list[Any], list[Any]
         helper.make_node("Reshape", [f"{name}/expanded", flat.name], [name]),
     ]
     return nodes, [shape, flat]
+
+
+def _uniform(graph: Any) -> tuple[list[Any], list[Any]]:
+    """Float initializers of one repeated value replaced by that value; returns the Expand nodes and new
+    initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or np.prod(init.dims) < _FILL_MIN_ELEMENTS:
+            continue
+        values = numpy_helper.to_array(init)
+        if not (values == values.flat[0]).all():
+            continue
+        graph.initializer.remove(init)
+        inits.append(numpy_helper.from_array(values.reshape(-1)[:1], init.name + FILL_SUFFIX))
+        inits.append(numpy_helper.from_array(np.array(values.shape, np.int64), f"{init.name}/fill_shape"))
+        nodes.append(helper.make_node("Expand", [inits[-2].name, inits[-1].name], [init.name]))
+    return nodes, inits
 
 
 def _half_precision(graph: Any) -> tuple[list[Any], list[Any]]:
@@ -105,16 +190,24 @@ def _half_precision(graph: Any) -> tuple[list[Any], list[Any]]:
     return nodes, inits
 
 
-def compact_initializers(model: Any, binary_codes: set[str]) -> None:
+def compact_initializers(model: Any, binary_codes: set[str], int8_storage: dict[str, Int8Storage]) -> None:
     """Rewrite ``model`` (an ``onnx.ModelProto``) in place: ``MatMulNBits`` codes named in ``binary_codes`` stored
-    at 1 bit (where K is a whole number of blocks), per-row scales stored once per row, float16-exact tensors in
-    float16, no source annotations."""
+    at 1 bit (where K is a whole number of blocks), per-row scales stored once per row, the ``MatMulIntegerToFloat``
+    weights named in ``int8_storage`` stored as codes of fewer than 8 bits, one-value tensors as their value,
+    float16-exact tensors in float16, no source annotations."""
     from onnx import numpy_helper
 
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     new_nodes, new_inits = [], []
     for node in graph.node:
+        storage = int8_storage.get(node.input[1]) if node.op_type == "MatMulIntegerToFloat" else None
+        if storage is not None and storage.width < 8 and node.input[1] in initializers:
+            matrix = numpy_helper.to_array(initializers[node.input[1]])
+            graph.initializer.remove(initializers.pop(node.input[1]))
+            nodes, constants = _int8_compact(node.input[1], matrix, storage)
+            new_nodes += nodes
+            new_inits += constants
         if node.op_type != "MatMulNBits":
             continue
         attrs = _attributes(node)
@@ -136,23 +229,58 @@ def compact_initializers(model: Any, binary_codes: set[str]) -> None:
             nodes, constants = _rows_nodes(scales_name, n, scales.shape[1])
             new_nodes += nodes
             new_inits += constants
+    graph.initializer.extend({init.name: init for init in new_inits}.values())  # shared tables once
+    fill_nodes, fill_inits = _uniform(graph)
     half_nodes, half_inits = _half_precision(graph)
-    new_nodes += half_nodes
-    graph.initializer.extend(new_inits + half_inits)
+    graph.initializer.extend(fill_inits + half_inits)
+    new_nodes = fill_nodes + half_nodes + new_nodes
     for node in graph.node:
         del node.metadata_props[:]
     for index, node in enumerate(new_nodes):  # producers first, so the graph stays topologically sorted
         graph.node.insert(index, node)
 
 
-def nbits_weights(model: Any) -> dict[str, NBitsWeight]:
-    """Node input name of the codes -> the runtime :class:`NBitsWeight` of every ``MatMulNBits`` and
-    ``GatherBlockQuantized`` in ``model``, read from its initializers (compact ones expanded as ONNX Runtime does)."""
+def _float_arrays(model: Any) -> dict[str, np.ndarray]:
+    """Every initializer of ``model`` by name, float16-stored and one-value ones also as the tensor they stand for."""
     from onnx import numpy_helper
 
     arrays = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     for name in [name for name in arrays if name.endswith(FP16_SUFFIX)]:
         arrays[name.removesuffix(FP16_SUFFIX)] = arrays[name].astype(np.float32)
+    for name in [name for name in arrays if name.endswith(FILL_SUFFIX)]:
+        full = name.removesuffix(FILL_SUFFIX)
+        arrays[full] = np.full(arrays[f"{full}/fill_shape"], arrays[name][0], arrays[name].dtype)
+    return arrays
+
+
+def int8_weights(model: Any) -> dict[str, Int8Weight]:
+    """Node input name of ``B`` -> the runtime :class:`Int8Weight` of every ``MatMulIntegerToFloat`` in ``model``
+    (compact ones expanded as ONNX Runtime does: the table indexed by the packed codes)."""
+    arrays = _float_arrays(model)
+    tables = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "Gather"}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMulIntegerToFloat":
+            continue
+        name = node.input[1]
+        matrix = arrays.get(name)
+        if matrix is None:
+            codes = arrays[name + CODES_SUFFIX]
+            entries = arrays[tables[f"{name}/entries"]][codes.astype(np.int32)].reshape(codes.shape[0], -1)
+            matrix = entries[:, : arrays[node.input[3]].shape[0]]
+        zero = node.input[5] if len(node.input) > 5 and node.input[5] else None
+        found[name] = Int8Weight(
+            torch.from_numpy(np.array(matrix)),
+            torch.from_numpy(arrays[node.input[3]].copy()),
+            None if zero is None else torch.from_numpy(arrays[zero].copy()),
+        )
+    return found
+
+
+def nbits_weights(model: Any) -> dict[str, NBitsWeight]:
+    """Node input name of the codes -> the runtime :class:`NBitsWeight` of every ``MatMulNBits`` and
+    ``GatherBlockQuantized`` in ``model``, read from its initializers (compact ones expanded as ONNX Runtime does)."""
+    arrays = _float_arrays(model)
     found = {}
     for node in model.graph.node:
         if node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):

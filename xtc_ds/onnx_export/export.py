@@ -3,7 +3,8 @@
 The folder holds ``model.onnx`` (inputs ``input_ids``, ``attention_mask`` and, where the model has token types,
 ``token_type_ids``, with dynamic batch and sequence axes; output ``logits``), the model's plain ``config.json``,
 the tokenizer files and ``xtc_onnx.json`` (what was exported and how). Quantized Linears are
-``com.microsoft::MatMulNBits`` nodes and quantized embeddings ``GatherBlockQuantized`` (2/4/8-bit) or a
+``com.microsoft::MatMulNBits`` nodes (or, on request, ``MatMulIntegerToFloat`` with int8 weights rebuilt at load
+from their 1/2/4-bit codes) and quantized embeddings ``GatherBlockQuantized`` (2/4/8-bit) or a
 1-bit unpack, holding the packed export's codes and scales unchanged (:mod:`xtc_ds.onnx_export.mapping`), binary
 per-row scales (and, on request, binary codes) stored compactly in the file (:mod:`xtc_ds.onnx_export.compact`).
 """
@@ -25,16 +26,17 @@ from xtc_ds.export.write import check_output_dir, copy_tokenizer, export_packed,
 from xtc_ds.files import replace_dir_atomic
 from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.onnx_export import ops
-from xtc_ds.onnx_export.compact import compact_initializers, nbits_weights
-from xtc_ds.onnx_export.mapping import packed_from_nbits
-from xtc_ds.onnx_export.modules import ACCURACY_LEVELS, onnx_ready
+from xtc_ds.onnx_export.compact import Int8Storage, compact_initializers, int8_weights, nbits_weights
+from xtc_ds.onnx_export.mapping import int8_code_map, packed_from_int8, packed_from_nbits
+from xtc_ds.onnx_export.modules import ACCURACY_LEVELS, LINEAR_OPS, Int8Linear, onnx_ready
+from xtc_ds.quant.reference import storage_bits
 
 __all__ = ["export_onnx", "ONNX_FILE", "RECORD_FILE", "DEFAULT_BLOCK_SIZE", "model_input_names"]
 
 ONNX_FILE = "model.onnx"
 RECORD_FILE = "xtc_onnx.json"
 DEFAULT_BLOCK_SIZE = 128
-_OPSET = 18
+_OPSET = 20
 
 
 def _require_onnx() -> None:
@@ -84,14 +86,23 @@ def _check_round_trip(model_proto: Any, packed: nn.Module, specs: dict[str, Pack
     from onnx import numpy_helper
 
     modules = dict(packed.named_modules())
-    written = nbits_weights(model_proto)
+    written = {**nbits_weights(model_proto), **int8_weights(model_proto)}
     arrays = {init.name: init for init in model_proto.graph.initializer}
     for name, spec in specs.items():
         if spec.bits is None:
             continue
         codes_name = f"model.{name}.codes"
         held = modules[name].quantized_weight()
-        if spec.kind == "embedding" and spec.bits == 1:
+        if f"model.{name}.int8_weight" in written:
+            decoded = packed_from_int8(written[f"model.{name}.int8_weight"], spec)
+            same = (
+                torch.equal(decoded.codes, held.codes)
+                and torch.equal(decoded.weight_scale, held.weight_scale.float())
+                and (held.weight_zero_point is None) == (decoded.weight_zero_point is None)
+                and (decoded.weight_zero_point is None or torch.equal(decoded.weight_zero_point,
+                                                                      held.weight_zero_point.float()))
+            )  # fmt: skip
+        elif spec.kind == "embedding" and spec.bits == 1:
             same = codes_name in arrays and np.array_equal(
                 numpy_helper.to_array(arrays[codes_name]), modules[name].packed_weight.numpy()
             )
@@ -115,6 +126,7 @@ def export_onnx(
     tokenizer: Any = None,
     overwrite: bool = False,
     one_bit_storage: bool = False,
+    linear_op: str = "MatMulNBits",
 ) -> Path:
     """Write a compressed sequence classifier as an ONNX Runtime folder, atomically.
 
@@ -133,6 +145,13 @@ def export_onnx(
         one_bit_storage: store binary weights at 1 bit in ``model.onnx`` (2 bits otherwise), expanded when ONNX
             Runtime loads the model. The file shrinks by about a third, but loading briefly needs several bytes
             per weight (BERT-base: 716 MB peak instead of 80 MB), so it is off by default.
+        linear_op: what a quantized Linear with 8-bit activations becomes. ``"MatMulNBits"``: 2/4/8-bit codes
+            with per-block scales, ``accuracy_level`` as above. ``"MatMulIntegerToFloat"``: ONNX Runtime's int8
+            GEMM (AMX or VNNI where the CPU has them), its int8 weight rebuilt at load from the codes stored at
+            their own width (binary: 1 bit); activations quantized by ONNX Runtime to uint8 with one scale per
+            tensor (xtc_ds quantizes per token), so logits differ from ``load_packed``'s by about as much as at
+            ``accuracy_level`` 4; needs ``accuracy_level`` 4 and one scale per output row. Other Linears (weights
+            only, 4-bit activations) stay ``MatMulNBits``.
     Returns:
         ``output_dir``.
     Raises:
@@ -141,6 +160,13 @@ def export_onnx(
     """
     if accuracy_level not in ACCURACY_LEVELS:
         raise OnnxExportError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level!r}")
+    if linear_op not in LINEAR_OPS:
+        raise OnnxExportError(f"linear_op must be one of {LINEAR_OPS}, got {linear_op!r}")
+    if linear_op == "MatMulIntegerToFloat" and accuracy_level != 4:
+        raise OnnxExportError(
+            "linear_op='MatMulIntegerToFloat' quantizes activations to int8 (accuracy_level 4); "
+            f"accuracy_level={accuracy_level} needs linear_op='MatMulNBits'"
+        )
     if block_size not in (16, 32, 64, 128, 256):
         raise OnnxExportError(f"block_size must be a power of two from 16 to 256, got {block_size!r}")
     _require_onnx()
@@ -151,7 +177,7 @@ def export_onnx(
         specs = {
             name: PackedSpec.from_dict(spec) for name, spec in model.config.quantization_config["modules"].items()
         }
-        ready = onnx_ready(model, specs, accuracy_level, block_size)
+        ready = onnx_ready(model, specs, accuracy_level, block_size, linear_op)
         names = model_input_names(model)
         example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
         axes = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
@@ -171,7 +197,12 @@ def export_onnx(
         model_proto = program.model_proto
         binary = {f"model.{name}.codes" for name, spec in specs.items() if spec.bits == 1 and spec.kind != "embedding"}
         binary = binary if one_bit_storage else set()
-        compact_initializers(model_proto, binary)
+        int8_storage = {
+            f"model.{name}.int8_weight": Int8Storage(storage_bits(specs[name].bits), *int8_code_map(specs[name]))
+            for name, module in ready.named_modules()
+            if isinstance(module, Int8Linear)
+        }
+        compact_initializers(model_proto, binary, int8_storage)
         _check_round_trip(model_proto, model, specs)
         config = model.config.to_dict()
         config.pop("quantization_config", None)
@@ -179,6 +210,7 @@ def export_onnx(
             "accuracy_level": accuracy_level,
             "block_size": block_size,
             "one_bit_storage": one_bit_storage,
+            "linear_op": linear_op,
             "inputs": names,
             "modules": {name: spec.to_dict() for name, spec in specs.items()},
             "packed_config_sha256": model.config.quantization_config.get("config_sha256"),

@@ -10,7 +10,14 @@ codes along a row. The maps below change only the code alphabet and the scale la
 - each block gets the scale of the group it lies in: a block size is chosen so that no block spans two groups
   (any size for per-row or multi-row groups), else the module is refused with the reason.
 
-:func:`packed_from_nbits` inverts the map; the export checks every module's round trip with it.
+``MatMulIntegerToFloat`` (ONNX Runtime's int8 GEMM) takes ``B`` as int8 ``(K, N)`` with one scale (and zero
+point) per column, i.e. per output row of the weight: :func:`to_int8` writes each weight's signed levels there
+(binary ``2c - 1``, ternary ``c - 1``, symmetric ``c - 2^(bits-1)``), or, for asymmetric weights, the uint8 codes
+with their zero points; groups must be whole rows. :func:`int8_code_map` is the affine map from codes to those
+entries, with which the file stores the codes at their own width (:mod:`xtc_ds.onnx_export.compact`).
+
+:func:`packed_from_nbits` and :func:`packed_from_int8` invert the maps; the export checks every module's round
+trip with them.
 """
 
 from __future__ import annotations
@@ -26,7 +33,17 @@ from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.quant.packing import pack_bits, unpack_bits
 from xtc_ds.quant.reference import QuantizedWeight
 
-__all__ = ["BLOCK_SIZES", "NBitsWeight", "onnx_bits", "to_nbits", "packed_from_nbits"]
+__all__ = [
+    "BLOCK_SIZES",
+    "NBitsWeight",
+    "Int8Weight",
+    "onnx_bits",
+    "to_nbits",
+    "packed_from_nbits",
+    "int8_code_map",
+    "to_int8",
+    "packed_from_int8",
+]
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 """Block sizes ONNX Runtime accepts (powers of two from 16)."""
@@ -144,3 +161,78 @@ def packed_from_nbits(weight: NBitsWeight, spec: PackedSpec) -> QuantizedWeight:
     elif spec.bits == 2:
         codes = codes - 1
     return QuantizedWeight(codes.to(torch.uint8).reshape(rows, cols), scale, zero_point)
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """A weight as ``MatMulIntegerToFloat`` holds it.
+
+    Attributes:
+        matrix: ``(K, N)``: int8 signed levels, or uint8 codes for asymmetric weights.
+        scales: float32 ``(N,)``, the scale of each output row.
+        zero_points: uint8 ``(N,)`` for asymmetric weights, else None.
+    """
+
+    matrix: torch.Tensor
+    scales: torch.Tensor
+    zero_points: Optional[torch.Tensor]
+
+
+def int8_code_map(spec: PackedSpec) -> tuple[int, int]:
+    """``(base, step)`` with ``matrix entry = base + step * code`` for a module's codes."""
+    if spec.bits == 1:
+        return -1, 2
+    if spec.bits == 2:
+        return -1, 1
+    return (-(2 ** (spec.bits - 1)), 1) if spec.symmetric else (0, 1)
+
+
+def _row_groups(spec: PackedSpec, name: str) -> torch.Tensor:
+    """The scale group of every output row; refuses groups that split a row."""
+    rows_per_group, rest = divmod(spec.out_features, spec.num_groups)
+    if rest or not rows_per_group:
+        raise OnnxExportError(
+            f"{name}: its {spec.num_groups} scale groups split its rows of {spec.in_features} weights, and "
+            "MatMulIntegerToFloat takes one scale per output row; export it with linear_op='MatMulNBits' or "
+            "quantize with quantize_groups dividing out_features"
+        )
+    return torch.arange(spec.out_features) // rows_per_group
+
+
+def to_int8(quantized: QuantizedWeight, spec: PackedSpec, name: str) -> Int8Weight:
+    """The ``MatMulIntegerToFloat`` form of one packed module's codes and scales.
+
+    Raises:
+        OnnxExportError: naming ``name`` when a scale group splits a row.
+    """
+    group = _row_groups(spec, name)
+    base, step = int8_code_map(spec)
+    codes = quantized.codes.reshape(spec.out_features, spec.in_features).to(torch.int16)
+    dtype = torch.int8 if base < 0 else torch.uint8
+    matrix = (base + step * codes).to(dtype).t().contiguous()
+    zero = quantized.weight_zero_point
+    zero_points = None if zero is None else zero.round().to(torch.uint8)[group].contiguous()
+    return Int8Weight(matrix, quantized.weight_scale.float()[group].contiguous(), zero_points)
+
+
+def packed_from_int8(weight: Int8Weight, spec: PackedSpec) -> QuantizedWeight:
+    """The packed module's codes and per-group scales of a ``MatMulIntegerToFloat`` weight: the inverse of
+    :func:`to_int8`.
+
+    Raises:
+        OnnxExportError: when the rows of one group disagree on its scale or zero point, or an entry is not a code.
+    """
+    group = _row_groups(spec, "the weight")
+    base, step = int8_code_map(spec)
+    offsets = weight.matrix.t().to(torch.int16) - base
+    if (offsets % step).any() or (offsets < 0).any() or (offsets // step >= 2**spec.bits).any():
+        raise OnnxExportError(f"B holds entries that are not {spec.bits}-bit codes")
+    scale = torch.zeros(spec.num_groups).index_put_((group,), weight.scales.float())
+    zero_point = None
+    if weight.zero_points is not None:
+        zero_point = torch.zeros(spec.num_groups).index_put_((group,), weight.zero_points.float())
+        if not torch.equal(zero_point[group], weight.zero_points.float()):
+            raise OnnxExportError("rows of one scale group hold different zero points")
+    if not torch.equal(scale[group], weight.scales.float()):
+        raise OnnxExportError("rows of one scale group hold different scales")
+    return QuantizedWeight((offsets // step).to(torch.uint8), scale, zero_point)

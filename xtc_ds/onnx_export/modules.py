@@ -1,10 +1,12 @@
 """Export-time stand-ins for packed modules: the same arithmetic, written with ops ``torch.onnx.export`` can emit.
 
 :func:`onnx_ready` returns a copy of a model from :func:`xtc_ds.load_packed` in which every packed Linear is an
-:class:`NBitsLinear` (``MatMulNBits``), every packed embedding an :class:`NBitsEmbedding` (``GatherBlockQuantized``,
-or a 1-bit unpack from standard ops) and every activation-only module an :class:`ActQuantLinear`. Activations are
-quantized per token with standard ONNX ops (:func:`fake_quant_activation`, the reference quantizer's grid) unless
-``MatMulNBits`` quantizes them itself (``accuracy_level`` 4: int8 per block of K, ONNX Runtime's fast path).
+:class:`NBitsLinear` (``MatMulNBits``) or, with ``linear_op="MatMulIntegerToFloat"`` and 8-bit activations, an
+:class:`Int8Linear` (ONNX Runtime's int8 GEMM); every packed embedding an :class:`NBitsEmbedding`
+(``GatherBlockQuantized``, or a 1-bit unpack from standard ops) and every activation-only module an
+:class:`ActQuantLinear`. Activations are quantized per token with standard ONNX ops (:func:`fake_quant_activation`,
+the reference quantizer's grid) unless the op quantizes them itself (``accuracy_level`` 4: ``MatMulNBits`` per
+block of K, ``MatMulIntegerToFloat`` per tensor).
 """
 
 from __future__ import annotations
@@ -22,12 +24,23 @@ from xtc_ds.nn.packed_embedding import XtcPackedEmbedding
 from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.nn.qat_linear import is_conv1d
 from xtc_ds.onnx_export import ops
-from xtc_ds.onnx_export.mapping import NBitsWeight, to_nbits
+from xtc_ds.onnx_export.mapping import Int8Weight, NBitsWeight, to_int8, to_nbits
 
-__all__ = ["ACCURACY_LEVELS", "NBitsLinear", "NBitsEmbedding", "ActQuantLinear", "fake_quant_activation", "onnx_ready"]
+__all__ = [
+    "ACCURACY_LEVELS",
+    "LINEAR_OPS",
+    "NBitsLinear",
+    "Int8Linear",
+    "NBitsEmbedding",
+    "ActQuantLinear",
+    "fake_quant_activation",
+    "onnx_ready",
+]
 
 ACCURACY_LEVELS = (0, 4)
 """``MatMulNBits`` arithmetic: 0 = float32 (activations quantized exactly as xtc_ds does), 4 = int8 activations."""
+LINEAR_OPS = ("MatMulNBits", "MatMulIntegerToFloat")
+"""The ONNX Runtime op a quantized Linear with 8-bit activations becomes."""
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -85,6 +98,21 @@ class NBitsLinear(nn.Module):
         )  # fmt: skip
 
 
+class Int8Linear(nn.Module):
+    """A packed Linear as one ``MatMulIntegerToFloat``: its levels as int8 ``B`` (stored compactly in the file,
+    :mod:`xtc_ds.onnx_export.compact`), activations quantized by ONNX Runtime (uint8, one scale per tensor)."""
+
+    def __init__(self, weight: Int8Weight, bias: Optional[torch.Tensor]) -> None:
+        super().__init__()
+        self.register_buffer("int8_weight", weight.matrix)
+        self.register_buffer("scales", weight.scales)
+        self.register_buffer("zero_points", weight.zero_points)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.dynamic_quantize_matmul(x.float(), self.int8_weight, self.scales, self.zero_points, self.bias)
+
+
 class NBitsEmbedding(nn.Module):
     """A packed embedding: 1-bit rows unpacked with standard ops, 2/4/8-bit ones with ``GatherBlockQuantized``."""
 
@@ -136,11 +164,18 @@ def _act_only_parts(module: nn.Module) -> tuple[torch.Tensor, Optional[torch.Ten
     return weight, module.bias, act_range
 
 
-def onnx_ready(model: nn.Module, specs: dict[str, PackedSpec], accuracy_level: int, block_size: int) -> nn.Module:
+def onnx_ready(
+    model: nn.Module,
+    specs: dict[str, PackedSpec],
+    accuracy_level: int,
+    block_size: int,
+    linear_op: str = LINEAR_OPS[0],
+) -> nn.Module:
     """A copy of a packed model (from :func:`xtc_ds.load_packed`) with export-time modules in place of packed ones.
 
-    ``accuracy_level`` 4 lets ``MatMulNBits`` quantize the inputs of 8-bit-activation modules itself; elsewhere
-    (level 0, weight-only modules, 4-bit activations) the module's own quantizer runs as standard ONNX ops.
+    ``accuracy_level`` 4 lets ``MatMulNBits`` (or, with ``linear_op="MatMulIntegerToFloat"``, ONNX Runtime's int8
+    GEMM) quantize the inputs of 8-bit-activation modules itself; elsewhere (level 0, weight-only modules, 4-bit
+    activations) the module's own quantizer runs as standard ONNX ops before a ``MatMulNBits``.
     """
     ready = copy.deepcopy(model)
     modules = dict(ready.named_modules())
@@ -153,6 +188,9 @@ def onnx_ready(model: nn.Module, specs: dict[str, PackedSpec], accuracy_level: i
             set_submodule(ready, name, NBitsEmbedding(module, name, block_size))
         else:
             native = accuracy_level == 4 and spec.act_bits == 8
+            if native and linear_op == "MatMulIntegerToFloat":
+                set_submodule(ready, name, Int8Linear(to_int8(module.quantized_weight(), spec, name), module.bias))
+                continue
             act = None if spec.act_bits is None or native else _ActQuant(spec, module.act_range)
             weight = to_nbits(module.quantized_weight(), spec, name, block_size)
             set_submodule(ready, name, NBitsLinear(weight, module.bias, act, accuracy_level if native else 0))

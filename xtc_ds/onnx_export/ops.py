@@ -10,6 +10,12 @@ tests) and a translation to its ``com.microsoft`` node, passed to ``torch.onnx.e
   ``(N, K / block_size, block_size * bits / 8)``; the zero point defaults to ``2^(bits-1)``.
 - ``gather_block_quantized``: ``com.microsoft::GatherBlockQuantized`` on axis 0 with blocks along axis 1, the same
   code layout and default zero point (2-, 4- and 8-bit rows).
+- ``dynamic_quantize_matmul``: ``DynamicQuantizeLinear`` then ``com.microsoft::MatMulIntegerToFloat``: ``A``
+  quantized to uint8 over the whole tensor (range widened to include 0), multiplied in integers by ``B`` (int8 or
+  uint8 ``(K, N)``, minus its per-column zero point), scaled by ``a_scale * b_scale[n]``, plus ``bias``: ONNX
+  Runtime's int8 GEMM (AMX or VNNI where the CPU has them), as ``quantize_dynamic`` writes it. ONNX Runtime fuses
+  the pair into ``DynamicQuantizeMatMul`` where the quantized input has one consumer and quantizes an input shared
+  by several Linears (query, key, value) once.
 - ``gather_bits1``: 1-bit rows (``2 * bit - 1`` times the row's scale) gathered and unpacked with standard ONNX
   ops (GatherBlockQuantized has no 1-bit form; this keeps the table at 1 bit per weight).
 """
@@ -22,7 +28,16 @@ import torch
 
 from xtc_ds.quant.packing import unpack_bits
 
-__all__ = ["matmul_nbits", "gather_block_quantized", "gather_bits1", "block_dequantize", "translations", "MS_DOMAIN"]
+__all__ = [
+    "matmul_nbits",
+    "dynamic_quantize_matmul",
+    "quantize_per_tensor_uint8",
+    "gather_block_quantized",
+    "gather_bits1",
+    "block_dequantize",
+    "translations",
+    "MS_DOMAIN",
+]
 
 MS_DOMAIN = "com.microsoft"
 
@@ -63,6 +78,36 @@ def matmul_nbits(
 @matmul_nbits.register_fake
 def _(a, b, scales, zero_points, bias, k, n, bits, block_size, accuracy_level):
     return a.new_empty((*a.shape[:-1], n))
+
+
+def quantize_per_tensor_uint8(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(codes, scale, zero_point)`` of ONNX Runtime's dynamic uint8 quantization of ``a`` (one scale for the
+    tensor; range widened to include 0; round half to even)."""
+    low, high = a.min().clamp(max=0.0), a.max().clamp(min=0.0)
+    scale = torch.where(high == low, torch.ones_like(high), (high - low) / 255)
+    zero_point = torch.round((-low / scale).clamp(0, 255))
+    return torch.clamp(torch.round(a / scale) + zero_point, 0, 255), scale, zero_point
+
+
+@torch.library.custom_op("xtc_onnx::dynamic_quantize_matmul", mutates_args=())
+def dynamic_quantize_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    b_zero_point: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """DynamicQuantizeLinear + MatMulIntegerToFloat: integer products accumulated exactly, then scaled (float32)."""
+    codes, a_scale, a_zero = quantize_per_tensor_uint8(a.float())
+    weight = b.double() if b_zero_point is None else b.double() - b_zero_point.double()
+    exact = torch.matmul(codes.double() - a_zero.double(), weight)
+    out = exact.float() * (a_scale * b_scale.float())
+    return out if bias is None else out + bias
+
+
+@dynamic_quantize_matmul.register_fake
+def _(a, b, b_scale, b_zero_point, bias):
+    return a.new_empty((*a.shape[:-1], b.shape[1]))
 
 
 @torch.library.custom_op("xtc_onnx::gather_block_quantized", mutates_args=())
@@ -106,7 +151,12 @@ def _schema(name: str, inputs: list[tuple[str, str, bool]], attributes: dict[str
     from onnx.defs import OpSchema
 
     optional, single = OpSchema.FormalParameterOption.Optional, OpSchema.FormalParameterOption.Single
-    types = {"T1": ["tensor(float)"], "T2": ["tensor(uint8)"], "T3": ["tensor(int64)", "tensor(int32)"]}
+    types = {
+        "T1": ["tensor(float)"],
+        "T2": ["tensor(uint8)"],
+        "T3": ["tensor(int64)", "tensor(int32)"],
+        "T8": ["tensor(int8)", "tensor(uint8)"],
+    }
     used = sorted({kind for _, kind, _ in inputs} | {"T1"})
     return OpSchema(
         name,
@@ -124,7 +174,7 @@ def _schema(name: str, inputs: list[tuple[str, str, bool]], attributes: dict[str
 def translations() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export`` (onnx and onnxscript are imported only here)."""
     from onnx import TensorProto
-    from onnxscript import opset18 as op
+    from onnxscript import opset20 as op
     from onnxscript.values import Op, Opset
 
     ms = Opset(MS_DOMAIN, 1)
@@ -154,11 +204,26 @@ def translations() -> dict:
         ),
     )
 
+    int8_matmul = Op(
+        ms,
+        "MatMulIntegerToFloat",
+        _schema(
+            "MatMulIntegerToFloat",
+            [("A", "T2", False), ("B", "T8", False), ("a_scale", "T1", False), ("b_scale", "T1", False),
+             ("a_zero_point", "T2", True), ("b_zero_point", "T8", True), ("bias", "T1", True)],
+            {},
+        ),
+    )  # fmt: skip
+
     def onnx_matmul_nbits(a, b, scales, zero_points, bias, k, n, bits, block_size, accuracy_level):
         return matmul(
             a, b, scales, zero_points, None, bias,
             K=k, N=n, bits=bits, block_size=block_size, accuracy_level=accuracy_level,
         )  # fmt: skip
+
+    def onnx_dynamic_quantize_matmul(a, b, b_scale, b_zero_point, bias):
+        codes, a_scale, a_zero_point = op.DynamicQuantizeLinear(a)
+        return int8_matmul(codes, b, a_scale, b_scale, a_zero_point, b_zero_point, bias)
 
     def onnx_gather_block_quantized(data, indices, scales, zero_points, bits, block_size, dim):
         return gather(
@@ -179,6 +244,7 @@ def translations() -> dict:
 
     return {
         torch.ops.xtc_onnx.matmul_nbits.default: onnx_matmul_nbits,
+        torch.ops.xtc_onnx.dynamic_quantize_matmul.default: onnx_dynamic_quantize_matmul,
         torch.ops.xtc_onnx.gather_block_quantized.default: onnx_gather_block_quantized,
         torch.ops.xtc_onnx.gather_bits1.default: onnx_gather_bits1,
     }
