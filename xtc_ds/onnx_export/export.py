@@ -29,7 +29,7 @@ from xtc_ds.onnx_export import ops
 from xtc_ds.onnx_export.compact import Int8Storage, compact_initializers, int8_weights, nbits_weights
 from xtc_ds.onnx_export.mapping import int8_code_map, packed_from_int8, packed_from_nbits
 from xtc_ds.onnx_export.modules import ACCURACY_LEVELS, LINEAR_OPS, Int8Linear, onnx_ready
-from xtc_ds.quant.reference import storage_bits
+from xtc_ds.quant.reference import QuantizedWeight, storage_bits
 
 __all__ = ["export_onnx", "ONNX_FILE", "RECORD_FILE", "DEFAULT_BLOCK_SIZE", "model_input_names"]
 
@@ -80,39 +80,37 @@ def _packed_source(source: Any, deepspeed_config: Any, scratch: Path) -> tuple[n
     return load_packed(folder, attn_implementation="eager"), folder
 
 
+def _same_weight(decoded: Optional[QuantizedWeight], held: QuantizedWeight) -> bool:
+    """Codes, scales and (where the packed module has them) zero points equal, bit for bit."""
+    if decoded is None or not torch.equal(decoded.codes, held.codes):
+        return False
+    if not torch.equal(decoded.weight_scale, held.weight_scale.float()):
+        return False
+    zero, decoded_zero = held.weight_zero_point, decoded.weight_zero_point
+    return zero is None or (decoded_zero is not None and torch.equal(decoded_zero, zero.float()))
+
+
 def _check_round_trip(model_proto: Any, packed: nn.Module, specs: dict[str, PackedSpec]) -> None:
     """Every quantized weight as written in ``model_proto`` decodes to the packed module's codes and scales, bit for
     bit (1-bit tables are the packed bytes themselves and are compared as such)."""
     from onnx import numpy_helper
 
     modules = dict(packed.named_modules())
-    written = {**nbits_weights(model_proto), **int8_weights(model_proto)}
+    nbits, int8 = nbits_weights(model_proto), int8_weights(model_proto)
     arrays = {init.name: init for init in model_proto.graph.initializer}
     for name, spec in specs.items():
         if spec.bits is None:
             continue
-        codes_name = f"model.{name}.codes"
-        held = modules[name].quantized_weight()
-        if f"model.{name}.int8_weight" in written:
-            decoded = packed_from_int8(written[f"model.{name}.int8_weight"], spec)
-            same = (
-                torch.equal(decoded.codes, held.codes)
-                and torch.equal(decoded.weight_scale, held.weight_scale.float())
-                and (held.weight_zero_point is None) == (decoded.weight_zero_point is None)
-                and (decoded.weight_zero_point is None or torch.equal(decoded.weight_zero_point,
-                                                                      held.weight_zero_point.float()))
-            )  # fmt: skip
+        codes_name, int8_name = f"model.{name}.codes", f"model.{name}.int8_weight"
+        if int8_name in int8:
+            same = _same_weight(packed_from_int8(int8[int8_name], spec), modules[name].quantized_weight())
         elif spec.kind == "embedding" and spec.bits == 1:
             same = codes_name in arrays and np.array_equal(
                 numpy_helper.to_array(arrays[codes_name]), modules[name].packed_weight.numpy()
             )
         else:
-            decoded = packed_from_nbits(written[codes_name], spec) if codes_name in written else None
-            same = (
-                decoded is not None
-                and torch.equal(decoded.codes, held.codes)
-                and torch.equal(decoded.weight_scale, held.weight_scale.float())
-            )
+            decoded = packed_from_nbits(nbits[codes_name], spec) if codes_name in nbits else None
+            same = _same_weight(decoded, modules[name].quantized_weight())
         if not same:
             raise OnnxExportError(f"{name}: its ONNX codes or scales do not decode to the packed ones (a bug)")
 
