@@ -1,5 +1,6 @@
-/* Run a command in which arch_prctl(ARCH_REQ_XCOMP_PERM) fails: libraries that ask Linux for AMX tile state
-   (ONNX Runtime's MLAS, oneDNN, fbgemm) then fall back to their AVX-512 VNNI kernels. */
+/* x86-64 Linux: run a command in which arch_prctl(ARCH_REQ_XCOMP_PERM) fails. Libraries that ask Linux for AMX
+   tile state before using AMX (ONNX Runtime's MLAS does) then run their AVX-512 VNNI kernels, as on a CPU
+   without AMX. Build: gcc -O2 -o out/noamx benchmarks/noamx.c; use: out/noamx python benchmarks/... */
 #include <errno.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
