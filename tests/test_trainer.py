@@ -162,3 +162,46 @@ def test_the_example_ds_config_is_the_1bit_recipe():
     example = json.loads((REPO_ROOT / "examples" / "trainer" / "ds_config.json").read_text())
     shipped = {k: v for k, v in recipe()["compression_training"].items() if v.get("enabled", True) is not False}
     assert example["compression_training"] == shipped  # the same recipe, without its disabled layer reduction
+
+
+def test_augmentation_adds_unlabelled_variants_that_kd_learns(tmp_path):
+    """XtcTrainer(augmentation=...): the tokenized rows, then their variants (no label), cached in output_dir; a
+    config without KD, which could not learn them, is refused."""
+    import datasets
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from models import save_tiny_teacher
+    from xtc_ds.augment import NO_CLASS_LABEL, AugmentSettings
+
+    save_tiny_teacher(tmp_path / "teacher", layers=2)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tmp_path / "teacher", attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "teacher")
+    texts = ["the market rallied on bank profits", "the coach praised the team", "a new chip runs the robot"] * 4
+    rows = datasets.Dataset.from_dict({"text": texts, "label": [0, 1, 0] * 4})
+    train = rows.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=16), batched=True)
+    settings = AugmentSettings(variants=4, prob=0.5, candidates=5, seed=0)
+
+    def trainer(config, kd=True):
+        args = _args(tmp_path, compression_config=config, max_steps=3)
+        return XtcTrainer(
+            model=build_student(teacher, args.compression()),
+            args=args,
+            teacher_model=teacher if kd else None,
+            train_dataset=train,
+            processing_class=tokenizer,
+            augmentation=settings,
+        )
+
+    augmented = trainer(_config_file(tmp_path))
+    dataset = augmented.train_dataset
+    assert len(dataset) > len(train) and (tmp_path / "out" / "augmented" / "xtc_augmentation.json").is_file()
+    variants = [dataset[i] for i in range(len(train), len(dataset))]
+    assert {row["label"] for row in variants} == {NO_CLASS_LABEL}
+    assert all(row["input_ids"] != train[dataset.edits.edit(i)[0]]["input_ids"] for i, row in enumerate(variants))
+    batch = next(iter(augmented.get_train_dataloader()))
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"} and "text" not in batch
+    augmented.train()
+    assert augmented.state.global_step == 3
+
+    with pytest.raises(ConfigError, match="augmentation=.*knowledge_distillation"):
+        trainer(_config_file(tmp_path, kd=False), kd=False)

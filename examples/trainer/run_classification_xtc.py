@@ -32,6 +32,7 @@ from transformers import (
 )
 
 import xtc_ds  # XTC
+from xtc_ds.augment import AugmentSettings  # XTC
 from xtc_ds.integrations import XtcTrainer, XtcTrainingArguments  # XTC
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class DataTrainingArguments:
     text_column_names: str = field(default="sentence", metadata={"help": "one text column or two, comma-separated"})
     label_column_name: str = field(default="label")
     max_seq_length: int = field(default=128)
+    augment: int = field(  # XTC
+        default=0,
+        metadata={"help": "variants per training row, learned by KD from the teacher (TinyBERT uses 20; 0: none)"},
+    )
 
 
 def main() -> None:
@@ -94,6 +99,9 @@ def main() -> None:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         return {"accuracy": float((np.argmax(logits, axis=1) == prediction.label_ids).mean())}
 
+    augmentation = None  # XTC
+    if data_args.augment:  # XTC
+        augmentation = AugmentSettings(variants=data_args.augment, seed=training_args.seed)  # XTC
     trainer = XtcTrainer(  # XTC
         model=model,
         args=training_args,
@@ -103,6 +111,7 @@ def main() -> None:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
         teacher_model=teacher,  # XTC
+        augmentation=augmentation,  # XTC: unlabelled variants of the training rows, learned by KD
     )
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint

@@ -56,6 +56,7 @@ def test_csv_with_four_string_labels_end_to_end(tmp_path):
 
     results = json.loads((out / "eval_results.json").read_text())
     assert results["task"] == "news" and results["teacher_training"]["steps"] == 6
+    assert results["augmentation"]["variants_per_row"] == 20 and results["augmentation"]["rows"] > 96  # default
     assert set(results["packed_dev"]["dev"]) == {"accuracy", "macro_f1"}
     assert abs(results["packed_dev"]["dev"]["accuracy"] - results["final_dev"]["dev"]["accuracy"]) <= 1 / 16
     for folder in ("final", "packed"):

@@ -61,6 +61,12 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert results["task"] == "sst2" and results["teacher_training"]["steps"] == 6
     assert json.loads((out / "student" / "eval_results.json").read_text()) == results["student_best"]
+    # 256 rows and a distilling config: augmented by default, the variants cached for a resumed run
+    augmentation = results["augmentation"]
+    assert augmentation["variants_per_row"] == 20 and augmentation["candidates_from"] == "embedding_neighbours"
+    assert 256 * 10 < augmentation["rows"] <= 256 * 20
+    cache = out / "augmented" / "xtc_augmentation.json"
+    made = cache.stat().st_mtime_ns
     assert 0.0 <= results["final_dev"]["dev"]["accuracy"] <= 1.0
     assert results["student_best"]["step"] in (3, 6)
     weights = load_file(out / "final" / "model.safetensors")
@@ -86,7 +92,9 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     )
     assert json.loads(alone.stdout.strip().splitlines()[-1])["packed_dev"] == results["packed_dev"]
 
-    _run(launcher + common + ["--resume_from_checkpoint", "latest"])  # both phases complete: resumes at the end
+    resumed = _run(launcher + common + ["--resume_from_checkpoint", "latest"])  # both phases complete: at the end
+    assert f"reusing the {augmentation['rows']} augmented rows" in resumed.stderr + resumed.stdout
+    assert cache.stat().st_mtime_ns == made
     log = read_jsonl(out / "student" / "train_log.jsonl")
     assert log[-1] == {"resumed_from": str(out / "student" / "checkpoints" / "global_step6"), "step": 6}
     assert _leaked_shm(port) == []

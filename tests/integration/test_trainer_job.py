@@ -140,7 +140,13 @@ def test_the_example_script_with_its_ds_config(tmp_path, zero3_layer_reduction):
         *("--text_column_names", "text", "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "4"),
         *("--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true"),
     ]
+    if not zero3_layer_reduction:
+        flags += ["--augment", "4"]  # variants made once by the main process, read by both ranks
     _finish(["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), str(script), *flags])
+    augmented = out / "augmented" / "xtc_augmentation.json"
+    assert augmented.is_file() != zero3_layer_reduction
+    if augmented.is_file():
+        assert json.loads(augmented.read_text())["settings"]["variants"] == 4
     assert 0.0 <= json.loads((out / "eval_results.json").read_text())["eval_accuracy"] <= 1.0
     assert torch.load(out / "xtc_scheduler.pt", weights_only=True)["step"] == 4
     from xtc_ds import load_packed

@@ -15,7 +15,10 @@ What they do that the plain classes cannot:
   ``load_best_model_at_end``; a checkpoint without them is an error, never a silent restart of the schedule;
 - with ``load_best_model_at_end``, counts an evaluation for the best checkpoint only once the compression
   schedule is final (or at the last step);
-- ``save_packed(dir)`` bakes the quantized weights and writes the packed export in one call.
+- ``save_packed(dir)`` bakes the quantized weights and writes the packed export in one call;
+- with ``augmentation=AugmentSettings(...)``, trains on the training rows followed by TinyBERT-style variants of
+  them (:mod:`xtc_ds.augment`, cached in ``output_dir/augmented``), which carry no label and are learned from the
+  teacher by the KD loss.
 
 Without DeepSpeed (a plain CPU or single-GPU Trainer) name the config with ``--compression_config ds.json``.
 ``XtcTrainer`` also takes plain ``TrainingArguments`` at ZeRO 0-2 (under ZeRO-3 a model loaded after them would
@@ -35,6 +38,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from xtc_ds._log import log_rank_zero
+from xtc_ds.augment import AugmentedDataset, Augmenter, AugmentSettings, ListRows
 from xtc_ds.compress import redundancy_clean
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config
 from xtc_ds.export import export_packed
@@ -122,6 +126,39 @@ def _count_deepspeed_cpu_ranks(args: Any) -> None:
     log_rank_zero(logging.INFO, f"xtc_ds: DeepSpeed on CPUs: Trainer runs as {world} ranks ({state.backend})")
 
 
+def _augmented(
+    args: Any,
+    config: CompressionConfig,
+    settings: AugmentSettings,
+    model_path: Optional[str],
+    teacher: Optional[nn.Module],
+    kwargs: dict[str, Any],
+) -> AugmentedDataset:
+    """``train_dataset`` followed by its variants, computed by the main process of each node (or read from
+    ``output_dir/augmented``) before the others read them."""
+    if not config.knowledge_distillation.enabled:
+        raise ConfigError(
+            f"XtcTrainer(augmentation=...): augmented rows have no labels and are learned from the teacher by "
+            f"knowledge distillation, which {SECTION}.knowledge_distillation does not enable"
+        )
+    dataset = kwargs.get("train_dataset")
+    tokenizer = kwargs.get("processing_class", kwargs.get("tokenizer"))
+    if dataset is None or tokenizer is None:
+        raise ValueError("XtcTrainer(augmentation=...) needs train_dataset= and processing_class= (the tokenizer)")
+    model_path = model_path or getattr(teacher, "name_or_path", None)
+    if not model_path or not Path(model_path, "config.json").is_file():
+        raise ValueError(
+            f"XtcTrainer(augmentation=...): no model folder to draw replacement words from (the teacher was loaded "
+            f"from {model_path!r}); pass augment_model= (a Hugging Face model folder)"
+        )
+    with args.main_process_first(local=True, desc="xtc_ds augmentation"):
+        edits = Augmenter(tokenizer, model_path, settings)(
+            ListRows(dataset), Path(args.output_dir) / "augmented", progress=args.should_log
+        )
+    log_rank_zero(logging.INFO, f"xtc_ds: XtcTrainer trains on {len(dataset)} rows and {len(edits)} variants")
+    return AugmentedDataset(dataset, edits)
+
+
 def _is_partitioned(model: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
@@ -162,6 +199,10 @@ class XtcTrainer(Trainer):
         teacher_model: the frozen teacher for ``knowledge_distillation`` (and layer-reduction initialization).
         compression_config: the ``compression_training`` config (path, dict or ``CompressionConfig``) when
             ``args`` does not name it; if both do, they must agree.
+        augmentation: augment the tokenized ``train_dataset`` (given by keyword, with ``processing_class``) with
+            this many variants per row etc.; needs ``knowledge_distillation`` (variants have no labels).
+        augment_model: the checkpoint folder whose masked-LM head, else input embeddings, proposes replacement
+            words (default: the folder ``teacher_model`` was loaded from).
         **kwargs: everything else ``Trainer`` takes.
 
     Example:
@@ -178,6 +219,8 @@ class XtcTrainer(Trainer):
         *trainer_args: Any,
         teacher_model: Optional[nn.Module] = None,
         compression_config: Any = None,
+        augmentation: Optional[AugmentSettings] = None,
+        augment_model: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -194,6 +237,8 @@ class XtcTrainer(Trainer):
                 f"XtcTrainer: teacher_model= given but {SECTION} enables neither knowledge_distillation nor "
                 "layer_reduction, so it would not be used"
             )
+        if augmentation is not None:
+            kwargs["train_dataset"] = _augmented(args, config, augmentation, augment_model, teacher_model, kwargs)
         distillation = prepare_models(model, config, teacher_model)
         self.xtc = XtcRuntime(config, CompressionScheduler(model), teacher_model, distillation)
         self._teacher_placed = teacher_model is None

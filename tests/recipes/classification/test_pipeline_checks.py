@@ -51,6 +51,9 @@ def test_help_documents_every_flag():
         "--resume_from_checkpoint",
         "--deepspeed_config",
         "--local_rank",
+        "--augment",
+        "--augment_prob",
+        "--augment_candidates",
     ):
         assert flag in text, flag
     assert "sst2" in text and "rte" in text
@@ -156,6 +159,10 @@ def test_atomic_writes_keep_the_old_version_on_failure(tmp_path):
         ["--weight_decay", "-0.1"],
         ["--seed", "-1"],
         ["--dist_timeout_s", "0"],
+        ["--augment", "-1"],
+        ["--augment_prob", "0"],
+        ["--augment_prob", "1.2"],
+        ["--augment_candidates", "0"],
     ],
 )
 def test_parse_rejects_bad_values(flags, capsys):
@@ -332,6 +339,24 @@ def test_flags_data_config_and_output_dir_are_checked_before_deepspeed_starts(tm
         run.main(["--deepspeed_config", CONFIG, "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ConfigError):
         run.main(["--deepspeed_config", str(REPO_ROOT / "README.md"), "--output_dir", str(tmp_path / "new")])
+
+
+def test_augmentation_without_distillation_is_refused_before_deepspeed_starts(tmp_path, tiny_teacher_dir, monkeypatch):
+    """Variants have no labels: a config without KD could not learn them, so --augment is an error, not a no-op."""
+    from text_files import news_csv
+    from xtc_ds.recipes.classification import run
+
+    def started(**_):
+        raise AssertionError("the process group started before the checks")
+
+    monkeypatch.setattr(run, "init_distributed", started)
+    train, dev = news_csv(tmp_path)
+    config = _section_edit(tmp_path, lambda s: s["knowledge_distillation"].update(enabled=False))
+    flags = ["--deepspeed_config", config, "--model_name_or_path", str(tiny_teacher_dir), "--train_file", train]
+    flags += ["--validation_file", dev, "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ConfigError, match="--augment 4: augmented rows have no labels.*knowledge_distillation"):
+        run.main([*flags, "--augment", "4"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_teacher_fine_tuned_on_other_labels_is_refused(tiny_teacher_dir):

@@ -40,6 +40,26 @@ def test_the_plan_says_what_runs_and_for_how_long():
     assert "min" not in plan.describe("sst2", 10, (8, 8), False, phases, "cuda")
 
 
+def test_small_training_sets_are_augmented_when_the_config_distils():
+    small = plan.augment_plan(plan.AUGMENT_MAX_ROWS - 1, None, distils=True)
+    assert small.variants == plan.AUGMENT_VARIANTS and "auto" in small.reason
+    assert plan.augment_plan(plan.AUGMENT_MAX_ROWS, None, distils=True).variants == 0
+    assert plan.augment_plan(100, None, distils=False).variants == 0
+    assert plan.augment_plan(100, 0, distils=True).variants == 0
+    assert plan.augment_plan(10**6, 5, distils=True).variants == 5  # a flag wins over the size rule
+    on = plan.AugmentPlan(20, "auto: 3668 training rows, under 10000", seconds=75)
+    phases = [plan.phase_plan("student", 1e6 * 21, 1.0, None, augmented=True)]
+    text = plan.describe("mrpc", 3668, (88, 86), True, phases, "cpu", on)
+    assert "augmentation: 20 variants per row (auto: 3668 training rows, under 10000), about 1 min" in text
+    assert "off (auto: 67349 training rows" in plan.describe(
+        "sst2", 67349, (48, 55), True, phases, "cpu", plan.augment_plan(67349, None, True)
+    )
+    assert phases[0].epochs < 1.0  # a budget smaller than one pass over the variants is less than one epoch
+    assert plan.phase_plan("student", 1e6 * 21, 1.0, None).epochs == 1.0  # without variants: one epoch at least
+    masked_lm = plan.augment_seconds("masked_lm", 4000, 40.0, 1.0, 20)
+    assert masked_lm > plan.augment_seconds("embedding_neighbours", 4000, 40.0, 1.0, 20) > 0
+
+
 def test_sst2_lengths_with_the_real_tokenizer():
     from transformers import AutoTokenizer
 

@@ -11,6 +11,7 @@ from xtc_ds.config import CompressionConfig
 from xtc_ds.recipes.classification.data import METRIC_CHOICES, TASKS
 from xtc_ds.recipes.classification.data.sources import DEFAULT_TASK
 from xtc_ds.recipes.classification.data.tables import FILE_FORMATS
+from xtc_ds.recipes.classification.plan import AUGMENT_MAX_ROWS, AUGMENT_VARIANTS
 
 __all__ = [
     "FINE_TUNE_LEARNING_RATE",
@@ -231,11 +232,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a collective waits for the other ranks before the job fails (a dead or stuck rank)",
     )
     train.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+
+    augment = parser.add_argument_group(
+        "augmentation (TinyBERT word replacement; the student learns the variants from the teacher by KD)"
+    )
+    augment.add_argument(
+        "--augment",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"variants per training row for the student, 0 for none (default: {AUGMENT_VARIANTS} when the "
+        f"training set has fewer than {AUGMENT_MAX_ROWS} rows and the config enables knowledge_distillation, else "
+        "none; the plan says which)",
+    )
+    augment.add_argument(
+        "--augment_prob", type=float, default=0.4, help="probability that a word of a variant is replaced"
+    )
+    augment.add_argument(
+        "--augment_candidates",
+        type=int,
+        default=15,
+        help="words a replacement is drawn from: the teacher checkpoint's masked-LM predictions where it has a "
+        "masked-LM head, else its nearest input embeddings",
+    )
     return deepspeed.add_config_arguments(parser)
 
 
 _RULES = {
+    "an integer >= 0": lambda v: v >= 0,
     "an integer >= 1": lambda v: v >= 1,
+    "in (0, 1]": lambda v: 0.0 < v <= 1.0,
     "a finite number > 0": lambda v: math.isfinite(v) and v > 0,
     "a finite number >= 0": lambda v: math.isfinite(v) and v >= 0,
     "in [0, 1)": lambda v: 0.0 <= v < 1.0,
@@ -259,6 +285,9 @@ _RANGES = {  # every numeric flag; None means "not given"
     "weight_decay": "a finite number >= 0",
     "warmup_ratio": "in [0, 1)",
     "seed": "in [0, 2**32)",
+    "augment": "an integer >= 0",
+    "augment_prob": "in (0, 1]",
+    "augment_candidates": "an integer >= 1",
 }
 
 

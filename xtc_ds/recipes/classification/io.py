@@ -12,6 +12,7 @@ Layout of ``--output_dir``::
     student/                  same layout; best/ holds full-precision master weights + xtc_scheduler.pt
     final/                    the redundancy_clean'ed student: Hugging Face folder + xtc_compression.json
     packed/                   the same student packed (xtc_ds.export_packed)
+    augmented/                the student's augmented rows (xtc_ds.augment), reused by a resumed run
     predictions.tsv           --do_predict: the packed model's prediction for each test row (index, prediction)
     eval_results.json         teacher, best student and final-model metrics, steps and wall time
 
@@ -32,7 +33,7 @@ from xtc_ds.errors import OutputDirError
 from xtc_ds.files import path_within, read_json, remove_path, remove_stale_temporaries
 from xtc_ds.recipes.classification.data import data_name
 
-__all__ = ["RUN_OUTPUTS", "PHASES", "remove_run_temporaries", "check_output_dir", "prepare_output_dir"]
+__all__ = ["RUN_OUTPUTS", "PHASES", "AUGMENT_DIR", "remove_run_temporaries", "check_output_dir", "prepare_output_dir"]
 
 RUN_OUTPUTS = (
     "args.json",
@@ -43,9 +44,11 @@ RUN_OUTPUTS = (
     "packed",
     "eval_results.json",
     "predictions.tsv",
+    "augmented",
 )
 """What a run writes at the top of its output directory, and all that ``--overwrite_output_dir`` removes."""
 PHASES = ("teacher", "student")
+AUGMENT_DIR = "augmented"
 _PHASE_ATOMIC = ("best", "eval_results.json")  # written atomically inside a phase folder
 
 

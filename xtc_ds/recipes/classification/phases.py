@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 
 from xtc_ds._log import is_rank_zero, logger
+from xtc_ds.augment import AugmentedEdits, AugmentedRows
 from xtc_ds.checkpoint_layout import LAYOUT_FILE, prepare_resume, read_layout
 from xtc_ds.checkpoints import list_tags, resolve_source, select_tag
 from xtc_ds.compress import init_compression, redundancy_clean
@@ -104,7 +105,8 @@ def _train(
     ds_config: dict[str, Any],
     run: RunConfig,
     settings: PhaseSettings,
-    data: dict[str, Any],
+    train: AugmentedRows,
+    dev: dict[str, Any],
     tokenizer: Any,
     loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
     teacher: Optional[torch.nn.Module] = None,
@@ -113,8 +115,8 @@ def _train(
     """Set up the engine (optimizer, warm-up + linear decay, compression) for one phase and run it."""
     rank, world = rank_and_world()
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
-    lengths = data["train"]["attention_mask"].sum(dim=1) if run.group_by_length else None
-    batches = EpochBatches(len(data["train"]["labels"]), micro, accum, rank, world, settings.seed, lengths)
+    lengths = train.lengths() if run.group_by_length else None
+    batches = EpochBatches(len(train), micro, accum, rank, world, settings.seed, lengths)
     total = total_steps(settings.epochs, settings.max_steps, batches.steps_per_epoch)
     resume = resume_tag(run, name)
     if resume is not None:  # before the engine exists: a universal checkpoint is a config setting
@@ -131,9 +133,7 @@ def _train(
     )
     extra = None if save_extra is None else (lambda folder: save_extra(engine, folder))
     phase = Phase(name, run.output_dir / name, total, loss_fn, save_extra=extra)
-    return run_phase(
-        engine, phase, run.task, data["train"], data["dev"], batches, tokenizer, run.evaluation, resume=resume
-    )
+    return run_phase(engine, phase, run.task, train, dev, batches, tokenizer, run.evaluation, resume=resume)
 
 
 def train_teacher(run: RunConfig, ds_config: dict[str, Any], data: dict[str, Any], tokenizer: Any, model_path: str):
@@ -150,7 +150,15 @@ def train_teacher(run: RunConfig, ds_config: dict[str, Any], data: dict[str, Any
     torch.manual_seed(run.seed)
     model = load_model(model_path, run.task, eager=False, new_head=True)
     best = _train(
-        "teacher", model, ds_config, run, run.teacher, data, tokenizer, lambda engine, batch: engine(**batch).loss
+        "teacher",
+        model,
+        ds_config,
+        run,
+        run.teacher,
+        AugmentedRows(data["train"]),  # the teacher learns the labelled rows only
+        data["dev"],
+        tokenizer,
+        lambda engine, batch: engine(**batch).loss,
     )
     if is_rank_zero():
         write_json_atomic(results_path, best)
@@ -169,9 +177,10 @@ def train_student(
     data: dict[str, Any],
     tokenizer: Any,
     teacher_path: str,
+    augmented: Optional[AugmentedEdits] = None,
 ) -> dict[str, Any]:
-    """Train the compressed student (with KD from the teacher when configured); returns its and the teacher's dev
-    results."""
+    """Train the compressed student (with KD from the teacher when configured) on the training rows and their
+    ``augmented`` variants, which KD learns from the teacher's outputs; returns its and the teacher's dev results."""
     kd = compression.knowledge_distillation
     teacher = load_model(teacher_path, run.task, eager=_kd_needs_eager(compression))
     torch.manual_seed(run.seed)
@@ -186,7 +195,8 @@ def train_student(
         ds_config,
         run,
         run.student,
-        data,
+        AugmentedRows(data["train"], augmented),
+        data["dev"],
         tokenizer,
         lambda engine, batch: engine.xtc.student_loss(engine, batch),
         teacher=teacher if kd.enabled else None,

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
@@ -18,19 +19,29 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 from xtc_ds._log import announce, is_rank_zero, logger
-from xtc_ds.config import SECTION, ConfigError, load_compression_config, load_deepspeed_config
-from xtc_ds.distributed import init_distributed, map_mpi_environment, rank_and_world, single_process_defaults
+from xtc_ds.augment import AugmentedEdits, Augmenter, AugmentSettings, PaddedRows
+from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
+from xtc_ds.distributed import (
+    init_distributed,
+    map_mpi_environment,
+    rank_and_world,
+    rank_zero_decides,
+    single_process_defaults,
+)
 from xtc_ds.errors import OutputDirError, exit_on_user_error
 from xtc_ds.export import load_packed
 from xtc_ds.files import append_jsonl, write_json_atomic
 from xtc_ds.onnx_export import OnnxClassifier
 from xtc_ds.recipes.classification.args import parse_args, resolve_learning_rates
 from xtc_ds.recipes.classification.data import TaskData, TaskSpec, encode, load_task_data
-from xtc_ds.recipes.classification.io import check_output_dir, prepare_output_dir
+from xtc_ds.recipes.classification.io import AUGMENT_DIR, check_output_dir, prepare_output_dir
 from xtc_ds.recipes.classification.models import check_against_model, check_model_labels, default_model_path
 from xtc_ds.recipes.classification.phases import finish, total_steps, train_student, train_teacher
 from xtc_ds.recipes.classification.plan import (
     SEQ_CAP,
+    AugmentPlan,
+    augment_plan,
+    augment_seconds,
     describe,
     eval_seq_length,
     model_cost,
@@ -84,6 +95,27 @@ def _eval_seq_length(
     return eval_seq_length(_token_lengths(rows, tokenizer, task), model_positions)
 
 
+def _augmenter(args: Any, compression: CompressionConfig, rows: int, model_path: str, tokenizer: Any):
+    """The augmentation plan (``args.augment`` filled in) and, where it is on, the augmenter that will run it.
+
+    Raises:
+        ConfigError: ``--augment`` asked for variants that nothing could learn (the config does not distil).
+    """
+    distils = compression.knowledge_distillation.enabled
+    if args.augment and not distils:
+        raise ConfigError(
+            f"--augment {args.augment}: augmented rows have no labels and are learned from the teacher's outputs by "
+            f"knowledge distillation, which {args.deepspeed_config} does not enable (set "
+            f"{SECTION}.knowledge_distillation.enabled, or drop --augment)"
+        )
+    augment = augment_plan(rows, args.augment, distils)
+    args.augment = augment.variants
+    if not augment.variants:
+        return augment, None
+    settings = AugmentSettings(augment.variants, args.augment_prob, args.augment_candidates, args.seed)
+    return augment, Augmenter(tokenizer, args.teacher_model or model_path, settings)
+
+
 def _plan(
     args: Any,
     examples: dict[str, list],
@@ -92,10 +124,13 @@ def _plan(
     hf_config: Any,
     student_layers: int,
     global_batch: int,
+    augment: AugmentPlan,
+    augmenter: Optional[Augmenter],
 ) -> None:
     """Fill in the sequence lengths and epochs that flags left open (:mod:`.plan`); say the plan.
 
-    A ``--max_train_steps``/``--teacher_max_train_steps`` flag is shown as the epochs it amounts to.
+    A ``--max_train_steps``/``--teacher_max_train_steps`` flag is shown as the epochs it amounts to; the
+    student's epochs count the augmented rows too.
     """
     train = examples["train"]
     lengths = _token_lengths([train[i] for i in sample_rows(len(train), args.seed)], tokenizer, args.task)
@@ -106,23 +141,39 @@ def _plan(
         args.eval_max_seq_length = _eval_seq_length(examples, test, tokenizer, args.task, positions)
     else:
         args.eval_max_seq_length = args.max_seq_length
-    epoch_tokens = lengths.clamp(max=args.max_seq_length).double().mean().item() * len(train)
+    row_tokens = lengths.clamp(max=args.max_seq_length).double().mean().item()
+    copies = 1 + augment.variants  # the student's rows per training row (an estimate: repeats are dropped)
     phases = []
-    for name, epochs_flag, steps_flag, layers in (
-        ("teacher", "teacher_num_train_epochs", "teacher_max_train_steps", None),
-        ("student", "num_train_epochs", "max_train_steps", student_layers),
+    for name, epochs_flag, steps_flag, layers, rows in (
+        ("teacher", "teacher_num_train_epochs", "teacher_max_train_steps", None, len(train)),
+        ("student", "num_train_epochs", "max_train_steps", student_layers, len(train) * copies),
     ):
         if name == "teacher" and args.teacher_model is not None:
             continue
         steps = getattr(args, steps_flag)
-        epochs = getattr(args, epochs_flag) if steps is None else steps * global_batch / len(train)
-        phase = phase_plan(name, epoch_tokens, model_cost(hf_config, layers), epochs)
+        epochs = getattr(args, epochs_flag) if steps is None else steps * global_batch / rows
+        phase = phase_plan(name, row_tokens * rows, model_cost(hf_config, layers), epochs, augmented=copies > 1)
         if steps is None:
             setattr(args, epochs_flag, phase.epochs)
         phases.append(phase)
+    if augmenter is not None:
+        cost = model_cost(hf_config)
+        augment = replace(augment, seconds=augment_seconds(augmenter.kind, len(train), row_tokens, cost, copies - 1))
+        augment = replace(augment, reason=f"{augment.reason}; candidates from {augmenter.kind.replace('_', ' ')}")
     lengths_used = (args.max_seq_length, args.eval_max_seq_length)
     device = get_accelerator().device_name()
-    announce(describe(args.task.name, len(train), lengths_used, auto, phases, device))
+    announce(describe(args.task.name, len(train), lengths_used, auto, phases, device, augment))
+
+
+def _augment(augmenter: Optional[Augmenter], train: dict[str, torch.Tensor], out: Path) -> Optional[AugmentedEdits]:
+    """The variants of the training rows, cached in ``<output_dir>/augmented``: rank 0 computes them (or finds them
+    there), then every rank reads them."""
+    if augmenter is None:
+        return None
+    rows, folder = PaddedRows(train), out / AUGMENT_DIR
+    made: list[AugmentedEdits] = []
+    rank_zero_decides(lambda: made.append(augmenter(rows, folder)))  # a damaged cache ends every rank with its error
+    return made[0] if made else augmenter(rows, folder, progress=False)
 
 
 def _eval_exported(args: Any, data: TaskData) -> dict[str, Any]:
@@ -210,10 +261,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     single_process_defaults()
     ds_full = _batch_config(ds_full, args, int(os.environ["WORLD_SIZE"]))
     tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
-    _plan(args, examples, task_data.test, tokenizer, hf_config, student_layers, ds_full["train_batch_size"])
-    student_steps = total_steps(
-        args.num_train_epochs, args.max_train_steps, len(examples["train"]) // ds_full["train_batch_size"]
-    )
+    augment, augmenter = _augmenter(args, compression, len(examples["train"]), model_path, tokenizer)
+    global_batch = ds_full["train_batch_size"]
+    _plan(args, examples, task_data.test, tokenizer, hf_config, student_layers, global_batch, augment, augmenter)
+    student_rows = len(examples["train"]) * (1 + augment.variants)
+    student_steps = total_steps(args.num_train_epochs, args.max_train_steps, student_rows // global_batch)
     resolve_learning_rates(args, compression, student_steps)
     init_distributed(timeout=timedelta(seconds=args.dist_timeout_s))  # DeepSpeed starts only now
     _, world = rank_and_world()
@@ -221,6 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     out = prepare_output_dir(args)
     run = RunConfig.from_args(args)
     data = _encode_all(task_data, examples, args, tokenizer)
+    augmented = _augment(augmenter, data["train"], out)
     if is_rank_zero():
         if not (out / "args.json").exists():
             write_json_atomic(out / "args.json", {k: v for k, v in vars(args).items() if k != "task"})
@@ -233,7 +286,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         teacher_path, results["teacher_training"] = train_teacher(run, ds_teacher, data, tokenizer, model_path)
     else:
         teacher_path = args.teacher_model
-    results.update(train_student(run, ds_full, compression, data, tokenizer, teacher_path))
+    if augmented is not None:
+        results["augmentation"] = {
+            "variants_per_row": args.augment,
+            "rows": len(augmented),
+            "candidates_from": augmented.meta["candidates_from"],
+            "seconds": augmented.meta["seconds"],
+        }
+    results.update(train_student(run, ds_full, compression, data, tokenizer, teacher_path, augmented))
     if is_rank_zero():
         results.update(finish(run, compression, data, tokenizer))
         results["wall_time_s"] = time.time() - started

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xtc_ds._log import is_rank_zero, logger
+from xtc_ds.augment import AugmentedRows
 from xtc_ds.checkpoint_layout import LAYOUT_FILE, UNIVERSAL_DIR
 from xtc_ds.checkpoints import list_tags, write_manifest
 from xtc_ds.distributed import rank_and_world
@@ -211,7 +212,7 @@ def run_phase(
     engine: Any,
     phase: Phase,
     task: TaskSpec,
-    train: dict[str, torch.Tensor],
+    train: AugmentedRows,
     dev_sets: dict[str, dict[str, torch.Tensor]],
     batches: EpochBatches,
     tokenizer: Any,
@@ -242,7 +243,7 @@ def run_phase(
     for step, micro_batches in batches.iterate(start, phase.total_steps):
         losses = []
         for indices in micro_batches:
-            batch = {key: value[indices] for key, value in train.items()}
+            batch = train.batch(indices)
             if not evaluation.pad_to_max_length:
                 batch = trim_padding(batch)
             batch = {key: value.to(device) for key, value in batch.items()}
