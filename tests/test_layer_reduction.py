@@ -42,11 +42,15 @@ def test_student_layers_are_exact_copies():
         _assert_same(student.get_submodule(name), teacher.get_submodule(name))
 
 
-def test_student_of_student_equals_teacher_computation_on_kept_layers():
-    teacher = tiny_bert(layers=2).eval()
-    student = build_student(teacher, _reduction([0, 1])).eval()
+def test_student_of_student_equals_the_teacher_reduced_to_the_kept_layers():
+    teacher = tiny_bert(layers=6).eval()
+    student = build_student(teacher, _reduction([1, 3, 5])).eval()
+    grandchild = build_student(student, _reduction([0, 2])).eval()  # the student's layers 0, 2: teacher's 1, 5
+    direct = build_student(teacher, _reduction([1, 5])).eval()
     ids = torch.randint(0, 96, (2, 8))
-    assert torch.allclose(student(input_ids=ids).logits, teacher(input_ids=ids).logits)
+    assert grandchild.config.num_hidden_layers == 2
+    assert torch.equal(grandchild(input_ids=ids).logits, direct(input_ids=ids).logits)
+    assert not torch.allclose(grandchild(input_ids=ids).logits, student(input_ids=ids).logits)
 
 
 def test_unlisted_modules_are_reported(caplog):

@@ -445,8 +445,10 @@ def test_sparse_masks_keep_the_ratio_and_binary_scales_come_from_kept_weights(me
         assert bool((query.sparse_pruning.scores.grad != 0).any())
 
 
-@pytest.mark.parametrize("recipe, stored_bits", [("ds_xtc_1bit.json", 2), ("ds_xtc_2bit.json", 2)])
-def test_sparse_cleaned_model_computes_the_masked_logits_and_exports_ternary_codes(recipe, stored_bits, tmp_path):
+@pytest.mark.parametrize("recipe", ["ds_xtc_1bit.json", "ds_xtc_2bit.json"])
+def test_sparse_cleaned_model_computes_the_masked_logits_and_exports_ternary_codes(recipe, tmp_path):
+    """A pruned weight is a third level beside the quantized ones, so 1-bit and ternary sparse weights both store
+    ternary codes; a 1-bit one holds exactly {-a, 0, +a} with zeros only where it is pruned."""
     model = _model()
     sec = _section(recipe, row=None, head=None)
     sec["sparse_pruning"] = _sparse("topk", dense_ratio=0.5)
@@ -455,11 +457,16 @@ def test_sparse_cleaned_model_computes_the_masked_logits_and_exports_ternary_cod
     xtc_ds.redundancy_clean(model)
     assert torch.equal(_logits(model, IDS), masked)
     assert not any("pruning" in name for name in model.state_dict())
-    zeros = float((_layer(model).output.dense.weight == 0).float().mean())
-    assert zeros == 0.5 if stored_bits == 2 and "1bit" in recipe else zeros >= 0.5  # ternary adds its own zeros
+    weight = _layer(model).output.dense.weight
+    zeros = float((weight == 0).float().mean())
+    if "1bit" in recipe:
+        assert zeros == 0.5 and weight.unique().numel() == 3  # the pruned half, and +-alpha elsewhere
+        assert weight.unique()[0] == -weight.unique()[2]
+    else:
+        assert zeros > 0.5  # ternary adds zeros of its own to the pruned half
     folder = xtc_ds.export_packed(model, None, tmp_path / "packed")
     block = json.loads((folder / "config.json").read_text())["quantization_config"]
-    assert block["modules"]["bert.encoder.layer.0.output.dense"]["bits"] == stored_bits
+    assert block["modules"]["bert.encoder.layer.0.output.dense"]["bits"] == 2
     assert "bert.encoder.layer.0.output.dense" in block["compact_sparse"] and block["format_version"] == 3
     tensors = load_file(str(folder / "model.safetensors"))
     stored = sum(tensors[f"bert.encoder.layer.0.output.dense.{leaf}"].numel() for leaf in (BITMAP, VALUES))

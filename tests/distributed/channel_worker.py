@@ -1,6 +1,7 @@
 """One rank of a two-process ``channel_pruning`` job (tests/distributed): a tiny ResNet under ``xtc_ds.initialize``
 at each ZeRO stage given, ``topk`` channel masks learned from every rank's own batch, then ``redundancy_clean`` on
-the engine. Writes ``<out>/rank<R>_stage<S>.json``: losses, kept channels, masked and cleaned logits, shapes."""
+the engine. Writes ``<out>/rank<R>_stage<S>.json``: the rank's own losses, digests of its parameters and quantized
+weights (equal on every rank), kept channels, masked and cleaned logits, shapes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (the tiny
 
 from configs import resnet_channel_pruning  # noqa: E402
 from models import tiny_resnet  # noqa: E402
+from replicas import replica_digests  # noqa: E402
 
 
 def ds_config(stage: int, world: int) -> dict:
@@ -57,9 +59,7 @@ def run_stage(stage: int, steps: int) -> dict:
         loss = engine(pixel_values=pixels[rank], labels=labels[rank]).loss
         engine.backward(loss)
         engine.step()
-        mean = loss.detach().clone()
-        dist.all_reduce(mean)
-        losses.append(mean.item() / world)
+        losses.append(loss.item())  # this rank's own batch
     owners = [module for name, module in model.named_modules() if name.endswith("layer.0.convolution")]
     masks = [owner.channel_pruning for owner in owners]
     with deepspeed.zero.GatheredParameters([mask.scores for mask in masks]):
@@ -67,7 +67,7 @@ def run_stage(stage: int, steps: int) -> dict:
     engine.eval()
     with torch.no_grad():
         masked = engine(pixel_values=pixels[0]).logits.reshape(-1).tolist()
-    record = {"stage": stage, "rank": rank, "losses": losses, "kept": kept}
+    record = {"stage": stage, "rank": rank, "losses": losses, "kept": kept, "replicas": replica_digests(model)}
     try:
         redundancy_clean(engine)
     except XtcError as err:  # ZeRO-3 on a DeepSpeed too old to re-partition the smaller weights

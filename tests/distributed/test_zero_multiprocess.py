@@ -2,16 +2,18 @@
 
 import inspect
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT, _free_port, job_env
+from replicas import assert_replicas_agree
 from xtc_ds.zero3 import can_partition_new_parameters
 
 pytestmark = pytest.mark.slow
@@ -42,12 +44,15 @@ def test_xtc_under_zero_0_to_3_on_two_ranks(tmp_path):
     result = _launch(tmp_path, "--stages", "0,1,2,3", "--steps", "10")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = _records(tmp_path, range(4))
-    reference = records[(0, 0)]["losses"]
-    assert reference[-1] < reference[0] - 0.01, reference  # the 1-bit student learns from its teacher
+    for rank in (0, 1):
+        losses = records[(rank, 0)]["losses"]
+        assert losses[-1] < losses[0] - 0.01, losses  # the 1-bit student learns from its teacher
+    for stage in range(4):  # each rank its own batch, the same model on both
+        assert_replicas_agree(records[(0, stage)], records[(1, stage)])
     for (rank, stage), record in records.items():
         assert record["world"] == 2
-        # the same losses on both ranks and at every stage, to fp32 rounding
-        assert record["losses"] == pytest.approx(reference, rel=1e-5), (rank, stage)
+        # a rank's losses are the same at every stage, to fp32 rounding
+        assert record["losses"] == pytest.approx(records[(rank, 0)]["losses"], rel=1e-5), (rank, stage)
         # the quantizer sees the whole weight, also when ZeRO-3 holds only a partition of it locally
         assert record["quantizer_saw"] == [[64, 32]], (rank, stage)
         assert record["local_numel"] == (0 if stage == 3 else 64 * 32), (rank, stage)
@@ -62,8 +67,10 @@ def test_head_and_row_pruning_with_1bit_weights_under_zero_0_to_3(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = _records(tmp_path, range(4))
     reference = records[(0, 0)]
+    for stage in range(4):
+        assert_replicas_agree(records[(0, stage)], records[(1, stage)])
     for (rank, stage), record in records.items():
-        assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
+        assert record["losses"] == pytest.approx(records[(rank, 0)]["losses"], rel=1e-5), (rank, stage)
         pruned = record["pruned"]
         # the same masks on every rank and stage (ZeRO-3: scores and weights gathered, not a local partition)
         assert pruned["kept_heads"] == reference["pruned"]["kept_heads"] and len(pruned["kept_heads"]) == 1
@@ -96,8 +103,10 @@ def test_sparse_topk_pruning_with_1bit_weights_under_zero_0_and_3(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = _records(tmp_path, (0, 3))
     reference = records[(0, 0)]
+    for stage in (0, 3):
+        assert_replicas_agree(records[(0, stage)], records[(1, stage)])
     for (rank, stage), record in records.items():
-        assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
+        assert record["losses"] == pytest.approx(records[(rank, 0)]["losses"], rel=1e-5), (rank, stage)
         pruned = record["pruned"]
         assert pruned["zeros"] == 0.5, (rank, stage)  # half of every weight, on every rank
         assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-6), (rank, stage)
@@ -119,7 +128,8 @@ def test_snip_momentum_pruning_keeps_the_same_blocks_on_every_rank_under_zero_0_
         pruned = record["pruned"]
         # scores summed over the ranks (each saw its own batch): the same blocks everywhere
         assert pruned["kept_rows"] == kept, (rank, stage)
-        assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
+        assert record["losses"] == pytest.approx(records[(rank, 0)]["losses"], rel=1e-5), (rank, stage)
+        assert_replicas_agree(record, records[(1 - rank, stage)])
         assert pruned["zeros"] == 0.5, (rank, stage)
         assert pruned["cleaned"] == pytest.approx(pruned["masked"], abs=1e-6), (rank, stage)
     for rank in (0, 1):
@@ -132,9 +142,8 @@ def test_channel_pruning_of_a_resnet_under_zero_0_and_3(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = _records(tmp_path, (0, 3))
-    reference = records[(0, 0)]
     for (rank, stage), record in records.items():
-        assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5), (rank, stage)
+        assert record["losses"] == pytest.approx(records[(rank, 0)]["losses"], rel=1e-5), (rank, stage)
         assert [len(kept) for kept in record["kept"]] == [4, 8], (rank, stage)
         if stage == 3 and not can_partition_new_parameters():  # the legacy stack: refused, naming the fix
             # DeepSpeed 0.16.9's ZeRO-3 left the two ranks with different topk channel scores in about one run
@@ -145,6 +154,7 @@ def test_channel_pruning_of_a_resnet_under_zero_0_and_3(tmp_path):
         # Adam moves every score by about the learning rate whatever the size of its gradient, and these gradients
         # are so small that a stage's reduction order can flip a near tie
         assert record["kept"] == records[(1 - rank, stage)]["kept"], (rank, stage)
+        assert_replicas_agree(record, records[(1 - rank, stage)])
         assert record["cleaned"] == pytest.approx(record["masked"], abs=1e-5), (rank, stage)
         assert record["shapes"] == {
             "0.convolution": [4, 8, 3, 3],
@@ -162,34 +172,43 @@ def test_zero3_partitioned_teacher_gives_the_same_losses(tmp_path):
     replicated, partitioned = _records(tmp_path / "replicated", (3,)), _records(tmp_path / "partitioned", (3,))
     for key in replicated:
         assert partitioned[key]["losses"] == pytest.approx(replicated[key]["losses"], rel=1e-5)
+    assert_replicas_agree(partitioned[(0, 3)], partitioned[(1, 3)])
+    for key in replicated:
         assert replicated[key]["teacher_local_numel"] > 0 and partitioned[key]["teacher_local_numel"] == 0
 
 
 def test_ternary_bf16_under_zero_1_and_3(tmp_path):
     result = _launch(tmp_path, "--stages", "1,3", "--steps", "3", "--bits", "2", "--bf16")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for (rank, stage), record in _records(tmp_path, (1, 3)).items():
-        assert all(loss == loss for loss in record["losses"]), (rank, stage)  # finite, no NaN
+    records = _records(tmp_path, (1, 3))
+    for (rank, stage), record in records.items():
+        assert all(math.isfinite(loss) for loss in record["losses"]), (rank, stage)
         for name, weight in record["weights"].items():
-            assert weight["levels"] <= 3 and weight["shape"][1] == 32, (rank, stage, name)
+            assert weight["levels"] == 3 and weight["shape"][1] == 32, (rank, stage, name)  # -a, 0, +a
+        assert_replicas_agree(record, records[(1 - rank, stage)])
 
 
 @pytest.mark.parametrize(
-    "fault, stage, limit_s",
+    "fault, stage, cause",
     [
-        ("--die", "2", 120),  # a dead rank: the launcher notices and ends the job
-        ("--hang", "0", 90),  # a stalled rank (alive): the others' next collective times out after 10 s
+        # a dead rank: the launcher sees its exit status (or rank 0 its closed connection first) and ends the job
+        (
+            "--die",
+            "2",
+            r"'--local_rank=1'.* exits with return code = 3|\[rank0\]: RuntimeError: .*Connection closed by peer",
+        ),
+        # a stalled rank (alive): the other's next collective times out after --timeout_s 10 and ends the job
+        ("--hang", "0", r"\[rank0\]: RuntimeError: .*Timed out waiting 10000ms"),
     ],
     ids=["dying-rank", "stuck-rank"],
 )
-def test_a_failing_rank_ends_the_job(tmp_path, fault, stage, limit_s):
-    started = time.monotonic()
+def test_a_failing_rank_ends_the_job(tmp_path, fault, stage, cause):
     result = _launch(
         tmp_path, "--stages", stage, "--steps", "50", f"{fault}_rank", "1", f"{fault}_step", "3", "--timeout_s", "10"
     )
-    elapsed = time.monotonic() - started
     assert result.returncode != 0
-    assert elapsed < limit_s, f"the job took {elapsed:.0f} s to end after {fault[2:]} rank 1"
+    assert re.search(cause, result.stdout + result.stderr), result.stdout[-3000:] + result.stderr[-3000:]
+    assert not (tmp_path / f"rank0_stage{stage}.json").exists()  # the job did not run on to its end
 
 
 def _mpirun() -> str:
@@ -209,7 +228,8 @@ def test_mpirun_with_mpi_discovery(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = _records(tmp_path, (2,))
     assert records[(0, 2)]["mpi"] is not None  # the ranks came from MPI's own variables
-    assert records[(0, 2)]["world"] == 2 and records[(0, 2)]["losses"] == records[(1, 2)]["losses"]
+    assert records[(0, 2)]["world"] == 2
+    assert_replicas_agree(records[(0, 2)], records[(1, 2)])
 
 
 def test_deepspeed_launcher_mpich(tmp_path):
@@ -222,8 +242,9 @@ def test_deepspeed_launcher_mpich(tmp_path):
     cmd += [WORKER, "--out", str(tmp_path), "--stages", "1", "--steps", "3"]
     result = subprocess.run(cmd, env=job_env(**ENV), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    record = _records(tmp_path, (1,))[(1, 1)]
-    assert record["world"] == 2 and record["mpi"] == "mpich"
+    records = _records(tmp_path, (1,))
+    assert records[(1, 1)]["world"] == 2 and records[(1, 1)]["mpi"] == "mpich"
+    assert_replicas_agree(records[(0, 1)], records[(1, 1)])
 
 
 def _open_mpi(tmp_path: Path) -> dict[str, str]:
@@ -260,7 +281,8 @@ def test_deepspeed_launcher_openmpi(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = _records(tmp_path, (2,))
     assert [records[(rank, 2)]["mpi"] for rank in (0, 1)] == ["openmpi", "openmpi"]
-    assert records[(0, 2)]["world"] == 2 and records[(0, 2)]["losses"] == records[(1, 2)]["losses"]
+    assert records[(0, 2)]["world"] == 2
+    assert_replicas_agree(records[(0, 2)], records[(1, 2)])
 
 
 def test_torchrun_environment(tmp_path):
@@ -273,3 +295,4 @@ def test_torchrun_environment(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = _records(tmp_path, (3,))
     assert records[(1, 3)]["world"] == 2 and records[(1, 3)]["local_numel"] == 0
+    assert_replicas_agree(records[(0, 3)], records[(1, 3)])

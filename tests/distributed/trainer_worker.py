@@ -73,6 +73,13 @@ def main() -> None:
     out = Path(training_args.output_dir)
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     trainer.save_packed(out / "packed")
+    engine = trainer.model_wrapped.eval()  # the cleaned model, as packed; every rank runs it (ZeRO-3 gathers)
+    rows = data["validation"][:4]
+    with torch.no_grad():
+        logits = engine(**{key: torch.tensor(rows[key]) for key in ("input_ids", "attention_mask")}).logits
+    if rank == 0:
+        inputs = {key: rows[key] for key in ("input_ids", "attention_mask")}
+        (out / "trained_logits.json").write_text(json.dumps({"inputs": inputs, "logits": logits.tolist()}))
 
 
 if __name__ == "__main__":

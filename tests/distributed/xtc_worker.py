@@ -1,8 +1,9 @@
 """One rank of a multi-process XTC job (tests/distributed): tiny BERT teacher -> 1-bit student with KD.
 
 Runs the same fixed-seed job once per ZeRO stage in one process group and writes
-``<out>/rank<R>_stage<S>.json`` with the step losses (averaged over ranks), what the weight quantizer saw and
-the number of distinct values per quantized weight. ``--die_rank/--die_step`` kill one rank mid-run,
+``<out>/rank<R>_stage<S>.json`` with the rank's own step losses, digests of its parameters and quantized weights
+after training (equal on every rank), what the weight quantizer saw and the number of distinct values per quantized
+weight. ``--die_rank/--die_step`` kill one rank mid-run,
 ``--hang_rank/--hang_step`` stall one.
 """
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (the tiny
 
 from configs import recipe  # noqa: E402
 from models import tiny_bert  # noqa: E402
+from replicas import replica_digests  # noqa: E402
 
 MICRO_BATCH = 8
 
@@ -132,9 +134,8 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         loss = engine.xtc.student_loss(engine, batch)
         engine.backward(loss)
         engine.step()
-        mean = loss.detach().float().clone()
-        dist.all_reduce(mean)
-        losses.append(mean.item() / world)
+        losses.append(loss.item())  # this rank's own batch
+    replicas = replica_digests(student)
     weights = {
         name: _weight_record(student.get_submodule(name))
         for name in ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.1.attention.self.query")
@@ -168,6 +169,7 @@ def run_stage(stage: int, steps: int, args: argparse.Namespace) -> dict:
         "rank": rank,
         "world": world,
         "losses": losses,
+        "replicas": replicas,
         "quantizer_saw": sorted({tuple(shape) for shape in seen}),
         "local_numel": dense.weight.numel(),
         "teacher_local_numel": sum(p.numel() for p in engine.xtc.teacher.parameters()),

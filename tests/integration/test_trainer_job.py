@@ -83,11 +83,41 @@ def _check_result(out, teacher_forwards):
     state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert steps == list(range(1, 13))
+    _check_packed(out)
+
+
+def _saved_student_logits(out):
+    """Logits of the student the script saved (``trainer.save_model``: latent weights and schedule state), cleaned
+    as ``save_packed`` cleans it, on four headlines; and those inputs."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from xtc_ds import init_compression, load_compression_config, redundancy_clean
+    from xtc_ds.saved_state import load_compression_state
+    from xtc_ds.schedule import CompressionScheduler
+
+    model = AutoModelForSequenceClassification.from_pretrained(out, attn_implementation="eager").eval()
+    config = load_compression_config(json.loads((out / "xtc_compression.json").read_text()))
+    init_compression(model, config)
+    load_compression_state(out, CompressionScheduler(model))
+    redundancy_clean(model, config)
+    texts = ["stocks rally as bank profit beats", "coach names team for the final", "new chip for cloud", "summit"]
+    inputs = dict(AutoTokenizer.from_pretrained(out)(texts, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        return model(**inputs).logits, inputs
+
+
+def _check_packed(out):
+    """The packed export computes what the trained, cleaned model computed on the same rows (the export tests'
+    tolerance for the packed kernel)."""
     from xtc_ds import load_packed
 
-    model = load_packed(out / "packed")
-    logits = model(input_ids=torch.tensor([[101, 2000, 102]])).logits
-    assert logits.shape == (1, 4) and torch.isfinite(logits).all()
+    trained = json.loads((out / "trained_logits.json").read_text())
+    expected = torch.tensor(trained["logits"])
+    with torch.no_grad():
+        inputs = {key: torch.tensor(value) for key, value in trained["inputs"].items()}
+        got = load_packed(out / "packed")(**inputs).logits
+    assert expected.shape == (4, 4)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
 @needs_current_transformers
@@ -130,7 +160,11 @@ def test_the_example_script_with_its_ds_config(tmp_path, zero3_layer_reduction):
     ds_config = REPO_ROOT / "examples" / "trainer" / "ds_config.json"
     if zero3_layer_reduction:
         config = json.loads(ds_config.read_text())
-        config["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
+        config["zero_optimization"] = {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_gather_16bit_weights_on_model_save": True,  # save_model writes the whole student
+        }
         config["compression_training"]["layer_reduction"] = {"enabled": True, "teacher_layer": [1, 3]}
         ds_config = tmp_path / "ds_config.json"
         ds_config.write_text(json.dumps(config))
@@ -152,5 +186,9 @@ def test_the_example_script_with_its_ds_config(tmp_path, zero3_layer_reduction):
     from xtc_ds import load_packed
 
     model = load_packed(out / "packed")
+    expected, inputs = _saved_student_logits(out)
+    with torch.no_grad():
+        got = model(**inputs).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     assert model.config.id2label == {0: "business", 1: "sports", 2: "tech", 3: "world"}
     assert model.config.num_hidden_layers == (2 if zero3_layer_reduction else 4)

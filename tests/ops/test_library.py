@@ -134,6 +134,7 @@ def test_inductor_fuses_the_reference_of_fake_quantization():
     compiled = torch.compile(qat, fullgraph=True)
     torch.testing.assert_close(compiled(x), qat(x), rtol=1e-5, atol=1e-5)
     code = torch._inductor.utils.run_and_get_code(compiled, x * 2)[1]
+    assert code and all(source.strip() for source in code)  # Inductor generated code for the call
     assert not any("xtc_ds" in source for source in code)  # inlined and fused, not called as an opaque op
 
 

@@ -16,7 +16,7 @@ def test_training_length_is_the_99th_percentile_rounded_up_and_capped():
     assert plan.eval_seq_length(torch.tensor([5, 700]), 512) == plan.SEQ_CAP
 
 
-def test_epochs_fit_the_budget_scale_with_model_size_and_stay_in_range():
+def test_epochs_fit_the_budget_scale_with_model_size_and_stay_in_range(monkeypatch):
     minilm = plan.model_cost(_Config(6, 384))
     assert minilm == 1.0 and plan.model_cost(_Config(12, 768)) == 8.0 and plan.model_cost(_Config(6, 384), 3) == 0.5
     small = plan.phase_plan("student", epoch_tokens=1e5, cost=1.0, epochs=None)
@@ -28,8 +28,13 @@ def test_epochs_fit_the_budget_scale_with_model_size_and_stay_in_range():
     assert bigger_model.epochs < large.epochs
     given = plan.phase_plan("teacher", epoch_tokens=1e6, cost=1.0, epochs=3.0)
     assert (given.epochs, given.chosen) == (3.0, False)
-    budgeted = plan.phase_plan("student", epoch_tokens=1e6, cost=1.0, epochs=None)
-    assert budgeted.minutes == pytest.approx(plan.STUDENT_MINUTES * 2 / torch.get_num_threads(), rel=0.25)
+    two_epochs = plan.STUDENT_MINUTES * 60 * plan._REFERENCE_TOKENS_PER_S["student"] / 2  # tokens of one epoch
+    budgeted = plan.phase_plan("student", epoch_tokens=two_epochs, cost=1.0, epochs=None)
+    assert budgeted.epochs == 2.0
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the reference machine's threads
+    assert budgeted.minutes == pytest.approx(plan.STUDENT_MINUTES, rel=1e-9)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert budgeted.minutes == pytest.approx(plan.STUDENT_MINUTES / 2, rel=1e-9)
 
 
 def test_the_plan_says_what_runs_and_for_how_long():
