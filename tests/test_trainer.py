@@ -109,10 +109,10 @@ BEST_AT_END = dict(
 
 
 def test_load_best_model_at_end_restores_the_best_checkpoints_schedule(tmp_path):
-    trainer = _trainer(tmp_path, **BEST_AT_END)
+    trainer = _trainer(tmp_path, **{**BEST_AT_END, "greater_is_better": True})  # the highest eval loss: an early step
     trainer.train()
     best = trainer.state.best_model_checkpoint
-    assert best is not None
+    assert best is not None and int(best.rsplit("-", 1)[1]) < trainer.state.global_step  # not the last step's state
     assert trainer.xtc.scheduler.step_count == int(best.rsplit("-", 1)[1])
 
 

@@ -25,10 +25,13 @@ def _run(cmd):
 
 
 def _common(config, base, out):
+    """60 steps at high rates: enough for the tiny random-init model to learn the topic words (both files below
+    are labelled by them), so the teacher and the 1-bit student clear the majority-class baseline by far."""
     return [
         *("--deepspeed_config", config, "--model_name_or_path", str(base), "--output_dir", str(out)),
-        *("--max_seq_length", "16", "--teacher_max_train_steps", "6", "--max_train_steps", "6"),
-        *("--eval_steps", "3", "--save_steps", "3", "--per_device_train_batch_size", "16"),
+        *("--max_seq_length", "16", "--teacher_max_train_steps", "60", "--max_train_steps", "60"),
+        *("--teacher_learning_rate", "3e-3", "--learning_rate", "2e-3"),
+        *("--eval_steps", "20", "--save_steps", "30", "--per_device_train_batch_size", "16"),
     ]
 
 
@@ -55,7 +58,10 @@ def test_csv_with_four_string_labels_end_to_end(tmp_path):
     _run(["deepspeed", "--master_port", str(_free_port()), TRAIN, *flags])
 
     results = json.loads((out / "eval_results.json").read_text())
-    assert results["task"] == "news" and results["teacher_training"]["steps"] == 6
+    assert results["task"] == "news" and results["teacher_training"]["steps"] == 60
+    # four topics, 4 dev rows each: the majority class scores 0.25; measured here: teacher and student 1.0
+    assert results["teacher_dev"]["dev"]["accuracy"] >= 0.75
+    assert results["final_dev"]["dev"]["accuracy"] >= 0.5 and results["packed_dev"]["dev"]["accuracy"] >= 0.5
     assert results["augmentation"]["variants_per_row"] == 20 and results["augmentation"]["rows"] > 96  # default
     assert set(results["packed_dev"]["dev"]) == {"accuracy", "macro_f1"}
     assert abs(results["packed_dev"]["dev"]["accuracy"] - results["final_dev"]["dev"]["accuracy"]) <= 1 / 16
@@ -103,10 +109,12 @@ def test_csv_with_four_string_labels_end_to_end(tmp_path):
 def test_jsonl_regression_end_to_end(tmp_path):
     rng = random.Random(1)
 
-    def record():
-        first, second = rng.choice(sorted(TOPICS)), rng.choice(sorted(TOPICS))
-        score = 4.0 if first == second else 0.5
-        return {"sentence1": headline(rng, first), "sentence2": headline(rng, second), "label": score + rng.random()}
+    topics = sorted(TOPICS)
+
+    def record():  # the score is the first headline's topic (0-3) plus noise: learnable from its words
+        first, second = rng.choice(topics), rng.choice(topics)
+        score = topics.index(first) + rng.random() / 2
+        return {"sentence1": headline(rng, first), "sentence2": headline(rng, second), "label": score}
 
     train, dev = tmp_path / "pairs_train.jsonl", tmp_path / "pairs_dev.jsonl"
     train.write_text("".join(json.dumps(record()) + "\n" for _ in range(96)), encoding="utf-8")
@@ -120,7 +128,9 @@ def test_jsonl_regression_end_to_end(tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert results["task"] == "pairs_train"
     packed = results["packed_dev"]["dev"]
-    assert set(packed) == {"pearson", "spearmanr"} and all(-1.0 <= v <= 1.0 for v in packed.values())
+    assert set(packed) == {"pearson", "spearmanr"}
+    # uncorrelated predictions score about 0 (measured here: teacher 0.80, packed student 0.82 Pearson)
+    assert results["teacher_dev"]["dev"]["pearson"] >= 0.5 and packed["pearson"] >= 0.4
     best = results["student_best"]
     assert best["score"] == pytest.approx(best["metrics"]["dev"]["spearmanr"])  # --metric_name spearman
     config = json.loads((out / "packed" / "config.json").read_text())

@@ -12,7 +12,7 @@ import torch
 
 from configs import recipe
 from conftest import REPO_ROOT, _free_port, job_env
-from models import save_tiny_teacher
+from models import fine_tune_tiny_teacher, save_tiny_teacher
 from text_files import news_csv
 
 pytestmark = pytest.mark.slow
@@ -155,6 +155,7 @@ def test_the_example_script_with_its_ds_config(tmp_path, zero3_layer_reduction):
     teacher = tmp_path / "teacher"
     save_tiny_teacher(teacher, dropout=0.0, num_labels=4)
     train, dev = news_csv(tmp_path)
+    fine_tune_tiny_teacher(teacher, train)  # the script compresses a fine-tuned model
     out = tmp_path / "out"
     script = REPO_ROOT / "examples" / "trainer" / "run_classification_xtc.py"
     ds_config = REPO_ROOT / "examples" / "trainer" / "ds_config.json"
@@ -171,8 +172,9 @@ def test_the_example_script_with_its_ds_config(tmp_path, zero3_layer_reduction):
     flags = [
         *("--deepspeed", str(ds_config)),
         *("--model_name_or_path", str(teacher), "--train_file", train, "--validation_file", dev),
-        *("--text_column_names", "text", "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "4"),
-        *("--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true"),
+        *("--text_column_names", "text", "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "16"),
+        *("--per_device_train_batch_size", "8", "--learning_rate", "2e-3", "--report_to", "none"),
+        *("--disable_tqdm", "true"),
     ]
     if not zero3_layer_reduction:
         flags += ["--augment", "4"]  # variants made once by the main process, read by both ranks
@@ -181,8 +183,9 @@ def test_the_example_script_with_its_ds_config(tmp_path, zero3_layer_reduction):
     assert augmented.is_file() != zero3_layer_reduction
     if augmented.is_file():
         assert json.loads(augmented.read_text())["settings"]["variants"] == 4
-    assert 0.0 <= json.loads((out / "eval_results.json").read_text())["eval_accuracy"] <= 1.0
-    assert torch.load(out / "xtc_scheduler.pt", weights_only=True)["step"] == 4
+    # four topics (majority class 0.25); the 1-bit student distilled from the fine-tuned teacher learns them
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] >= 0.5
+    assert torch.load(out / "xtc_scheduler.pt", weights_only=True)["step"] == 16
     from xtc_ds import load_packed
 
     model = load_packed(out / "packed")

@@ -52,6 +52,8 @@ SHAPES = [(1, 4, 16), (3, 36, 48), (4, 128, 32), (5, 132, 16), (9, 260, 64), (37
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("m, k, n", SHAPES, ids=[f"{m}x{k}x{n}" for m, k, n in SHAPES])
+@pytest.mark.native
+@pytest.mark.slow
 def test_integer_dot_products_are_exact(flavour, bits, m, k, n):
     """Activations on the integer grid (scale 1) and unit row scales: the output is the integer product itself,
     converted to float32 once."""
@@ -66,6 +68,8 @@ def test_integer_dot_products_are_exact(flavour, bits, m, k, n):
     assert torch.equal(out, (codes.double() @ levels.double().T).float())
 
 
+@pytest.mark.native
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [1, 2, 8])
 def test_flavour_matches_the_reference(flavour, bits):
     _, module = flavour
@@ -79,6 +83,7 @@ def test_flavour_matches_the_reference(flavour, bits):
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
+@pytest.mark.slow  # builds every flavour
 def test_use_cpu_flavour_switches_the_registered_kernels(cpu_ops):
     x, w = torch.randn(6, 64), torch.randn(32, 64)
     quantized = reference.quantize_weight(w, 1, 32)
