@@ -56,7 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "native: needs the fused CPU ops (skips, saying why, when they did not build)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skips without one)")
     config.addinivalue_line(
-        "markers", "stack: depends on the DeepSpeed/transformers/accelerate/datasets APIs (run again on the legacy stack)"
+        "markers",
+        "stack: depends on the DeepSpeed/transformers/accelerate/datasets APIs (run again on the legacy stack)",
     )
     try:
         import deepspeed.ops

@@ -8,6 +8,6 @@ extra.
 """
 
 from xtc_ds.onnx_export.export import export_onnx
-from xtc_ds.onnx_export.session import OnnxClassifier, onnxruntime_available
+from xtc_ds.onnx_export.session import OnnxClassifier, missing_onnx_packages, onnxruntime_available
 
-__all__ = ["export_onnx", "OnnxClassifier", "onnxruntime_available"]
+__all__ = ["export_onnx", "OnnxClassifier", "onnxruntime_available", "missing_onnx_packages"]

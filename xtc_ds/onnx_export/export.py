@@ -181,7 +181,7 @@ def export_onnx(
         axes = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
         with torch.no_grad():
             program = torch.onnx.export(
-                _Logits(ready, names),
+                _Logits(ready, names).eval(),
                 example,
                 input_names=names,
                 output_names=["logits"],

@@ -15,14 +15,20 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from xtc_ds.errors import OnnxExportError
 from xtc_ds.onnx_export.export import ONNX_FILE, RECORD_FILE
 
-__all__ = ["OnnxClassifier", "onnxruntime_available"]
+__all__ = ["OnnxClassifier", "onnxruntime_available", "missing_onnx_packages"]
 
 
 def onnxruntime_available() -> bool:
     """True when ``onnxruntime`` (the ``[onnx]`` extra) can be imported."""
+    return not missing_onnx_packages(("onnxruntime",))
+
+
+def missing_onnx_packages(needed: tuple[str, ...] = ("onnx", "onnxscript", "onnxruntime")) -> list[str]:
+    """Which of the ``[onnx]`` extra's packages cannot be imported: exporting needs ``onnx`` and ``onnxscript``,
+    running the export ``onnxruntime``. Checked without importing them, before a run starts."""
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 class OnnxClassifier(nn.Module):

@@ -1,4 +1,4 @@
-"""The recipe's two training phases and its finish: teacher fine-tuning, compressed student, clean + export."""
+"""The recipe's two training phases: teacher fine-tuning and the compressed student (the finish: :mod:`.finish`)."""
 
 from __future__ import annotations
 
@@ -13,30 +13,25 @@ from xtc_ds._log import is_rank_zero, logger
 from xtc_ds.augment import AugmentedEdits, AugmentedRows
 from xtc_ds.checkpoint_layout import LAYOUT_FILE, prepare_resume, read_layout
 from xtc_ds.checkpoints import list_tags, resolve_source, select_tag
-from xtc_ds.compress import init_compression, redundancy_clean
-from xtc_ds.config import SECTION, CompressionConfig
+from xtc_ds.config import CompressionConfig
 from xtc_ds.distributed import rank_and_world, rank_zero_decides
 from xtc_ds.errors import CheckpointError
-from xtc_ds.export import export_packed, load_packed
-from xtc_ds.files import path_within, read_json, replace_dir_atomic, write_json_atomic
+from xtc_ds.files import path_within, read_json, write_json_atomic
 from xtc_ds.layer_reduction import build_student
-from xtc_ds.onnx_export import OnnxClassifier, export_onnx, onnxruntime_available
 from xtc_ds.recipes.classification.batches import EpochBatches
 from xtc_ds.recipes.classification.io import PHASES
 from xtc_ds.recipes.classification.models import load_model
-from xtc_ds.recipes.classification.predictions import write_predictions
 from xtc_ds.recipes.classification.settings import PhaseSettings, RunConfig
 from xtc_ds.recipes.classification.trainer import Phase, evaluate, run_phase
 from xtc_ds.runtime import initialize
-from xtc_ds.saved_state import COMPRESSION_FILE, load_compression_state, save_compression_state
-from xtc_ds.schedule import CompressionScheduler
+from xtc_ds.saved_state import save_compression_state
 
 __all__ = [
     "total_steps",
     "resume_tag",
     "train_teacher",
     "train_student",
-    "finish",
+    "kd_needs_eager",
 ]
 
 
@@ -165,7 +160,7 @@ def train_teacher(run: RunConfig, ds_config: dict[str, Any], data: dict[str, Any
     return str(directory / "best"), best
 
 
-def _kd_needs_eager(compression: CompressionConfig) -> bool:
+def kd_needs_eager(compression: CompressionConfig) -> bool:
     kd = compression.knowledge_distillation
     return kd.enabled and kd.attention_weight > 0  # attention maps are only returned by eager attention
 
@@ -182,7 +177,7 @@ def train_student(
     """Train the compressed student (with KD from the teacher when configured) on the training rows and their
     ``augmented`` variants, which KD learns from the teacher's outputs; returns its and the teacher's dev results."""
     kd = compression.knowledge_distillation
-    teacher = load_model(teacher_path, run.task, eager=_kd_needs_eager(compression))
+    teacher = load_model(teacher_path, run.task, eager=kd_needs_eager(compression))
     torch.manual_seed(run.seed)
     student = build_student(teacher, compression)
 
@@ -207,44 +202,3 @@ def train_student(
     evaluation = run.evaluation
     teacher_metrics = evaluate(teacher, data["dev"], run.task, evaluation.batch_size, evaluation.pad_to_max_length)
     return {"student_best": best, "teacher_dev": teacher_metrics}
-
-
-def finish(run: RunConfig, compression: CompressionConfig, data: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
-    """Rebuild the best student, bake its quantized weights (redundancy_clean), evaluate and save it.
-
-    Then export it packed (``packed/``), load that back and evaluate it: the packed model's score is reported
-    beside the fake-quant one. With test rows (``--do_predict``) the packed model writes ``predictions.tsv``.
-    Where ``onnxruntime`` is installed (the ``[onnx]`` extra) the packed model is also exported for ONNX Runtime
-    (``onnx/``) and that model's score reported too.
-    """
-    out, evaluation = run.output_dir, run.evaluation
-    best_dir = out / "student" / "best"
-    model = load_model(str(best_dir), run.task, eager=_kd_needs_eager(compression))
-    init_compression(model, compression)
-    load_compression_state(best_dir, CompressionScheduler(model))
-    redundancy_clean(model, compression)
-    metrics = evaluate(model, data["dev"], run.task, evaluation.batch_size, evaluation.pad_to_max_length)
-
-    def fill(folder: Path) -> None:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        write_json_atomic(folder / COMPRESSION_FILE, {SECTION: compression.to_dict()})
-
-    replace_dir_atomic(out / "final", fill)
-    packed_dir = export_packed(model, compression, out / "packed", tokenizer, dtype=run.packed_dtype)
-    packed_model = load_packed(packed_dir)
-    packed = evaluate(packed_model, data["dev"], run.task, evaluation.batch_size, evaluation.pad_to_max_length)
-    results: dict[str, Any] = {"final_dev": metrics, "packed_dev": packed}
-    if onnxruntime_available():
-        onnx_model = OnnxClassifier(export_onnx(packed_dir, out / "onnx"))
-        results["onnx_dev"] = evaluate(
-            onnx_model, data["dev"], run.task, evaluation.batch_size, evaluation.pad_to_max_length
-        )
-    else:
-        logger.info("xtc_ds: no onnx/ export: onnxruntime is not installed (pip install 'xtc_ds[onnx]')")
-    if "test" in data:
-        path = write_predictions(
-            packed_model, data["test"], run.task, out, evaluation.batch_size, evaluation.pad_to_max_length
-        )
-        results["predictions"] = str(path)
-    return results

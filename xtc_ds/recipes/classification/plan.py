@@ -190,6 +190,7 @@ def describe(
     phases: list[PhasePlan],
     device: str,
     augment: Optional[AugmentPlan] = None,
+    outputs: Optional[str] = None,
 ) -> str:
     """The plan as printed before training: data, sequence lengths, augmentation, each phase's epochs and estimated
     time."""
@@ -205,5 +206,7 @@ def describe(
     if on_cpu:
         total = sum(phase.minutes for phase in phases) + (augment.seconds / 60 if augment else 0.0)
         lines.append(f"  training about {total:.0f} min in all, plus evaluations and the export")
+    if outputs:
+        lines.append(outputs)
     lines.append("  (the progress bars show the real ETA)")
     return "\n".join(lines)

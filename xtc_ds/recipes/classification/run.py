@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -34,9 +35,10 @@ from xtc_ds.files import append_jsonl, write_json_atomic
 from xtc_ds.onnx_export import OnnxClassifier
 from xtc_ds.recipes.classification.args import parse_args, resolve_learning_rates
 from xtc_ds.recipes.classification.data import TaskData, TaskSpec, encode, load_task_data
+from xtc_ds.recipes.classification.finish import EXIT_LATE_FAILURE, Outputs, finish, plan_outputs
 from xtc_ds.recipes.classification.io import AUGMENT_DIR, check_output_dir, prepare_output_dir
 from xtc_ds.recipes.classification.models import check_against_model, check_model_labels, default_model_path
-from xtc_ds.recipes.classification.phases import finish, total_steps, train_student, train_teacher
+from xtc_ds.recipes.classification.phases import kd_needs_eager, total_steps, train_student, train_teacher
 from xtc_ds.recipes.classification.plan import (
     SEQ_CAP,
     AugmentPlan,
@@ -126,6 +128,7 @@ def _plan(
     global_batch: int,
     augment: AugmentPlan,
     augmenter: Optional[Augmenter],
+    outputs: Outputs,
 ) -> None:
     """Fill in the sequence lengths and epochs that flags left open (:mod:`.plan`); say the plan.
 
@@ -162,7 +165,7 @@ def _plan(
         augment = replace(augment, reason=f"{augment.reason}; candidates from {augmenter.kind.replace('_', ' ')}")
     lengths_used = (args.max_seq_length, args.eval_max_seq_length)
     device = get_accelerator().device_name()
-    announce(describe(args.task.name, len(train), lengths_used, auto, phases, device, augment))
+    announce(describe(args.task.name, len(train), lengths_used, auto, phases, device, augment, outputs.line()))
 
 
 def _augment(augmenter: Optional[Augmenter], train: dict[str, torch.Tensor], out: Path) -> Optional[AugmentedEdits]:
@@ -263,7 +266,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(args.teacher_model or model_path)
     augment, augmenter = _augmenter(args, compression, len(examples["train"]), model_path, tokenizer)
     global_batch = ds_full["train_batch_size"]
-    _plan(args, examples, task_data.test, tokenizer, hf_config, student_layers, global_batch, augment, augmenter)
+    outputs = plan_outputs(predictions=task_data.test is not None)
+    _plan(
+        args, examples, task_data.test, tokenizer, hf_config, student_layers, global_batch, augment, augmenter, outputs
+    )
     student_rows = len(examples["train"]) * (1 + augment.variants)
     student_steps = total_steps(args.num_train_epochs, args.max_train_steps, student_rows // global_batch)
     resolve_learning_rates(args, compression, student_steps)
@@ -294,9 +300,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             "seconds": augmented.meta["seconds"],
         }
     results.update(train_student(run, ds_full, compression, data, tokenizer, teacher_path, augmented))
+
+    def save(made: dict[str, Any]) -> None:
+        write_json_atomic(out / "eval_results.json", {**results, **made, "wall_time_s": time.time() - started})
+
+    def finish_on_rank_zero() -> tuple[dict[str, Any], list[str]]:
+        save({})  # the training results, before any step that could fail
+        return finish(run, compression, data, tokenizer, outputs, kd_needs_eager(compression), save)
+
+    made, failed = rank_zero_decides(finish_on_rank_zero)  # every rank learns what failed
+    results.update(made)
+    results["wall_time_s"] = time.time() - started
+    if failed:
+        results["failed_steps"] = failed
     if is_rank_zero():
-        results.update(finish(run, compression, data, tokenizer))
-        results["wall_time_s"] = time.time() - started
         write_json_atomic(out / "eval_results.json", results)
         logger.info("xtc_ds: results %s", results)
     if dist.is_initialized():
@@ -305,5 +322,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 def cli() -> None:
-    """Entry point of ``launch/train.py``: user errors (config, data, files, flags) end with one line, exit code 2."""
-    exit_on_user_error(main)
+    """Entry point of ``launch/train.py``: user errors (config, data, files, flags) end with one line and exit
+    code 2; a run whose results are written but a later step failed ends with exit code 3, naming each step."""
+    results = exit_on_user_error(main)
+    failed = results.get("failed_steps", [])
+    if failed:
+        for line in failed:
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(EXIT_LATE_FAILURE)
