@@ -359,6 +359,38 @@ def test_augmentation_without_distillation_is_refused_before_deepspeed_starts(tm
     assert not (tmp_path / "out").exists()
 
 
+def test_the_plan_augments_a_small_set_for_the_student_only(tmp_path, monkeypatch, capsys):
+    """96 rows: 20 variants each for the student, whose budget covers a fraction of them; the teacher keeps its own
+    budget over the labelled rows (at most 5 epochs)."""
+    from models import save_tiny_teacher
+    from text_files import news_csv
+    from xtc_ds.recipes.classification import run
+
+    class Planned(Exception):
+        pass
+
+    def started(**_):
+        raise Planned
+
+    monkeypatch.setattr(run, "init_distributed", started)
+    train, dev = news_csv(tmp_path)
+    save_tiny_teacher(tmp_path / "base")  # with MiniLM's tokenizer, whose words the variants draw on
+    flags = ["--deepspeed_config", str(REPO_ROOT / "ds_configs" / "ds_xtc_1bit.json"), "--train_file", train]
+    flags += [
+        "--validation_file",
+        dev,
+        "--model_name_or_path",
+        str(tmp_path / "base"),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(Planned):
+        run.main(flags)
+    plan = capsys.readouterr().err
+    assert "augmentation: 20 variants per row (auto: 96 training rows, under 10000; candidates from embedding" in plan
+    assert "teacher: 5 epochs (budget)" in plan and "student: 20 epochs (budget)" in plan
+
+
 def test_a_teacher_fine_tuned_on_other_labels_is_refused(tiny_teacher_dir):
     from transformers import AutoConfig
 

@@ -155,7 +155,8 @@ def _plan(
             continue
         steps = getattr(args, steps_flag)
         epochs = getattr(args, epochs_flag) if steps is None else steps * global_batch / rows
-        phase = phase_plan(name, row_tokens * rows, model_cost(hf_config, layers), epochs, augmented=copies > 1)
+        augmented = name == "student" and copies > 1  # the teacher learns the labelled rows only
+        phase = phase_plan(name, row_tokens * rows, model_cost(hf_config, layers), epochs, augmented=augmented)
         if steps is None:
             setattr(args, epochs_flag, phase.epochs)
         phases.append(phase)
