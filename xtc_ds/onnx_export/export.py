@@ -11,8 +11,12 @@ per-row scales (and, on request, binary codes) stored compactly in the file (:mo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -37,6 +41,29 @@ ONNX_FILE = "model.onnx"
 RECORD_FILE = "xtc_onnx.json"
 DEFAULT_BLOCK_SIZE = 128
 _OPSET = 20
+
+
+_CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+"""Loggers that narrate every graph pass (INFO) or name ops the export never uses (torchvision's)."""
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The ONNX exporter's pass-by-pass INFO lines, its 'torchvision is not installed' notes and its UserWarnings
+    about merged axis names say nothing a user can act on: kept out of the console for the export's duration.
+    Errors still raise."""
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def _require_onnx() -> None:
@@ -179,7 +206,7 @@ def export_onnx(
         names = model_input_names(model)
         example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
         axes = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 _Logits(ready, names).eval(),
                 example,

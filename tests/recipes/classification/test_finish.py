@@ -89,3 +89,34 @@ def test_without_the_onnx_packages_the_plan_says_so_and_the_run_ends_well(traine
     assert "outputs: final/, packed/, predictions.tsv, eval_results.json; no onnx/ (onnxscript not installed" in err
     results = json.loads((out / "eval_results.json").read_text())
     assert "onnx_dev" not in results and "failed_steps" not in results and results["packed_dev"]
+
+
+def test_the_last_screen_is_the_summary_without_exporter_chatter(trained):
+    """Run again (it continues from the checkpoints and redoes the finish, ONNX export included), as a user would:
+    the console ends with the summary, whose numbers are those of eval_results.json, and shows none of the
+    exporter's pass-by-pass INFO lines or warnings."""
+    import subprocess
+
+    from conftest import job_env
+
+    out, flags = trained
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "launch" / "train.py"), *flags],
+        env=job_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    for chatter in ("onnx_ir", "onnxscript", "torchvision", "UserWarning", "FutureWarning", "training mode"):
+        assert chatter not in console, chatter
+    screen = result.stderr[result.stderr.index("xtc_ds: done.") :].splitlines()
+    results = json.loads((out / "eval_results.json").read_text())
+    assert len(screen) < 30
+    for key, name in (("teacher_dev", "teacher"), ("packed_dev", "packed (packed/)"), ("onnx_dev", "ONNX Runtime")):
+        accuracy = f"accuracy {100 * results[key]['dev']['accuracy']:.2f}"
+        assert any(line.strip().startswith(name) and accuracy in line for line in screen), (name, screen)
+    assert any("x smaller" in line for line in screen) and any("load_packed" in line for line in screen)
+    assert f"predictions.tsv: {out / 'predictions.tsv'}" in result.stderr

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
-from xtc_ds._log import announce, is_rank_zero, logger
+from xtc_ds._log import announce, is_rank_zero
 from xtc_ds.augment import AugmentedEdits, Augmenter, AugmentSettings, PaddedRows
 from xtc_ds.config import SECTION, CompressionConfig, ConfigError, load_compression_config, load_deepspeed_config
 from xtc_ds.distributed import (
@@ -54,6 +54,7 @@ from xtc_ds.recipes.classification.plan import (
 )
 from xtc_ds.recipes.classification.predictions import PREDICTIONS_FILE, write_predictions
 from xtc_ds.recipes.classification.settings import RunConfig
+from xtc_ds.recipes.classification.summary import summary
 from xtc_ds.recipes.classification.trainer import evaluate
 
 __all__ = ["main", "cli"]
@@ -242,7 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("xtc_ds").setLevel(logging.INFO)  # xtc_ds's progress; other libraries' warnings only
     started = time.time()
     if args.eval_packed or args.eval_onnx:
         return _eval_exported(args, load_task_data(args))
@@ -316,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         results["failed_steps"] = failed
     if is_rank_zero():
         write_json_atomic(out / "eval_results.json", results)
-        logger.info("xtc_ds: results %s", results)
+        announce(summary(results, out, Path(teacher_path)))
     if dist.is_initialized():
         dist.barrier()
     return results
