@@ -147,7 +147,7 @@ def test_channel_pruning_of_a_resnet_under_zero_0_and_3(tmp_path):
         assert [len(kept) for kept in record["kept"]] == [4, 8], (rank, stage)
         if stage == 3 and not can_partition_new_parameters():  # the legacy stack: refused, naming the fix
             # DeepSpeed 0.16.9's ZeRO-3 left the two ranks with different topk channel scores in about one run
-            # in five (a known limit, in the README); only the refusal is checked there
+            # in five (a known limit, in docs/CONFIG.md); only the refusal is checked there
             assert "needs DeepSpeed >= 0.19" in record["refused"], record
             continue
         # the same channels on both ranks (under ZeRO-3 from the gathered scores). Not compared across stages:

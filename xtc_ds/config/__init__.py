@@ -3,7 +3,7 @@
 Parsed once into frozen dataclasses (one module per technique family: ``quantization``, ``pruning``,
 ``distillation``; shared pieces in ``base``); no other module reads the raw dict. JSON keys are the field names
 exactly, so every legacy config loads unchanged. Defaults are the legacy *code* defaults (not the
-legacy docs, which disagreed with the code in several places; see README).
+legacy docs, which disagreed with the code in several places; see docs/CONFIG.md).
 """
 
 import dataclasses

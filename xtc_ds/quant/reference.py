@@ -12,7 +12,7 @@ quantized per token (each row of the last dimension is a group) or with one stat
 accumulated in float64 and rounded to float32, so the result does not depend on summation order and a fused
 kernel can match it bit for bit.
 
-Deliberate differences from the legacy library (see README, "Differences from DeepSpeed"):
+Deliberate differences from the legacy library (see docs/CONFIG.md, "Differences from DeepSpeed's library"):
 binary maps exact zeros to ``+alpha`` so there are exactly two levels; symmetric ``b``-bit uses the
 restricted range ``[-(2^(b-1)-1), 2^(b-1)-1]`` with ``scale = max|x| / (2^(b-1)-1)`` so the largest
 magnitude is representable (legacy clipped it); asymmetric uses ``(max-min) / (2^b-1)`` (legacy divided
