@@ -53,6 +53,8 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
         "3",
         "--save_steps",
         "3",
+        "--save_total_limit",
+        "1",
     ]
     port = _free_port()
     launcher = ["deepspeed", "--master_port", str(port), TRAIN]
@@ -83,6 +85,8 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     assert max(row.unique().numel() for row in embeddings[:500]) == 2
     assert (out / "final" / "xtc_compression.json").exists() and (out / "final" / "tokenizer.json").exists()
     assert (out / "student" / "checkpoints" / "latest").read_text().strip() == "global_step6"
+    for phase in ("teacher", "student"):  # --save_total_limit 1: step 3's checkpoint was removed once step 6 saved
+        assert sorted(p.name for p in (out / phase / "checkpoints").glob("global_step*")) == ["global_step6"]
     packed_bytes = (out / "packed" / "model.safetensors").stat().st_size
     assert packed_bytes * 10 < (out / "final" / "model.safetensors").stat().st_size
     assert abs(results["packed_dev"]["dev"]["accuracy"] - results["final_dev"]["dev"]["accuracy"]) <= 2 / 128

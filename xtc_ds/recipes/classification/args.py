@@ -219,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--save_steps", type=int, default=500, help="checkpoint every N optimizer steps (and at the end)"
     )
+    train.add_argument(
+        "--save_total_limit",
+        type=int,
+        default=2,
+        help="resumable checkpoints kept per phase, the newest (a MiniLM-L6 one is about 300 MB; a resume falls back to "
+        "the previous one when the newest is damaged, so 1 gives that up)",
+    )
     train.add_argument("--seed", type=int, default=42, help="seed of initialization, data order and dropout")
     train.add_argument(
         "--resume_from_checkpoint",
@@ -277,6 +284,7 @@ _RANGES = {  # every numeric flag; None means "not given"
     "teacher_max_train_steps": "an integer >= 1",
     "eval_steps": "an integer >= 1",
     "save_steps": "an integer >= 1",
+    "save_total_limit": "an integer >= 1",
     "learning_rate": "a finite number > 0",
     "teacher_learning_rate": "a finite number > 0",
     "num_train_epochs": "a finite number > 0",

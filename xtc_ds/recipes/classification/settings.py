@@ -34,6 +34,7 @@ class EvalSettings:
 
     eval_steps: int
     save_steps: int
+    save_total_limit: int
     batch_size: int
     pad_to_max_length: bool
 
@@ -96,6 +97,7 @@ class RunConfig:
             evaluation=EvalSettings(
                 eval_steps=args.eval_steps,
                 save_steps=args.save_steps,
+                save_total_limit=args.save_total_limit,
                 batch_size=args.per_device_eval_batch_size,
                 pad_to_max_length=args.pad_to_max_length,
             ),

@@ -218,7 +218,6 @@ def run_phase(
     tokenizer: Any,
     evaluation: EvalSettings,
     resume: Optional[Path] = None,
-    keep_checkpoints: int = 2,
 ) -> dict[str, Any]:
     """Train ``engine`` for ``phase.total_steps`` optimizer steps; returns the best dev result.
 
@@ -296,7 +295,7 @@ def run_phase(
                 phase.best = {"step": done, "score": score, "metrics": metrics}
                 _save_best(engine, phase, tokenizer, done, score, metrics)
         if done % evaluation.save_steps == 0 or done == phase.total_steps:
-            _save_checkpoint(engine, phase, batches, done, keep_checkpoints)
+            _save_checkpoint(engine, phase, batches, done, evaluation.save_total_limit)
     progress.close()
     if not phase.best:
         raise TrainingError(
