@@ -223,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--save_total_limit",
         type=int,
         default=2,
-        help="resumable checkpoints kept per phase, the newest (a MiniLM-L6 one is about 300 MB; a resume falls back to "
-        "the previous one when the newest is damaged, so 1 gives that up)",
+        help="resumable checkpoints kept per phase, the newest (a MiniLM-L6 one is about 300 MB; a resume falls back "
+        "to the previous one when the newest is damaged, which 1 gives up)",
     )
     train.add_argument("--seed", type=int, default=42, help="seed of initialization, data order and dropout")
     train.add_argument(
