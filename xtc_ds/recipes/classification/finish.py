@@ -23,12 +23,13 @@ from xtc_ds.files import replace_dir_atomic, write_json_atomic
 from xtc_ds.onnx_export import OnnxClassifier, export_onnx, missing_onnx_packages
 from xtc_ds.recipes.classification.models import load_model
 from xtc_ds.recipes.classification.predictions import PREDICTIONS_FILE, write_predictions
+from xtc_ds.recipes.classification.report import REPORT_FILE, pictures_available, write_report
 from xtc_ds.recipes.classification.settings import RunConfig
 from xtc_ds.recipes.classification.trainer import evaluate
 from xtc_ds.saved_state import COMPRESSION_FILE, load_compression_state
 from xtc_ds.schedule import CompressionScheduler
 
-__all__ = ["EXIT_LATE_FAILURE", "Outputs", "plan_outputs", "finish"]
+__all__ = ["EXIT_LATE_FAILURE", "Outputs", "plan_outputs", "finish", "write_run_report"]
 
 EXIT_LATE_FAILURE = 3
 """Exit status of a run whose training results are written but a step after training failed (each is named, with
@@ -43,11 +44,13 @@ class Outputs:
         onnx: export ``onnx/`` and score it with ONNX Runtime.
         onnx_reason: why not, when ``onnx`` is False.
         predictions: write ``predictions.tsv`` for the test rows.
+        pictures: ``report.md`` has pictures (matplotlib is installed).
     """
 
     onnx: bool
     onnx_reason: str
     predictions: bool
+    pictures: bool
 
     def line(self) -> str:
         """The plan's line on what the run will write."""
@@ -57,7 +60,9 @@ class Outputs:
             *(["onnx/"] if self.onnx else []),
             *([PREDICTIONS_FILE] if self.predictions else []),
         ]
-        line = f"  outputs: {', '.join(made)}, eval_results.json"
+        line = f"  outputs: {', '.join(made)}, eval_results.json, {REPORT_FILE}"
+        if not self.pictures:
+            line += " (text only: matplotlib not installed, pip install 'xtc_ds[report]')"
         return line if self.onnx else f"{line}; no onnx/ ({self.onnx_reason})"
 
 
@@ -65,7 +70,7 @@ def plan_outputs(predictions: bool) -> Outputs:
     """ONNX export where the ``[onnx]`` extra is importable; predictions where test rows were given."""
     missing = missing_onnx_packages()
     reason = f"{' and '.join(missing)} not installed: pip install 'xtc_ds[onnx]'" if missing else ""
-    return Outputs(onnx=not missing, onnx_reason=reason, predictions=predictions)
+    return Outputs(onnx=not missing, onnx_reason=reason, predictions=predictions, pictures=pictures_available())
 
 
 def _cleaned(run: RunConfig, compression: CompressionConfig, data: dict[str, Any], tokenizer: Any, eager: bool):
@@ -153,3 +158,15 @@ def finish(
                 redo = f"python launch/train.py --eval_packed {out / 'packed'} --do_predict --output_dir {out} and "
                 attempt(PREDICTIONS_FILE, redo + "this run's data flags", predictions)
     return results, failed
+
+
+def write_run_report(out: Path, failed: list[str]) -> list[str]:
+    """``report.md`` of the finished run, from its results on disk; returns ``failed`` with the report's failure
+    added, if it fails."""
+    try:
+        write_report(out)
+        return failed
+    except Exception as err:  # the report is the last step: nothing it needs is lost when it fails
+        line = f"{REPORT_FILE} failed ({type(err).__name__}: {err}); redo it with: python launch/report.py {out}"
+        logger.warning("xtc_ds: %s", line)
+        return [*failed, line]

@@ -13,6 +13,7 @@ Layout of ``--output_dir``::
     final/                    the redundancy_clean'ed student: Hugging Face folder + xtc_compression.json
     packed/                   the same student packed (xtc_ds.export_packed)
     augmented/                the student's augmented rows (xtc_ds.augment), reused by a resumed run
+    report.md, report/        the run's summary and pictures (launch/report.py renders them again)
     predictions.tsv           --do_predict: the packed model's prediction for each test row (index, prediction)
     eval_results.json         teacher, best student and final-model metrics, steps and wall time
 
@@ -45,6 +46,8 @@ RUN_OUTPUTS = (
     "eval_results.json",
     "predictions.tsv",
     "augmented",
+    "report.md",
+    "report",
 )
 """What a run writes at the top of its output directory, and all that ``--overwrite_output_dir`` removes."""
 PHASES = ("teacher", "student")

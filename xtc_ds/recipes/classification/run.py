@@ -35,7 +35,7 @@ from xtc_ds.files import append_jsonl, write_json_atomic
 from xtc_ds.onnx_export import OnnxClassifier
 from xtc_ds.recipes.classification.args import parse_args, resolve_learning_rates
 from xtc_ds.recipes.classification.data import TaskData, TaskSpec, encode, load_task_data
-from xtc_ds.recipes.classification.finish import EXIT_LATE_FAILURE, Outputs, finish, plan_outputs
+from xtc_ds.recipes.classification.finish import EXIT_LATE_FAILURE, Outputs, finish, plan_outputs, write_run_report
 from xtc_ds.recipes.classification.io import AUGMENT_DIR, check_output_dir, prepare_output_dir
 from xtc_ds.recipes.classification.models import check_against_model, check_model_labels, default_model_path
 from xtc_ds.recipes.classification.phases import kd_needs_eager, total_steps, train_student, train_teacher
@@ -307,17 +307,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     def save(made: dict[str, Any]) -> None:
         write_json_atomic(out / "eval_results.json", {**results, **made, "wall_time_s": time.time() - started})
 
-    def finish_on_rank_zero() -> tuple[dict[str, Any], list[str]]:
+    def finish_on_rank_zero() -> dict[str, Any]:
         save({})  # the training results, before any step that could fail
-        return finish(run, compression, data, tokenizer, outputs, kd_needs_eager(compression), save)
+        made, failed = finish(run, compression, data, tokenizer, outputs, kd_needs_eager(compression), save)
+        failed = write_run_report(out, failed)  # reads eval_results.json: the last step
+        made.update({"failed_steps": failed} if failed else {})
+        save(made)
+        return made
 
-    made, failed = rank_zero_decides(finish_on_rank_zero)  # every rank learns what failed
-    results.update(made)
+    results.update(rank_zero_decides(finish_on_rank_zero))  # every rank learns what failed
     results["wall_time_s"] = time.time() - started
-    if failed:
-        results["failed_steps"] = failed
     if is_rank_zero():
-        write_json_atomic(out / "eval_results.json", results)
         announce(summary(results, out, Path(teacher_path)))
     if dist.is_initialized():
         dist.barrier()

@@ -8,9 +8,9 @@ from typing import Any, Optional
 
 from xtc_ds.recipes.classification.predictions import PREDICTIONS_FILE
 
-__all__ = ["summary"]
+__all__ = ["MODELS", "summary", "primary_metric"]
 
-_MODELS = (  # result key, name, weights file (relative to the output folder), whether it is stored compressed
+MODELS = (  # result key, name, weights file (relative to the output folder), whether it is stored compressed
     ("teacher_dev", "teacher", None, False),
     ("final_dev", "student (final/)", "final/model.safetensors", False),  # quantized values in float32 tensors
     ("packed_dev", "packed (packed/)", "packed/model.safetensors", True),
@@ -30,6 +30,12 @@ def _tree_size(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
 
 
+def primary_metric(metrics: dict[str, Any]) -> tuple[str, float]:
+    """The first metric of the first dev split: accuracy, Matthews or Pearson correlation by task."""
+    name, value = next(iter(next(iter(metrics.values())).items()))
+    return name, value
+
+
 def _scores(metrics: dict[str, Any]) -> str:
     split = next(iter(metrics.values()))  # the (first) dev split
     return ", ".join(f"{name} {100 * value:.2f}" for name, value in split.items())
@@ -43,7 +49,7 @@ def summary(results: dict[str, Any], out: Path, teacher_dir: Path) -> str:
     """The run's summary as printed at its end (``results`` as written to ``eval_results.json``)."""
     teacher_size = _size(teacher_dir / "model.safetensors")
     rows = [("model", "dev", "size", "vs teacher")]
-    for key, name, weights, compressed in _MODELS:
+    for key, name, weights, compressed in MODELS:
         if key not in results:
             continue
         size = teacher_size if weights is None else _size(out / weights)
