@@ -141,16 +141,31 @@ STACK_TESTS = (
     "recipes/classification/data/test_sources.py",  # datasets reading CSV, TSV, JSON files
     "recipes/classification/data/test_glue_data.py",
 )
-"""Test files that ``.ci/run`` runs again on the legacy stack (transformers 4.46, DeepSpeed 0.16.9, accelerate 1.1,
-datasets 3.1): those whose behaviour depends on those libraries' APIs. The others (quantizers, kernels, packing,
-config, plans, ONNX graphs) depend on torch alone, which both passes share."""
+"""Test files whose behaviour depends on the APIs of transformers, DeepSpeed, accelerate and datasets. Their
+fast tests (not ``slow``) run again on the legacy stack in ``.ci/run`` (transformers 4.46, DeepSpeed 0.16.9,
+accelerate 1.1, datasets 3.1); the others (quantizers, kernels, packing, config, plans, ONNX graphs) depend on
+torch alone, which both passes share."""
+
+STACK_END_TO_END = (
+    "integration/test_train_cli.py::test_deepspeed_launcher_minilm_sst2",  # launcher, real model, resume
+    "integration/test_trainer_job.py::test_the_example_script_with_its_ds_config",  # Trainer + accelerate
+    "integration/test_own_data.py::test_jsonl_regression_end_to_end",  # datasets' JSON reader, regression
+    "distributed/test_zero_multiprocess.py::test_xtc_under_zero_0_to_3_on_two_ranks",  # ZeRO 0-3, 2 ranks
+    "distributed/test_zero_multiprocess.py::test_zero3_partitioned_teacher_gives_the_same_losses",
+)
+"""The slow tests of STACK_TESTS that the legacy pass runs too: one of each kind of job (the launcher, the Trainer,
+a data format, ZeRO with several ranks). The rest of the slow ones exercise xtc_ds's own resume, kill and
+resharding logic over the same library calls, and would double CI's time (`docs/TESTING.md`)."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests = Path(__file__).parent
     for item in items:
         where = Path(item.fspath).relative_to(tests).as_posix()
-        if any(where.startswith(prefix) for prefix in STACK_TESTS):
+        if any(where.startswith(prefix) for prefix in STACK_TESTS) and (
+            item.get_closest_marker("slow") is None
+            or any(f"{where}::{item.name}".startswith(test) for test in STACK_END_TO_END)
+        ):
             item.add_marker(pytest.mark.stack)
         if "cpu_ops" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.native)

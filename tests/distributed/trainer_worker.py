@@ -73,7 +73,8 @@ def main() -> None:
     out = Path(training_args.output_dir)
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     trainer.save_packed(out / "packed")
-    engine = trainer.model_wrapped.eval()  # the cleaned model, as packed; every rank runs it (ZeRO-3 gathers)
+    engine = trainer.model_wrapped  # the cleaned model, as packed; every rank runs it (ZeRO-3 gathers)
+    engine.eval()  # DeepSpeedEngine.eval() returns None: not chainable
     rows = data["validation"][:4]
     with torch.no_grad():
         logits = engine(**{key: torch.tensor(rows[key]) for key in ("input_ids", "attention_mask")}).logits

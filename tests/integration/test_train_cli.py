@@ -42,17 +42,19 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
         "--max_train_samples",
         "256",
         "--max_eval_samples",
-        "128",
+        "256",
         "--max_seq_length",
         "32",
+        "--teacher_learning_rate",
+        "3e-4",
         "--teacher_max_train_steps",
-        "6",
+        "32",
         "--max_train_steps",
-        "6",
+        "32",
         "--eval_steps",
-        "3",
+        "16",
         "--save_steps",
-        "3",
+        "16",
         "--save_total_limit",
         "1",
     ]
@@ -61,7 +63,7 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     _run(launcher + common)
 
     results = json.loads((out / "eval_results.json").read_text())
-    assert results["task"] == "sst2" and results["teacher_training"]["steps"] == 6
+    assert results["task"] == "sst2" and results["teacher_training"]["steps"] == 32
     assert json.loads((out / "student" / "eval_results.json").read_text()) == results["student_best"]
     # 256 rows and a distilling config: augmented by default, the variants cached for a resumed run
     augmentation = results["augmentation"]
@@ -69,8 +71,13 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     assert 256 * 10 < augmentation["rows"] <= 256 * 20
     cache = out / "augmented" / "xtc_augmentation.json"
     made = cache.stat().st_mtime_ns
-    assert 0.0 <= results["final_dev"]["dev"]["accuracy"] <= 1.0
-    assert results["student_best"]["step"] in (3, 6)
+    # Quality floors. The first 256 dev rows are 51.2 % one class (a model that learns nothing scores that).
+    # Measured with these flags: the teacher 75 % (3e-4 on MiniLM's sentence features), the 1-bit 3-layer student
+    # 68 % at step 32; one standard error on 256 rows is 3 points, so both floors sit 3 or more below.
+    majority = 0.512
+    assert results["teacher_dev"]["dev"]["accuracy"] >= majority + 0.12, results["teacher_dev"]
+    assert results["student_best"]["score"] >= majority + 0.05, results["student_best"]
+    assert results["student_best"]["step"] in (16, 32)
     weights = load_file(out / "final" / "model.safetensors")
     assert len([k for k in weights if k.startswith("bert.encoder.layer.")]) > 0
     assert max(int(k.split(".")[3]) for k in weights if k.startswith("bert.encoder.layer.")) == 2  # 3-layer student
@@ -84,15 +91,15 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     embeddings = weights["bert.embeddings.word_embeddings.weight"]
     assert max(row.unique().numel() for row in embeddings[:500]) == 2
     assert (out / "final" / "xtc_compression.json").exists() and (out / "final" / "tokenizer.json").exists()
-    assert (out / "student" / "checkpoints" / "latest").read_text().strip() == "global_step6"
-    for phase in ("teacher", "student"):  # --save_total_limit 1: step 3's checkpoint was removed once step 6 saved
-        assert sorted(p.name for p in (out / phase / "checkpoints").glob("global_step*")) == ["global_step6"]
+    assert (out / "student" / "checkpoints" / "latest").read_text().strip() == "global_step32"
+    for phase in ("teacher", "student"):  # --save_total_limit 1: step 16's checkpoint was removed once step 32 saved
+        assert sorted(p.name for p in (out / phase / "checkpoints").glob("global_step*")) == ["global_step32"]
     packed_bytes = (out / "packed" / "model.safetensors").stat().st_size
     assert packed_bytes * 10 < (out / "final" / "model.safetensors").stat().st_size
-    assert abs(results["packed_dev"]["dev"]["accuracy"] - results["final_dev"]["dev"]["accuracy"]) <= 2 / 128
+    assert abs(results["packed_dev"]["dev"]["accuracy"] - results["final_dev"]["dev"]["accuracy"]) <= 2 / 256
     alone = _run(
         [sys.executable, TRAIN, "--eval_packed", str(out / "packed"), "--data_dir", str(GLUE_DIR)]
-        + ["--max_eval_samples", "128", "--max_seq_length", "32"]
+        + ["--max_eval_samples", "256", "--max_seq_length", "32"]
     )
     assert json.loads(alone.stdout.strip().splitlines()[-1])["packed_dev"] == results["packed_dev"]
 
@@ -100,7 +107,7 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     assert f"reusing the {augmentation['rows']} augmented rows" in resumed.stderr + resumed.stdout
     assert cache.stat().st_mtime_ns == made
     log = read_jsonl(out / "student" / "train_log.jsonl")
-    assert log[-1] == {"resumed_from": str(out / "student" / "checkpoints" / "global_step6"), "step": 6}
+    assert log[-1] == {"resumed_from": str(out / "student" / "checkpoints" / "global_step32"), "step": 32}
     assert _leaked_shm(port) == []
 
 
@@ -164,7 +171,7 @@ def _two_ranks():
 
 @pytest.mark.parametrize(
     "ranks, stage, total, batching",
-    [(1, 0, 200, ()), (2, 2, 100, ("--group_by_length",))],
+    [(1, 0, 60, ()), (2, 2, 40, ("--group_by_length",))],  # killed after step 10, while the bits still fall
     ids=["one-process", "two-ranks-zero2-grouped"],
 )
 def test_sigkill_then_resume_continues_step_for_step(tmp_path, ranks, stage, total, batching):
