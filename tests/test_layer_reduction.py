@@ -49,6 +49,9 @@ def test_student_of_student_equals_the_teacher_reduced_to_the_kept_layers():
     direct = build_student(teacher, _reduction([1, 5])).eval()
     ids = torch.randint(0, 96, (2, 8))
     assert grandchild.config.num_hidden_layers == 2
+    for mine, theirs in ((0, 1), (1, 5)):
+        weight = grandchild.bert.encoder.layer[mine].output.dense.weight
+        assert torch.equal(weight, teacher.bert.encoder.layer[theirs].output.dense.weight), (mine, theirs)
     assert torch.equal(grandchild(input_ids=ids).logits, direct(input_ids=ids).logits)
     assert not torch.allclose(grandchild(input_ids=ids).logits, student(input_ids=ids).logits)
 
