@@ -55,15 +55,21 @@ def _teacher_weights(run: Path) -> Optional[Path]:
 
 
 def _accuracy_size(plt: Any, runs: Sequence[Path], path: Path) -> None:
+    from matplotlib import ticker
+
     figure, axes = plt.subplots(figsize=_SIZE)
     for run in runs:
         results = _results(run)
         points = _points(run, results)
         axes.scatter([p[1] for p in points], [p[2] for p in points], label=run.name)
-        for name, size, score in points:
-            axes.annotate(name.split(" ")[0], (size, score), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for i, (name, size, score) in enumerate(points):  # every other label below its point: neighbours overlap
+            offset = (4, 4) if i % 2 == 0 else (4, -11)
+            axes.annotate(name.split(" ")[0], (size, score), textcoords="offset points", xytext=offset, fontsize=8)
         metric = primary_metric(results["teacher_dev"])[0] if "teacher_dev" in results else "score"
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, 50 MB ...
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(ticker.NullFormatter())
     axes.set_xlabel("size on disk (MB, log scale)")
     axes.set_ylabel(f"dev {metric}")
     axes.set_title("accuracy against size")
