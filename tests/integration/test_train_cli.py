@@ -317,6 +317,45 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_from_a_copied_folder(
     assert all(loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6) for step, loss in after.items())
 
 
+FAILING_ONNX_EXPORT = """import sys
+if sys.argv and sys.argv[0].endswith("train.py"):  # the ranks of launch/train.py, not the launcher
+    from xtc_ds.recipes.classification import finish
+
+    def export_onnx(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    finish.export_onnx = export_onnx
+"""
+"""A ``sitecustomize`` that makes the ONNX export of every rank of the job fail as a full disk would."""
+
+
+def test_a_late_failure_on_two_ranks_ends_both_with_one_line_and_keeps_the_results(tmp_path):
+    """2 ranks, ONNX export failing after training (a full disk): the job ends with exit code 3, the error named in
+    one line with its redo command, no traceback and no rank left to die on a closed connection; every result
+    made before the failure is on disk."""
+    glue_task_dir("SST-2")
+    teacher, config, out = tmp_path / "teacher", tmp_path / "ds.json", tmp_path / "run"
+    save_tiny_teacher(teacher)
+    _tiny_config(config, tmp_path / "monitor")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAILING_ONNX_EXPORT)
+    launcher, env = _two_ranks()
+    env["PYTHONPATH"] = str(hook) + os.pathsep + env["PYTHONPATH"]
+    cmd = launcher + _tiny_run(config, out, teacher, 10)
+    result = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    console = result.stdout + result.stderr
+    assert result.returncode == 3, console[-4000:]
+    error = "error: onnx/ failed (OSError: [Errno 28] No space left on device); redo it with: python -m xtc_ds.export"
+    assert error in console, console[-4000:]
+    for crash in ("Traceback", "Connection closed by peer"):
+        assert crash not in console, console[-4000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["student_best"]["steps"] == 10 and results["packed_dev"] and "onnx_dev" not in results
+    assert len(results["failed_steps"]) == 1 and "onnx/" in results["failed_steps"][0]
+    assert (out / "packed" / "model.safetensors").is_file() and not (out / "onnx" / "model.onnx").exists()
+
+
 def test_a_phase_without_a_finite_dev_score_fails_and_is_not_complete(tmp_path):
     """A teacher that diverges (a learning rate far too high) scores NaN on dev: no best checkpoint is written and
     the phase is not complete, so the student phase does not start from a missing teacher."""
