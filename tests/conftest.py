@@ -51,6 +51,16 @@ def job_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def assert_loss_fell(losses: list[float], steps: int, window: int, ratio: float = 0.85) -> None:
+    """A student that starts as the 1-bit copy of an easy task's teacher scores well before it learns anything, so
+    an end-to-end job checks its training loss too: ``steps`` logged, the mean of the last ``window`` below
+    ``ratio`` of the first ``window``'s (a student whose updates do nothing stays near 1: the batches differ, the
+    weights do not)."""
+    assert len(losses) == steps, losses
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    assert last < ratio * first, (first, last, losses)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: trains a real model or runs DeepSpeed (seconds to a minute)")
     config.addinivalue_line("markers", "native: needs the fused CPU ops (skips, saying why, when they did not build)")

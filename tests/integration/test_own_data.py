@@ -10,7 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, _free_port, job_env
+from conftest import REPO_ROOT, _free_port, assert_loss_fell, job_env
 from models import save_tiny_teacher
 from text_files import TOPICS, headline, news_csv, write_csv
 from xtc_ds.files import read_jsonl
@@ -37,14 +37,10 @@ def _common(config, base, out):
 
 
 def _assert_the_student_learned(out):
-    """The student starts as the 1-bit copy of the trained teacher, which already scores well on these easy files, so
-    a score floor alone passes a student that never learns: its KD loss must also fall. Measured here: the mean of
-    the last 10 steps is 0.73 (CSV) and 0.51 (JSON regression) of the first 10's; a student whose updates do
-    nothing stays near 1 (the batches differ, the weights do not)."""
+    """Its KD loss falls (measured here: the last 10 steps' mean is 0.73 of the first 10's on the CSV, 0.51 on the
+    JSON regression)."""
     losses = [record["loss"] for record in read_jsonl(out / "student" / "train_log.jsonl") if "loss" in record]
-    assert len(losses) == 60
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < 0.85 * first, (first, last)
+    assert_loss_fell(losses, steps=60, window=10)
 
 
 def _small_config(tmp_path):
