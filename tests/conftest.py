@@ -39,6 +39,14 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
+# Under pytest-xdist (.ci/run: one worker per core) the cores are split between the workers, for their own torch
+# and for the jobs they launch: more OpenMP threads than cores leave parallel regions waiting on descheduled threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
+
 
 def job_env(**extra: str) -> dict[str, str]:
     """Environment of a launched job (its own ranks and port, loopback only, the repository importable)."""

@@ -98,6 +98,30 @@ def test_variants_are_seeded_distinct_and_change_something():
     assert variant_edits(0, torch.tensor([], dtype=torch.long), candidates[:0], _settings()) == []
 
 
+def test_a_pair_gets_its_tries_for_each_text_and_a_single_text_keeps_its_draws():
+    positions = torch.tensor([2, 3, 5, 9, 10])
+    candidates = torch.arange(50).view(5, 10) + 100
+    texts = torch.tensor([1, 1, 1, 2, 2])  # [CLS] a a . a [SEP] b b
+    pair = variant_edits(7, positions, candidates, _settings(variants=20), texts)
+    first, second = {2, 3, 5}, {9, 10}
+    assert all(set(where.tolist()) <= first or set(where.tolist()) <= second for where, _ in pair)
+    on_first = [where for where, _ in pair if set(where.tolist()) <= first]
+    assert 0 < len(on_first) < len(pair) and len(pair) > 20  # 20 tries for each text
+    single = variant_edits(7, positions, candidates, _settings(variants=20), torch.ones(5, dtype=torch.long))
+    as_keys = [lambda edits: [(p.tolist(), t.tolist()) for p, t in edits]][0]
+    assert as_keys(single) == as_keys(variant_edits(7, positions, candidates, _settings(variants=20)))
+
+
+def test_texts_of_a_row_are_counted_by_its_separators(tokenizer, vocabulary):
+    ids = torch.tensor(tokenizer("the movie was wonderful", "critics praised it")["input_ids"])
+    positions = vocabulary.positions(ids, len(ids))
+    texts = vocabulary.texts(ids, positions)
+    assert _tokens(tokenizer, ids[positions]) == ["movie", "wonderful", "critics", "praised"]
+    assert texts.tolist() == [1, 1, 2, 2]
+    unknown = torch.tensor(tokenizer("the [UNK] movie was wonderful")["input_ids"])
+    assert len(vocabulary.texts(unknown, vocabulary.positions(unknown, len(unknown))).unique()) == 1
+
+
 def test_embedding_neighbours_are_the_nearest_whole_words(tokenizer, vocabulary):
     from transformers import AutoModel
 
@@ -178,8 +202,11 @@ def test_rows_are_augmented_from_their_source_and_pairs_stay_pairs(tmp_path, tok
     assert changed.any(dim=1).all()  # every variant replaces something
     sep = tensors["input_ids"][sources] == tokenizer.sep_token_id
     assert torch.equal(batch["input_ids"] == tokenizer.sep_token_id, sep)  # the pair's separators stay
-    segments = tensors["token_type_ids"][sources][changed]
-    assert set(segments.tolist()) == {0, 1}  # both texts of the pairs are augmented
+    types = tensors["token_type_ids"][sources]
+    for row in range(len(variants)):  # a variant changes one text of its pair, the other stays as it was
+        assert len(types[row][changed[row]].unique()) == 1, row
+    for source in range(4):  # and each text of every pair has variants of its own
+        assert set(types[sources == source][changed[sources == source]].tolist()) == {0, 1}, source
     for row in range(len(variants)):
         replaceable = vocabulary.positions(tensors["input_ids"][sources[row]], 32).tolist()
         assert set(changed[row].nonzero().flatten().tolist()) <= set(replaceable)

@@ -2,7 +2,10 @@
 
 For each row, ``variants`` tries replace each replaceable word with probability ``prob`` by one of its
 ``candidates`` (:mod:`.candidates`); a try that changes nothing, or repeats an earlier variant of the row, is
-dropped (as TinyBERT drops repeated sentences). Pairs are one encoded row, so both texts are augmented.
+dropped (as TinyBERT drops repeated sentences). A pair gets ``variants`` tries for each of its texts, each try
+changing that text only (as TinyBERT augments a pair one sentence at a time): changing both texts at once makes
+a paraphrase or entailment pair read as unrelated far more often (MRPC: the teacher called 17.5 % of such
+variants the other class than their source row, against 7-8.5 % when one text changes; docs/RESULTS.md).
 The random draws of row ``r`` come from a generator seeded by ``(seed, r)``: the variants of a row do not depend
 on how the rows are cut into chunks or on any other row.
 """
@@ -27,6 +30,8 @@ __all__ = ["EncodedRows", "PaddedRows", "ListRows", "variant_edits", "Augmenter"
 
 CHUNK_ROWS = 256
 """Rows whose variants are computed (and written) together: the only part held in memory at a time."""
+VARIANTS_VERSION = 2
+"""How variants are drawn, part of the cache key (2: a pair's variant changes one text; 1 changed both)."""
 
 
 class EncodedRows(Protocol):
@@ -80,19 +85,31 @@ class ListRows:
 
 
 def variant_edits(
-    row: int, positions: torch.Tensor, candidates: torch.Tensor, settings: AugmentSettings
+    row: int,
+    positions: torch.Tensor,
+    candidates: torch.Tensor,
+    settings: AugmentSettings,
+    texts: Optional[torch.Tensor] = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The distinct variants of one row as ``(positions, tokens)`` edits, seeded by ``(settings.seed, row)``."""
+    """The distinct variants of one row as ``(positions, tokens)`` edits, seeded by ``(settings.seed, row)``.
+
+    ``texts``: which text each position is in (:meth:`WordVocabulary.texts`); a row of several texts gets
+    ``settings.variants`` tries per text, each replacing words of that text only.
+    """
     if len(positions) == 0:
         return []
+    own_text = [np.ones(len(positions), dtype=bool)]
+    if texts is not None and len(texts.unique()) > 1:
+        own_text = [(texts == text).numpy() for text in texts.unique()]
+    tries = settings.variants * len(own_text)
     rng = np.random.default_rng([settings.seed, row])
-    replace = rng.random((settings.variants, len(positions))) < settings.prob
-    picks = rng.integers(0, candidates.shape[1], size=(settings.variants, len(positions)))
+    replace = rng.random((tries, len(positions))) < settings.prob
+    picks = rng.integers(0, candidates.shape[1], size=(tries, len(positions)))
     where, table = positions.numpy(), candidates.numpy()
     seen: set[tuple[bytes, bytes]] = set()
     edits = []
-    for tried in range(settings.variants):
-        chosen = np.flatnonzero(replace[tried])
+    for tried in range(tries):
+        chosen = np.flatnonzero(replace[tried] & own_text[tried // settings.variants])
         tokens = table[chosen, picks[tried, chosen]]
         key = (chosen.tobytes(), tokens.tobytes())
         if len(chosen) and key not in seen:
@@ -103,7 +120,8 @@ def variant_edits(
 
 def _key(rows: EncodedRows, settings: AugmentSettings, vocabulary: WordVocabulary, source: CandidateSource) -> str:
     """What the cached variants depend on: every row's tokens, the settings, the tokenizer and the candidates."""
-    digest = hashlib.sha256(repr((settings, vocabulary.fingerprint, source.fingerprint, len(rows))).encode())
+    what = (VARIANTS_VERSION, settings, vocabulary.fingerprint, source.fingerprint, len(rows))
+    digest = hashlib.sha256(repr(what).encode())
     for start in range(0, len(rows), 4096):
         for ids, types in rows.rows(start, min(len(rows), start + 4096)):
             digest.update(ids.long().numpy().tobytes() + b"|")
@@ -125,7 +143,8 @@ def _batches(
             ]
             batch = []
             for offset, (row, candidates) in enumerate(zip(chunk, source.candidates(chunk))):
-                for positions, tokens in variant_edits(start + offset, row.positions, candidates, settings):
+                texts = vocabulary.texts(row.input_ids, row.positions)
+                for positions, tokens in variant_edits(start + offset, row.positions, candidates, settings, texts):
                     batch.append((start + offset, positions, tokens))
             bar.update(len(chunk))
             yield batch

@@ -35,7 +35,7 @@ ARRAYS = {"source": "<i8", "offsets": "<i8", "positions": "<i4", "tokens": "<i4"
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    """TinyBERT's word replacement: ``variants`` tries per row (TinyBERT: 20), each word replaced with
+    """TinyBERT's word replacement: ``variants`` tries per text (TinyBERT: 20), each word replaced with
     probability ``prob`` (0.4) by one of its ``candidates`` nearest words (15), seeded by ``seed`` and the row."""
 
     variants: int = 20

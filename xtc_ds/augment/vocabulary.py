@@ -54,12 +54,14 @@ class WordVocabulary:
         words: the token is a whole alphabetic word (a replacement candidate).
         replaceable: a word that is not a stop word (a position holding it may be replaced).
         continues: the token is a piece inside a word, so the word before it is not a single token.
+        separators: the tokens that start, end and separate texts (``[CLS]``, ``[SEP]``, ``<s>``, ``</s>``).
         fingerprint: a hash of the vocabulary, so cached augmentations of another tokenizer are not reused.
     """
 
     words: torch.Tensor
     replaceable: torch.Tensor
     continues: torch.Tensor
+    separators: torch.Tensor
     fingerprint: str
 
     @classmethod
@@ -68,6 +70,11 @@ class WordVocabulary:
         size = len(tokenizer)
         texts = _piece_texts(tokenizer, size)
         special = set(tokenizer.all_special_ids)
+        separators = torch.zeros(size, dtype=torch.bool)
+        for name in ("cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id"):
+            token = getattr(tokenizer, name, None)
+            if token is not None and 0 <= token < size:
+                separators[token] = True
         words = torch.zeros(size, dtype=torch.bool)
         continues = torch.zeros(size, dtype=torch.bool)
         for token, text in enumerate(texts):
@@ -78,7 +85,7 @@ class WordVocabulary:
             continues[token] = not starts_word and text.isalnum()
         stop = torch.tensor([text.strip().lower() in STOP_WORDS for text in texts], dtype=torch.bool)
         digest = hashlib.sha256("\n".join(tokenizer.convert_ids_to_tokens(list(range(size)))).encode()).hexdigest()
-        return cls(words, words & ~stop, continues, digest[:16])
+        return cls(words, words & ~stop, continues, separators, digest[:16])
 
     def positions(self, input_ids: torch.Tensor, length: int) -> torch.Tensor:
         """The replaceable positions among the first ``length`` tokens of one encoded row."""
@@ -86,3 +93,9 @@ class WordVocabulary:
         single = torch.ones(length, dtype=torch.bool)
         single[:-1] = ~self.continues[ids[1:]]
         return torch.nonzero(self.replaceable[ids] & single).flatten()
+
+    def texts(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Which text of the row each position is in, as the number of separators before it: one value for a single
+        text, two for a pair (``[CLS] a [SEP] b [SEP]``: 1 and 2; ``<s> a </s></s> b </s>``: 1 and 3)."""
+        before = torch.cumsum(self.separators[input_ids.long()].long(), dim=0)
+        return before[positions]

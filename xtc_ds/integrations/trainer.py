@@ -200,7 +200,7 @@ class XtcTrainer(Trainer):
         compression_config: the ``compression_training`` config (path, dict or ``CompressionConfig``) when
             ``args`` does not name it; if both do, they must agree.
         augmentation: augment the tokenized ``train_dataset`` (given by keyword, with ``processing_class``) with
-            this many variants per row etc.; needs ``knowledge_distillation`` (variants have no labels).
+            this many variants per text etc.; needs ``knowledge_distillation`` (variants have no labels).
         augment_model: the checkpoint folder whose masked-LM head, else input embeddings, proposes replacement
             words (default: the folder ``teacher_model`` was loaded from).
         **kwargs: everything else ``Trainer`` takes.

@@ -387,7 +387,7 @@ def test_the_plan_augments_a_small_set_for_the_student_only(tmp_path, monkeypatc
     with pytest.raises(Planned):
         run.main(flags)
     plan = capsys.readouterr().err
-    assert "augmentation: 20 variants per row (auto: 96 training rows, under 10000; candidates from embedding" in plan
+    assert "augmentation: 20 variants per text (auto: 96 training rows, under 10000; candidates from embedding" in plan
     assert "teacher: 5 epochs (budget)" in plan and "student: 20 epochs (budget)" in plan
 
 

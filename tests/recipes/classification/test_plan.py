@@ -55,7 +55,7 @@ def test_small_training_sets_are_augmented_when_the_config_distils():
     on = plan.AugmentPlan(20, "auto: 3668 training rows, under 10000", seconds=75)
     phases = [plan.phase_plan("student", 1e6 * 21, 1.0, None, augmented=True)]
     text = plan.describe("mrpc", 3668, (88, 86), True, phases, "cpu", on)
-    assert "augmentation: 20 variants per row (auto: 3668 training rows, under 10000), about 1 min" in text
+    assert "augmentation: 20 variants per text (auto: 3668 training rows, under 10000), about 1 min" in text
     quick = plan.AugmentPlan(20, "auto: 400 training rows, under 10000", seconds=0.6)
     assert quick.line().endswith("under 10000), about 1 s")
     assert "off (auto: 67349 training rows" in plan.describe(

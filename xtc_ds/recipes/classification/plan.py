@@ -10,7 +10,7 @@
   machine (the project's 2-core CPU), from the measured token rates of MiniLM-L6 there, scaled by the model's
   size (layers x hidden^2), between the phase's least and most epochs. With augmentation the student's epochs
   count passes over the training rows and their variants.
-- **augmentation** (:mod:`xtc_ds.augment`): :data:`AUGMENT_VARIANTS` variants per row for training sets under
+- **augmentation** (:mod:`xtc_ds.augment`): :data:`AUGMENT_VARIANTS` variants per text for training sets under
   :data:`AUGMENT_MAX_ROWS` rows when the config distils (the variants have no labels; KD learns them from the
   teacher), off otherwise.
 
@@ -64,7 +64,7 @@ _REFERENCE_COST = 6 * 384**2  # MiniLM-L6: layers x hidden^2
 _REFERENCE_THREADS = 2
 
 AUGMENT_VARIANTS = 20
-"""Variants per row when augmentation is on by default (TinyBERT's N)."""
+"""Variants per text (two texts for a pair) when augmentation is on by default (TinyBERT's N)."""
 AUGMENT_MAX_ROWS = 10_000
 """Training sets with fewer rows are augmented by default (the small GLUE tasks: RTE 2.5k, MRPC 3.7k, STS-B 5.7k,
 CoLA 8.6k); larger ones (SST-2, 67k) already give the student enough rows to learn from."""
@@ -152,7 +152,7 @@ class AugmentPlan:
         if not self.variants:
             return f"  augmentation: off ({self.reason})"
         took = f"{max(1, round(self.seconds))} s" if self.seconds < 60 else f"{round(self.seconds / 60)} min"
-        return f"  augmentation: {self.variants} variants per row ({self.reason}), about {took}"
+        return f"  augmentation: {self.variants} variants per text ({self.reason}), about {took}"
 
 
 def augment_plan(rows: int, requested: Optional[int], distils: bool) -> AugmentPlan:

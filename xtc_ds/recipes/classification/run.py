@@ -146,7 +146,8 @@ def _plan(
     else:
         args.eval_max_seq_length = args.max_seq_length
     row_tokens = lengths.clamp(max=args.max_seq_length).double().mean().item()
-    copies = 1 + augment.variants  # the student's rows per training row (an estimate: repeats are dropped)
+    # the student's rows per training row, variants of each text of a pair (an estimate: repeats are dropped)
+    copies = 1 + augment.variants * (1 + args.task.pair)
     phases = []
     for name, epochs_flag, steps_flag, layers, rows in (
         ("teacher", "teacher_num_train_epochs", "teacher_max_train_steps", None, len(train)),
