@@ -37,7 +37,7 @@ for _key, _value in {
     "TRANSFORMERS_OFFLINE": "1",
 }.items():
     os.environ.setdefault(_key, _value)
-os.environ.setdefault("MASTER_PORT", str(_free_port()))
+os.environ.setdefault("MASTER_PORT", str(_free_port()))  # refreshed before each test (_master_port)
 
 # Under pytest-xdist (.ci/run: one worker per core) the cores are split between the workers, for their own torch
 # and for the jobs they launch: more OpenMP threads than cores leave parallel regions waiting on descheduled threads.
@@ -88,6 +88,14 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _master_port() -> None:
+    """A free port for the in-process process group a test may start (DeepSpeed reads ``MASTER_PORT``), picked just
+    before the test: one picked when the session started may be in use by then, by a job another worker launched."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        os.environ["MASTER_PORT"] = str(_free_port())
 
 
 def legacy_config_paths() -> list[Path]:
