@@ -95,7 +95,7 @@ def main() -> None:
     from xtc_ds.distributed import init_distributed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip its 100 s first-use build
-    init_distributed(timedelta(seconds=60), dist_backend="gloo")
+    init_distributed(timedelta(seconds=600), dist_backend="gloo")  # a liveness bound on a busy machine
     for stage in (int(s) for s in args.stages.split(",")):
         record = run_stage(stage, args.steps)
         (Path(args.out) / f"rank{record['rank']}_stage{stage}.json").write_text(json.dumps(record))
