@@ -72,7 +72,7 @@ def test_csv_with_four_string_labels_end_to_end(tmp_path):
     assert results["teacher_dev"]["dev"]["accuracy"] >= 0.75
     assert results["final_dev"]["dev"]["accuracy"] >= 0.875 and results["packed_dev"]["dev"]["accuracy"] >= 0.875
     _assert_the_student_learned(out)
-    assert results["augmentation"]["variants_per_row"] == 20 and results["augmentation"]["rows"] > 96  # default
+    assert results["augmentation"]["variants_per_text"] == 20 and results["augmentation"]["rows"] > 96  # default
     assert set(results["packed_dev"]["dev"]) == {"accuracy", "macro_f1"}
     assert abs(results["packed_dev"]["dev"]["accuracy"] - results["final_dev"]["dev"]["accuracy"]) <= 1 / 16
     for folder in ("final", "packed"):

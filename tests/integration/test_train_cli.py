@@ -67,7 +67,7 @@ def test_deepspeed_launcher_minilm_sst2(tmp_path):
     assert json.loads((out / "student" / "eval_results.json").read_text()) == results["student_best"]
     # 256 rows and a distilling config: augmented by default, the variants cached for a resumed run
     augmentation = results["augmentation"]
-    assert augmentation["variants_per_row"] == 20 and augmentation["candidates_from"] == "embedding_neighbours"
+    assert augmentation["variants_per_text"] == 20 and augmentation["candidates_from"] == "embedding_neighbours"
     assert 256 * 10 < augmentation["rows"] <= 256 * 20
     cache = out / "augmented" / "xtc_augmentation.json"
     made = cache.stat().st_mtime_ns

@@ -98,9 +98,9 @@ def variant_edits(
     """
     if len(positions) == 0:
         return []
-    own_text = [np.ones(len(positions), dtype=bool)]
-    if texts is not None and len(texts.unique()) > 1:
-        own_text = [(texts == text).numpy() for text in texts.unique()]
+    own_text = [(texts == text).numpy() for text in texts.unique()] if texts is not None else []
+    if len(own_text) < 2:  # one text: every position may change in every try
+        own_text = [np.ones(len(positions), dtype=bool)]
     tries = settings.variants * len(own_text)
     rng = np.random.default_rng([settings.seed, row])
     replace = rng.random((tries, len(positions))) < settings.prob

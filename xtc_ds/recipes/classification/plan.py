@@ -69,8 +69,9 @@ AUGMENT_MAX_ROWS = 10_000
 """Training sets with fewer rows are augmented by default (the small GLUE tasks: RTE 2.5k, MRPC 3.7k, STS-B 5.7k,
 CoLA 8.6k); larger ones (SST-2, 67k) already give the student enough rows to learn from."""
 _AUGMENT_ROWS_PER_S = 700.0
-"""Rows per second of augmentation from embedding neighbours with 20 variants, the slower of two 2-core machines:
-MRPC's 3,668 rows in 5 s on an AVX2-only EPYC (SST-2's 4,000 in 3 s on an AVX-512 one)."""
+"""Rows per second of augmentation from embedding neighbours with 20 tries per row, the slower of two 2-core
+machines: MRPC's 3,668 rows in 5 s on an AVX2-only EPYC (SST-2's 4,000 in 3 s on an AVX-512 one). A pair's 20 tries
+per text count twice, which overestimates them (MRPC, 40 tries per row: 4 s on the AVX-512 machine)."""
 _MASKED_LM_PASSES = 7
 """Forward passes per row of the masked-LM candidate source (:data:`xtc_ds.augment.candidates.MASK_SHARE`)."""
 _FORWARD_SPEEDUP = 3.0

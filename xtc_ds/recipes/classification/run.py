@@ -298,7 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         teacher_path = args.teacher_model
     if augmented is not None:
         results["augmentation"] = {
-            "variants_per_row": args.augment,
+            "variants_per_text": args.augment,
             "rows": len(augmented),
             "candidates_from": augmented.meta["candidates_from"],
             "seconds": augmented.meta["seconds"],
