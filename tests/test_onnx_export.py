@@ -51,6 +51,7 @@ CONFIGS = [
     ("ds_xtc_1bit.json", {"quantize_groups": 4}, None),
     ("ds_xtc_2bit.json", {"quantize_groups": 64}, None),
     ("ds_xtc_1bit.json", {"quantization_type": "symmetric"}, 4),
+    ("ds_xtc_1bit.json", {"quantization_type": "symmetric"}, 3),
     ("ds_xtc_1bit.json", {"quantization_type": "asymmetric"}, 8),
     ("ds_xtc_1bit.json", {"quantization_type": "asymmetric"}, 3),
 ]

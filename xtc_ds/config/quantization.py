@@ -5,6 +5,7 @@ from typing import Literal, Union
 
 from xtc_ds._schema import ConfigError
 from xtc_ds.config.base import PER_ROW, Checked, GroupConfig, QuantizationType, RangeCalibration, Rounding, require
+from xtc_ds.quant.formats import weight_format
 
 __all__ = [
     "WeightQuantParams",
@@ -98,7 +99,9 @@ class WeightQuantizationConfig(Checked):
         shared = self.shared_parameters
         if shared.enabled and not self.different_groups:
             raise ConfigError(f"{path}.different_groups: missing or empty (required when shared_parameters.enabled)")
-        low_bit = sorted(name for name, g in self.different_groups.items() if g.params.target_bits <= 2)
+        low_bit = sorted(
+            name for name, g in self.different_groups.items() if weight_format(g.params.target_bits).extreme
+        )
         if low_bit and shared.quantization_type is not QuantizationType.SYMMETRIC:
             raise ConfigError(
                 f"{path}.shared_parameters.quantization_type: {shared.quantization_type.value!r} "

@@ -17,23 +17,12 @@ import torch.nn.functional as F
 from xtc_ds import ops
 from xtc_ds.nn.packed_linear import unpacked_codes
 from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.quant.formats import storage_bits, weight_format
 from xtc_ds.quant.packing import padded_length
-from xtc_ds.quant.reference import storage_bits
 
 __all__ = ["BITMAP", "VALUES", "compact_form", "expand_compact"]
 
 BITMAP, VALUES = "sparse_bitmap", "sparse_values"
-
-
-def _zero_code(spec: PackedSpec) -> Optional[int]:
-    """The code of 0 on the module's grid, or None where it varies by group (asymmetric grids)."""
-    if spec.bits == 2:
-        return 1
-    return 2 ** (spec.bits - 1) if spec.symmetric else None
-
-
-def _value_bits(spec: PackedSpec) -> int:
-    return 1 if spec.bits == 2 else storage_bits(spec.bits)
 
 
 def _pack_flat(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -43,15 +32,15 @@ def _pack_flat(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def compact_form(packed_weight: torch.Tensor, spec: PackedSpec) -> Optional[dict[str, torch.Tensor]]:
     """``{sparse_bitmap, sparse_values}`` of a packed weight, or None when they would not be smaller."""
-    zero = _zero_code(spec)
-    if zero is None:
+    form = weight_format(spec.bits, spec.symmetric)
+    if form.zero_code is None:
         return None
     codes = unpacked_codes(packed_weight, spec)
-    nonzero = codes != zero
-    values = codes[nonzero]
-    if spec.bits == 2:
-        values = values // 2  # ternary codes 0 (-1) and 2 (+1) -> one bit
-    compact = {BITMAP: _pack_flat(nonzero, 1), VALUES: _pack_flat(values, _value_bits(spec))}
+    nonzero = codes != form.zero_code
+    compact = {
+        BITMAP: _pack_flat(nonzero, 1),
+        VALUES: _pack_flat(form.sparse_values(codes[nonzero]), form.sparse_value_bits),
+    }
     return compact if sum(t.numel() for t in compact.values()) < packed_weight.numel() else None
 
 
@@ -65,12 +54,15 @@ def expand_compact(bitmap: torch.Tensor, values: torch.Tensor, spec: PackedSpec)
     if bitmap.dtype != torch.uint8 or bitmap.dim() != 1 or bitmap.numel() != padded_length(numel, 1) // 8:
         raise ValueError(f"{BITMAP} must be {padded_length(numel, 1) // 8} uint8 bytes (one bit per weight)")
     nonzero = ops.unpack_bits(bitmap, 1)[:numel].bool().reshape(spec.out_features, spec.in_features)
-    count, bits = int(nonzero.sum()), _value_bits(spec)
+    form = weight_format(spec.bits, spec.symmetric)
+    if form.zero_code is None:
+        raise ValueError(f"{form.name} weights have no sparse form (no code of 0)")
+    count, bits = int(nonzero.sum()), form.sparse_value_bits
     if values.dtype != torch.uint8 or values.dim() != 1 or values.numel() != padded_length(count, bits) * bits // 8:
         raise ValueError(f"{VALUES} must hold {count} codes of {bits} bits (the bitmap's nonzero weights)")
     kept = ops.unpack_bits(values, bits)[:count]
-    codes = torch.full(nonzero.shape, _zero_code(spec), dtype=torch.uint8)
-    codes[nonzero] = kept * 2 if spec.bits == 2 else kept
+    codes = torch.full(nonzero.shape, form.zero_code, dtype=torch.uint8)
+    codes[nonzero] = form.codes_of_sparse_values(kept)
     dense_bits = storage_bits(spec.bits)
     padding = padded_length(spec.in_features, dense_bits) - spec.in_features
     return ops.pack_bits(F.pad(codes, (0, padding)).contiguous(), dense_bits)

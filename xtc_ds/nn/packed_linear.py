@@ -18,8 +18,9 @@ from torch import nn
 
 from xtc_ds import ops
 from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.quant.formats import storage_bits
 from xtc_ds.quant.packing import padded_length
-from xtc_ds.quant.reference import QuantizedWeight, dequantize_weight, quantize_weight, storage_bits
+from xtc_ds.quant.reference import QuantizedWeight, dequantize_weight, quantize_weight
 
 __all__ = [
     "XtcPackedLinear",
@@ -56,7 +57,7 @@ def packed_shapes(spec: PackedSpec) -> dict[str, tuple[int, ...]]:
         "packed_weight": (spec.out_features, padded_length(spec.in_features, bits) * bits // 8),
         "weight_scale": (spec.num_groups,),
     }
-    if not spec.symmetric and spec.bits > 2:
+    if spec.format.has_zero_point:
         shapes["weight_zero_point"] = (spec.num_groups,)
     return shapes
 
@@ -128,7 +129,7 @@ class XtcPackedLinear(nn.Module):
             spec.act_bits is not None
             and spec.act_symmetric
             and not spec.act_static
-            and (spec.bits <= 2 or spec.symmetric)
+            and spec.format.kernel_layout is not None
             and spec.in_features % ops.TILE_INPUTS == 0
             and spec.out_features % ops.TILE_ROWS == 0
             and spec.out_features % spec.num_groups == 0

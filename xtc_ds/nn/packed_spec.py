@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from xtc_ds.quant.formats import WeightFormat, weight_format
+
 __all__ = ["PackedSpec", "MODULE_KINDS"]
 
 MODULE_KINDS = ("linear", "conv1d", "embedding")
@@ -76,7 +78,7 @@ class PackedSpec:
         numel = self.out_features * self.in_features
         if not _is_int(self.num_groups) or self.num_groups < 1 or numel % self.num_groups:
             return f"num_groups={self.num_groups!r} does not split a {self.out_features}x{self.in_features} weight"
-        if self.bits is not None and self.bits <= 2 and not self.symmetric:
+        if self.bits is not None and not self.symmetric and weight_format(self.bits).extreme:
             return f"{self.bits}-bit weights are symmetric by definition"
         if self.kind == "embedding":
             if self.act_bits is not None or self.num_groups != self.out_features:
@@ -88,6 +90,13 @@ class PackedSpec:
         elif self.padding_idx is not None:
             return "padding_idx is for embeddings only"
         return None
+
+    @property
+    def format(self) -> WeightFormat:
+        """The weight's format (:mod:`xtc_ds.quant.formats`); ValueError for a module without quantized weights."""
+        if self.bits is None:
+            raise ValueError("this module quantizes only its input; its weight has no format")
+        return weight_format(self.bits, self.symmetric)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from xtc_ds.quant.reference import TERNARY_THRESHOLD, fake_quant_weight
+from xtc_ds.quant.formats import weight_format
 
 __all__ = ["SparseMask", "sparse_quantized", "masked_fake_quant"]
 
@@ -74,23 +74,11 @@ def masked_fake_quant(
     """The kept weights quantized with scales over the kept weights only, zeros elsewhere (no gradient).
 
     Binary: ``sign(w) * mean_kept|w|`` per group. Ternary: threshold ``0.7 * mean_kept|w|``, scale the mean kept
-    ``|w|`` above it. 3..8 bits: the grid of ``w * keep`` (zeros move neither ``max|w|`` nor the asymmetric range,
-    which always contains 0, and quantize to exactly 0).
+    ``|w|`` above it. 3..8 bits: the grid of ``w * keep`` (:meth:`WeightFormat.masked_values`).
     """
     rows = weight.detach().reshape(num_groups, -1).float()
-    kept = keep.reshape(num_groups, -1)
-    if bits > 2:
-        masked = fake_quant_weight(rows * kept, bits, num_groups, symmetric, stochastic)
-        return (masked * kept).reshape(weight.shape).to(weight.dtype)
-    magnitude = rows.abs() * kept
-    count = kept.sum(dim=1, keepdim=True).clamp_min(1)
-    mean = (magnitude.sum(dim=1, keepdim=True, dtype=torch.float64) / count).float()
-    if bits == 1:
-        levels = torch.where(rows >= 0, 1.0, -1.0) * kept
-        return (levels * mean).reshape(weight.shape).to(weight.dtype)
-    chosen = (magnitude > TERNARY_THRESHOLD * mean) & kept
-    scale = (magnitude * chosen).sum(dim=1, keepdim=True, dtype=torch.float64) / chosen.sum(1, True).clamp_min(1)
-    return (torch.sign(rows) * chosen * scale.float()).reshape(weight.shape).to(weight.dtype)
+    values = weight_format(bits, symmetric).masked_values(rows, keep.reshape(num_groups, -1), stochastic)
+    return values.reshape(weight.shape).to(weight.dtype)
 
 
 def sparse_quantized(weight: torch.Tensor, quantizer: Optional[nn.Module], mask: SparseMask) -> torch.Tensor:

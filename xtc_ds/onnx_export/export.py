@@ -33,7 +33,8 @@ from xtc_ds.onnx_export import ops
 from xtc_ds.onnx_export.compact import Int8Storage, compact_initializers, int8_weights, nbits_weights
 from xtc_ds.onnx_export.mapping import int8_code_map, packed_from_int8, packed_from_nbits
 from xtc_ds.onnx_export.modules import ACCURACY_LEVELS, LINEAR_OPS, Int8Linear, onnx_ready
-from xtc_ds.quant.reference import QuantizedWeight, storage_bits
+from xtc_ds.quant.formats import storage_bits
+from xtc_ds.quant.reference import QuantizedWeight
 
 __all__ = ["export_onnx", "ONNX_FILE", "RECORD_FILE", "DEFAULT_BLOCK_SIZE", "model_input_names"]
 
@@ -131,7 +132,7 @@ def _check_round_trip(model_proto: Any, packed: nn.Module, specs: dict[str, Pack
         codes_name, int8_name = f"model.{name}.codes", f"model.{name}.int8_weight"
         if int8_name in int8:
             same = _same_weight(packed_from_int8(int8[int8_name], spec), modules[name].quantized_weight())
-        elif spec.kind == "embedding" and spec.bits == 1:
+        elif spec.kind == "embedding" and spec.format.single_bit:
             same = codes_name in arrays and np.array_equal(
                 numpy_helper.to_array(arrays[codes_name]), modules[name].packed_weight.numpy()
             )
@@ -220,7 +221,11 @@ def export_onnx(
                 verbose=False,
             )
         model_proto = program.model_proto
-        binary = {f"model.{name}.codes" for name, spec in specs.items() if spec.bits == 1 and spec.kind != "embedding"}
+        binary = {
+            f"model.{name}.codes"
+            for name, spec in specs.items()
+            if spec.bits is not None and spec.format.single_bit and spec.kind != "embedding"
+        }
         binary = binary if one_bit_storage else set()
         int8_storage = {
             f"model.{name}.int8_weight": Int8Storage(storage_bits(specs[name].bits), *int8_code_map(specs[name]))

@@ -4,15 +4,16 @@ A packed module stores codes and per-group scales (:mod:`xtc_ds.quant.reference`
 ``GatherBlockQuantized`` store 2-, 4- or 8-bit codes with one scale (and zero point) per block of ``block_size``
 codes along a row. The maps below change only the code alphabet and the scale layout, never a value:
 
-- binary code ``c`` (level ``2c - 1``) -> 2-bit code ``2c + 1`` with the default zero point 2 (levels -1, +1);
-- ternary code ``c`` (level ``c - 1``) -> 2-bit code ``c + 1`` (levels -1, 0, +1);
-- 3..8-bit codes stay as they are, in 4 or 8 bits, with an explicit zero point where it is not ``2^(bits-1)``;
+- a code of a format without zero points (:mod:`xtc_ds.quant.formats`) -> its level plus the default zero point
+  ``2^(bits-1)`` of the ONNX width (binary ``c`` -> 2-bit ``2c + 1``, ternary ``c`` -> 2-bit ``c + 1``, 3..8-bit
+  symmetric ``c`` -> ``c - 2^(b-1) + 2^(bits-1)`` in 4 or 8 bits: ``c`` itself at 4 and 8 bits);
+- asymmetric codes stay as they are, with their zero points;
 - each block gets the scale of the group it lies in: a block size is chosen so that no block spans two groups
   (any size for per-row or multi-row groups), else the module is refused with the reason.
 
 ``MatMulIntegerToFloat`` (ONNX Runtime's int8 GEMM) takes ``B`` as int8 ``(K, N)`` with one scale (and zero
 point) per column, i.e. per output row of the weight: :func:`to_int8` writes each weight's signed levels there
-(binary ``2c - 1``, ternary ``c - 1``, symmetric ``c - 2^(bits-1)``), or, for asymmetric weights, the uint8 codes
+(:meth:`WeightFormat.levels`), or, for asymmetric weights, the uint8 codes
 with their zero points; groups must be whole rows. :func:`int8_code_map` is the affine map from codes to those
 entries, with which the file stores the codes at their own width (:mod:`xtc_ds.onnx_export.compact`).
 
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from xtc_ds.errors import OnnxExportError
 from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.quant.formats import weight_format
 from xtc_ds.quant.packing import pack_bits, unpack_bits
 from xtc_ds.quant.reference import QuantizedWeight
 
@@ -50,8 +52,8 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
 def onnx_bits(bits: int) -> int:
-    """The ONNX code width of ``bits``-bit weights: 2 for binary and ternary, 4 for 3..4, 8 for 5..8."""
-    return 2 if bits <= 2 else (4 if bits <= 4 else 8)
+    """The ONNX code width of ``bits``-bit weights: the stored width, at least 2 (ONNX has no 1-bit codes)."""
+    return max(2, weight_format(bits).storage_bits)
 
 
 @dataclass(frozen=True)
@@ -103,17 +105,9 @@ def _block_size(spec: PackedSpec, name: str, preferred: int) -> int:
 
 def _code_map(spec: PackedSpec, quantized: QuantizedWeight) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """ONNX codes ``(rows, cols)`` and per-group zero points (None where the ONNX default applies)."""
-    codes = quantized.codes.to(torch.int16)
-    if spec.bits == 1:
-        return (2 * codes + 1).to(torch.uint8), None
-    if spec.bits == 2:
-        return (codes + 1).to(torch.uint8), None
-    if quantized.weight_zero_point is not None:
-        return codes.to(torch.uint8), quantized.weight_zero_point.round().to(torch.uint8)
-    zero = 2 ** (spec.bits - 1)
-    if zero == 2 ** (onnx_bits(spec.bits) - 1):
-        return codes.to(torch.uint8), None
-    return codes.to(torch.uint8), torch.full((spec.num_groups,), zero, dtype=torch.uint8)
+    if spec.format.has_zero_point:
+        return quantized.codes.to(torch.uint8), quantized.weight_zero_point.round().to(torch.uint8)
+    return (spec.format.levels(quantized.codes) + 2 ** (onnx_bits(spec.bits) - 1)).to(torch.uint8), None
 
 
 def to_nbits(quantized: QuantizedWeight, spec: PackedSpec, name: str, block_size: int) -> NBitsWeight:
@@ -151,16 +145,19 @@ def packed_from_nbits(weight: NBitsWeight, spec: PackedSpec) -> QuantizedWeight:
     scale = torch.zeros(spec.num_groups).index_put_((group.reshape(-1),), weight.scales.reshape(-1).float())
     if not torch.equal(scale[group], weight.scales.reshape(group.shape).float()):
         raise OnnxExportError("blocks of one scale group hold different scales")
-    zero_point = None
+    zeros = None
     if weight.zero_points is not None:
         zeros = unpack_bits(weight.zero_points, weight.bits)[:, : group.shape[1]]
-        if spec.bits > 2 and not spec.symmetric:
-            zero_point = torch.zeros(spec.num_groups).index_put_((group.reshape(-1),), zeros.reshape(-1).float())
-    if spec.bits == 1:
-        codes = (codes - 1) // 2
-    elif spec.bits == 2:
-        codes = codes - 1
-    return QuantizedWeight(codes.to(torch.uint8).reshape(rows, cols), scale, zero_point)
+    if spec.format.has_zero_point:
+        if zeros is None:
+            raise OnnxExportError("an asymmetric weight without zero points")
+        zero_point = torch.zeros(spec.num_groups).index_put_((group.reshape(-1),), zeros.reshape(-1).float())
+        return QuantizedWeight(codes.to(torch.uint8), scale, zero_point)
+    if zeros is None:
+        levels = codes - 2 ** (weight.bits - 1)
+    else:  # files written before the level map: codes with an explicit zero point per block
+        levels = codes - zeros.to(torch.int16).repeat_interleave(weight.block_size, dim=1)[:, :cols]
+    return QuantizedWeight(spec.format.codes_of_levels(levels).to(torch.uint8), scale, None)
 
 
 @dataclass(frozen=True)
@@ -180,11 +177,8 @@ class Int8Weight:
 
 def int8_code_map(spec: PackedSpec) -> tuple[int, int]:
     """``(base, step)`` with ``matrix entry = base + step * code`` for a module's codes."""
-    if spec.bits == 1:
-        return -1, 2
-    if spec.bits == 2:
-        return -1, 1
-    return (-(2 ** (spec.bits - 1)), 1) if spec.symmetric else (0, 1)
+    form = spec.format
+    return -(form.level_offset or 0), form.level_step
 
 
 def _row_groups(spec: PackedSpec, name: str) -> torch.Tensor:

@@ -119,7 +119,7 @@ class NBitsEmbedding(nn.Module):
     def __init__(self, packed: XtcPackedEmbedding, name: str, block_size: int) -> None:
         super().__init__()
         spec = packed.spec
-        self.dim, self.one_bit = spec.in_features, spec.bits == 1
+        self.dim, self.one_bit = spec.in_features, spec.format.single_bit
         if self.one_bit:
             self.register_buffer("codes", packed.packed_weight.clone())
             self.register_buffer("scales", packed.weight_scale.float().clone())

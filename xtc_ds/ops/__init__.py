@@ -21,7 +21,7 @@ from xtc_ds.ops import library
 from xtc_ds.ops.library import TILE_INPUTS, TILE_ROWS
 from xtc_ds.ops.native import KERNEL_CHOICES, kernels, set_kernels, use_kernels
 from xtc_ds.quant import packing, reference
-from xtc_ds.quant.reference import storage_bits
+from xtc_ds.quant.formats import storage_bits
 
 __all__ = [
     "KERNEL_CHOICES",

@@ -10,11 +10,11 @@ Kernel layout of packed weights (what :func:`prepack_weight` returns and :func:`
 the ``pack_bits`` rows unchanged. Elsewhere (the CPU kernel's layout, the one the reference also reads and
 writes): uint8 ``(out_features / TILE_ROWS, in_features / TILE_INPUTS, block_bytes(bits))``; block ``(t, q)``
 covers rows ``16t .. 16t+15`` and inputs ``4q .. 4q+3``, element ``(r, j)`` at position ``4r + j`` of the block
-(the AVX512-VNNI operand order):
+(the AVX512-VNNI operand order), in the weight format's ``kernel_layout`` (:mod:`xtc_ds.quant.formats`):
 
-- 1 bit: 8 bytes, a little-endian 64-bit mask whose bit ``4r + j`` is set for level +1;
-- 2 bits: 16 bytes, the mask of nonzero levels, then the mask of negative levels;
-- 3..8 bits: 64 bytes, the int8 levels.
+- ``sign_bits`` (binary): 8 bytes, a little-endian 64-bit mask whose bit ``4r + j`` is set for level +1;
+- ``ternary_masks`` (ternary): 16 bytes, the mask of nonzero levels, then the mask of negative levels;
+- ``int8`` (symmetric 3..8 bits): 64 bytes, the int8 levels.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.library import custom_op
 
 from xtc_ds.quant import packing, reference
+from xtc_ds.quant.formats import weight_format
 
 __all__ = [
     "TILE_ROWS",
@@ -61,17 +62,21 @@ def _redispatch(device: torch.device) -> bool:
     return native.register_for(device.type)
 
 
+def _kernel_layout(bits: int) -> str:
+    layout = weight_format(bits).kernel_layout
+    if layout is None:
+        raise ValueError(f"{bits}-bit weights have no kernel layout")
+    return layout
+
+
 def block_bytes(bits: int) -> int:
     """Bytes of one ``TILE_ROWS x TILE_INPUTS`` block of the CPU kernel layout."""
-    return 8 if bits == 1 else (16 if bits == 2 else 64)
+    return _LAYOUT_BLOCK_BYTES[_kernel_layout(bits)]
 
 
 def levels_of_codes(codes: Tensor, bits: int) -> Tensor:
-    """Signed integer levels (int32) of symmetric weight codes: ``2c - 1``, ``c - 1`` or ``c - 2^(bits-1)``."""
-    codes = codes.to(torch.int32)
-    if bits == 1:
-        return codes * 2 - 1
-    return codes - (1 if bits == 2 else 2 ** (bits - 1))
+    """Signed integer levels (int32) of symmetric weight codes (:meth:`WeightFormat.levels`)."""
+    return weight_format(bits).levels(codes)
 
 
 def _straight_through(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
@@ -155,34 +160,60 @@ def tile_shape(out_features: int, in_features: int, bits: int) -> tuple[int, int
     return out_features // TILE_ROWS, in_features // TILE_INPUTS, block_bytes(bits)
 
 
+def _sign_bits(blocks: Tensor) -> Tensor:
+    return packing.pack_bits((blocks > 0).to(torch.uint8), 1)
+
+
+def _levels_of_sign_bits(kernel_weight: Tensor) -> Tensor:
+    return packing.unpack_bits(kernel_weight, 1).to(torch.int32) * 2 - 1
+
+
+def _ternary_masks(blocks: Tensor) -> Tensor:
+    tiles, quads, _ = blocks.shape
+    masks = torch.cat([(blocks != 0).to(torch.uint8), (blocks < 0).to(torch.uint8)], dim=-1)
+    return packing.pack_bits(masks.reshape(tiles, quads, 2, -1), 1).reshape(tiles, quads, -1)
+
+
+def _levels_of_ternary_masks(kernel_weight: Tensor) -> Tensor:
+    tiles, quads, _ = kernel_weight.shape
+    masks = packing.unpack_bits(kernel_weight.reshape(tiles, quads, 2, -1), 1).to(torch.int32)
+    return (masks[:, :, 0] * (1 - 2 * masks[:, :, 1])).reshape(tiles, quads, -1)
+
+
+def _int8(blocks: Tensor) -> Tensor:
+    return blocks.to(torch.int8).view(torch.uint8).contiguous()
+
+
+def _levels_of_int8(kernel_weight: Tensor) -> Tensor:
+    return kernel_weight.view(torch.int8).to(torch.int32)
+
+
+_LAYOUT_BLOCK_BYTES = {"sign_bits": 8, "ternary_masks": 16, "int8": 64}
+_LAYOUT_CODECS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "sign_bits": (_sign_bits, _levels_of_sign_bits),
+    "ternary_masks": (_ternary_masks, _levels_of_ternary_masks),
+    "int8": (_int8, _levels_of_int8),
+}
+"""Each kernel layout's (levels of a block -> bytes, bytes -> levels): the module docstring's table."""
+
+
 def _tiles_of_levels(levels: Tensor, bits: int) -> Tensor:
     """``(N, K)`` int32 levels -> the kernel layout (module docstring)."""
     n, k = levels.shape
     tiles, quads, _ = tile_shape(n, k, bits)
     blocks = levels.reshape(tiles, TILE_ROWS, quads, TILE_INPUTS).permute(0, 2, 1, 3).reshape(tiles, quads, -1)
-    if bits == 1:
-        return packing.pack_bits((blocks > 0).to(torch.uint8), 1)
-    if bits == 2:
-        masks = torch.cat([(blocks != 0).to(torch.uint8), (blocks < 0).to(torch.uint8)], dim=-1)
-        return packing.pack_bits(masks.reshape(tiles, quads, 2, -1), 1).reshape(tiles, quads, -1)
-    return blocks.to(torch.int8).view(torch.uint8).contiguous()
+    return _LAYOUT_CODECS[_kernel_layout(bits)][0](blocks)
 
 
 def _levels_of_tiles(kernel_weight: Tensor, bits: int) -> Tensor:
     """Inverse of :func:`_tiles_of_levels`: ``(N, K)`` int32 levels."""
     tiles, quads, _ = kernel_weight.shape
-    if bits == 1:
-        blocks = packing.unpack_bits(kernel_weight, 1).to(torch.int32) * 2 - 1
-    elif bits == 2:
-        masks = packing.unpack_bits(kernel_weight.reshape(tiles, quads, 2, -1), 1).to(torch.int32)
-        blocks = (masks[:, :, 0] * (1 - 2 * masks[:, :, 1])).reshape(tiles, quads, -1)
-    else:
-        blocks = kernel_weight.view(torch.int8).to(torch.int32)
+    blocks = _LAYOUT_CODECS[_kernel_layout(bits)][1](kernel_weight)
     return blocks.reshape(tiles, quads, TILE_ROWS, TILE_INPUTS).permute(0, 2, 1, 3).reshape(tiles * TILE_ROWS, -1)
 
 
 def _row_levels(packed_weight: Tensor, bits: int, in_features: int) -> Tensor:
-    codes = packing.unpack_bits(packed_weight, reference.storage_bits(bits))[:, :in_features]
+    codes = packing.unpack_bits(packed_weight, weight_format(bits).storage_bits)[:, :in_features]
     return levels_of_codes(codes, bits)
 
 
