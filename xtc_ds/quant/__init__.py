@@ -1,4 +1,5 @@
-"""Quantizer math (``reference``: the specification) and the packed bit layout (``packing``)."""
+"""Quantizer math (``reference``: the specification; ``formats``: what each weight format's codes mean; ``grids``:
+the rounding behind both) and the packed bit layout (``packing``)."""
 
 from xtc_ds.quant.reference import (
     binarize,

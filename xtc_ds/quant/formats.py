@@ -68,6 +68,11 @@ class WeightFormat:
             return None
         return self.level_offset // self.level_step
 
+    @property
+    def pruned_bits(self) -> int:
+        """The bits of the format a sparse-pruned weight of this format is stored in (pruning adds the level 0)."""
+        return self.bits
+
     def grid(self, rows: torch.Tensor, stochastic: bool = False) -> Grid:
         """The reference quantizer: codes and a scale per row of float32 ``rows`` (one row per scale group)."""
         raise NotImplementedError
@@ -113,6 +118,11 @@ def _masked_mean(magnitude: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Binary(WeightFormat):
+    @property
+    def pruned_bits(self) -> int:
+        """-alpha, 0, +alpha: a sparse binary weight is stored as ternary codes."""
+        return TERNARY_BITS
+
     def grid(self, rows: torch.Tensor, stochastic: bool = False) -> Grid:
         return binary_grid(rows)
 
@@ -157,8 +167,9 @@ class _Asymmetric(WeightFormat):
         return asymmetric_grid(rows, self.bits, stochastic)
 
 
+TERNARY_BITS = 2
 BINARY = _Binary("binary", 1, 1, level_offset=1, level_step=2, extreme=True, kernel_layout="sign_bits")
-TERNARY = _Ternary("ternary", 2, 2, level_offset=1, extreme=True, kernel_layout="ternary_masks")
+TERNARY = _Ternary("ternary", TERNARY_BITS, 2, level_offset=1, extreme=True, kernel_layout="ternary_masks")
 _UNIFORM_STORAGE = {bits: 4 if bits <= 4 else 8 for bits in range(3, 9)}
 _SYMMETRIC = {
     bits: _Symmetric("symmetric", bits, storage, level_offset=2 ** (bits - 1), kernel_layout="int8")
