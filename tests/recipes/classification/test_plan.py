@@ -1,5 +1,7 @@
 """Defaults chosen from the data and the model: sequence lengths, epochs per phase, and the printed plan."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -43,6 +45,15 @@ def test_the_plan_says_what_runs_and_for_how_long():
     assert "sst2, 67349 training rows; max_seq_length 56 (dev 64; auto" in text
     assert "teacher: " in text and "(budget)" in text and "student: 2 epochs (flag), about" in text
     assert "min" not in plan.describe("sst2", 10, (8, 8), False, phases, "cuda")
+
+
+def test_about_ten_dev_evaluations_per_phase_unless_a_flag_says():
+    assert [plan.eval_every(steps) for steps in (8, 287, 924, 1052, 4208, 16832)] == [25, 50, 100, 125, 425, 500]
+    assert plan.eval_every(924, flag=7) == 7
+    phases = [dataclasses.replace(plan.phase_plan("student", 1e6, 1.0, 2.0), eval_steps=100, eval_estimated=True)]
+    assert "student: 2 epochs (flag), dev about every 100 steps, about" in plan.describe(
+        "mrpc", 3668, (88, 86), True, phases, "cpu"
+    )
 
 
 def test_small_training_sets_are_augmented_when_the_config_distils():

@@ -216,7 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="teacher epochs (default: as many as fit about 8 minutes of the reference CPU, 0.5 to 5)",
     )
     train.add_argument("--teacher_max_train_steps", type=int, default=None, help="teacher steps (overrides epochs)")
-    train.add_argument("--eval_steps", type=int, default=500, help="evaluate every N optimizer steps (and at the end)")
+    train.add_argument(
+        "--eval_steps",
+        type=int,
+        default=None,
+        help="evaluate every N optimizer steps and at the end (default: about 10 evaluations per phase, on multiples "
+        "of 25 steps, at most 500 apart)",
+    )
     train.add_argument(
         "--save_steps", type=int, default=500, help="checkpoint every N optimizer steps (and at the end)"
     )

@@ -45,6 +45,7 @@ from xtc_ds.recipes.classification.plan import (
     augment_plan,
     augment_seconds,
     describe,
+    eval_every,
     eval_seq_length,
     model_cost,
     phase_plan,
@@ -161,7 +162,9 @@ def _plan(
         phase = phase_plan(name, row_tokens * rows, model_cost(hf_config, layers), epochs, augmented=augmented)
         if steps is None:
             setattr(args, epochs_flag, phase.epochs)
-        phases.append(phase)
+        phase_steps = total_steps(getattr(args, epochs_flag), steps, rows // global_batch)
+        estimated = augmented and args.eval_steps is None
+        phases.append(replace(phase, eval_steps=eval_every(phase_steps, args.eval_steps), eval_estimated=estimated))
     if augmenter is not None:
         cost = model_cost(hf_config)
         augment = replace(augment, seconds=augment_seconds(augmenter.kind, len(train), row_tokens, cost, copies - 1))

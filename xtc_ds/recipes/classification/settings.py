@@ -32,7 +32,7 @@ class PhaseSettings:
 class EvalSettings:
     """When a phase evaluates and checkpoints, and how it batches the dev sets."""
 
-    eval_steps: int
+    eval_steps: Optional[int]  # None: about ten per phase (:func:`~xtc_ds.recipes.classification.plan.eval_every`)
     save_steps: int
     save_total_limit: int
     batch_size: int

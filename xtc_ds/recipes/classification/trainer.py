@@ -29,6 +29,7 @@ from xtc_ds.errors import CheckpointError, TrainingError
 from xtc_ds.files import append_jsonl, read_json, replace_dir_atomic, write_json_atomic
 from xtc_ds.recipes.classification.batches import EpochBatches
 from xtc_ds.recipes.classification.data import TaskSpec, primary_score, task_metrics, trim_padding
+from xtc_ds.recipes.classification.plan import eval_every
 from xtc_ds.recipes.classification.settings import EvalSettings
 
 __all__ = ["Phase", "predict_logits", "evaluate", "run_phase", "full_state_dict", "PIPELINE_STATE_KEY"]
@@ -235,6 +236,9 @@ def run_phase(
     engine.train()
     device = engine.device
     rank_zero = is_rank_zero()
+    eval_steps = eval_every(phase.total_steps, evaluation.eval_steps)
+    if rank_zero:
+        logger.info("xtc_ds %s: %d steps, dev evaluation every %d", phase.name, phase.total_steps, eval_steps)
     progress = tqdm(total=phase.total_steps, initial=start, desc=phase.name, disable=not rank_zero, dynamic_ncols=True)
     samples_per_step = engine.train_batch_size()
     began = time.time()
@@ -269,7 +273,7 @@ def run_phase(
             )
         elif done % max(1, engine.steps_per_print() or 100) == 0:
             logger.info("xtc_ds %s step %d loss %.4f", phase.name, done, record["loss"])
-        if done % evaluation.eval_steps == 0 or done == phase.total_steps:
+        if done % eval_steps == 0 or done == phase.total_steps:
             metrics = evaluate(engine, dev_sets, task, evaluation.batch_size, evaluation.pad_to_max_length)
             score = primary_score(task, next(iter(metrics.values())))
             if rank_zero:
