@@ -16,7 +16,6 @@ from xtc_ds.config import SECTION, ConfigError, has_section, load_compression_co
 from xtc_ds.inject import inject
 from xtc_ds.layer_reduction import initialize_student, layer_list, reduction_modules
 from xtc_ds.nn.qat_linear import is_conv1d
-from xtc_ds.ops import fake_quant_weight
 from xtc_ds.pruning import clean_pruned
 from xtc_ds.state import compression_state, require_same_config, unwrap_model
 from xtc_ds.zero3 import forget_parameter_trace, full_parameters
@@ -162,9 +161,7 @@ def redundancy_clean(model: nn.Module, deepspeed_config: Any = None, mpu: Any = 
         if quantizer is not None:
             with full_parameters([module.weight], modify=True), torch.no_grad():
                 weight = module.weight.t() if is_conv1d(module) else module.weight
-                groups = weight.shape[0] if quantizer.num_groups is None else quantizer.num_groups
-                baked = fake_quant_weight(weight, quantizer.target_bits, groups, quantizer.symmetric)
-                weight.copy_(baked)
+                weight.copy_(quantizer.fake_quant(weight, quantizer.target_bits, stochastic=False))
             module.weight_quantizer = None
         act_quantizer = getattr(module, "act_quantizer", None)
         if act_quantizer is not None:

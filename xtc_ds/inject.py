@@ -101,6 +101,7 @@ def _quantizers(config: CompressionConfig, plan: ModulePlan) -> tuple[Any, Any]:
             plan.num_groups,
             symmetric=shared.quantization_type is QuantizationType.SYMMETRIC,
             stochastic=shared.rounding is Rounding.STOCHASTIC,
+            format_name=wq.different_groups[plan.weight_group].params.format,
         )
     if plan.act_group is not None:
         shared = aq.shared_parameters

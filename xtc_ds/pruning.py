@@ -485,7 +485,7 @@ def _clean_sparse(module: nn.Module, mask: Union[SparseMask, SnipMomentumMask]) 
             baked = module.weight * keep
         else:
             groups = module.weight.shape[0] if quantizer.num_groups is None else quantizer.num_groups
-            baked = masked_fake_quant(module.weight, keep, quantizer.target_bits, groups, quantizer.symmetric)
+            baked = masked_fake_quant(module.weight, keep, quantizer.format(quantizer.target_bits), groups)
         module.weight.copy_(baked)
     module.weight_quantizer = None
 

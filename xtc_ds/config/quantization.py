@@ -1,11 +1,11 @@
 """``weight_quantization`` and ``activation_quantization``: XTC's 1/2-bit weights and 8-bit activations."""
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 from xtc_ds._schema import ConfigError
 from xtc_ds.config.base import PER_ROW, Checked, GroupConfig, QuantizationType, RangeCalibration, Rounding, require
-from xtc_ds.quant.formats import weight_format
+from xtc_ds.quant.formats import WeightFormat, weight_format
 
 __all__ = [
     "WeightQuantParams",
@@ -22,9 +22,20 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class WeightQuantParams(Checked):
+    """``format`` (xtc_ds only): the name of a registered weight format
+    (:func:`xtc_ds.quant.formats.register_weight_format`) instead of the built-in format of ``target_bits``; it has
+    no bit schedule, so both bits must be its bits."""
+
     start_bits: int
     target_bits: int
     quantization_period: int = 1
+    format: Optional[str] = None
+
+    @property
+    def target_format(self) -> WeightFormat:
+        """The weight format at ``target_bits`` (its kind: whether it is extreme, how pruning stores it; a uniform
+        grid's symmetry is the shared parameters' ``quantization_type``, which a group does not know)."""
+        return weight_format(self.target_bits, name=self.format)
 
     def _check(self, path: str) -> None:
         require(1 <= self.start_bits <= 8, f"{path}.start_bits", self.start_bits, "must be 1..8")
@@ -36,6 +47,17 @@ class WeightQuantParams(Checked):
             f"must be >= target_bits ({self.target_bits}); bits only step down",
         )
         require(self.quantization_period >= 0, f"{path}.quantization_period", self.quantization_period, "must be >= 0")
+        if self.format is not None:
+            try:
+                weight_format(self.target_bits, name=self.format)
+            except ValueError as err:
+                raise ConfigError(f"{path}.format: {err}") from None
+            require(
+                self.start_bits == self.target_bits,
+                f"{path}.start_bits",
+                self.start_bits,
+                f"must equal target_bits ({self.target_bits}): the format {self.format!r} has no bit schedule",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,9 +121,7 @@ class WeightQuantizationConfig(Checked):
         shared = self.shared_parameters
         if shared.enabled and not self.different_groups:
             raise ConfigError(f"{path}.different_groups: missing or empty (required when shared_parameters.enabled)")
-        low_bit = sorted(
-            name for name, g in self.different_groups.items() if weight_format(g.params.target_bits).extreme
-        )
+        low_bit = sorted(name for name, g in self.different_groups.items() if g.params.target_format.extreme)
         if low_bit and shared.quantization_type is not QuantizationType.SYMMETRIC:
             raise ConfigError(
                 f"{path}.shared_parameters.quantization_type: {shared.quantization_type.value!r} "

@@ -29,7 +29,6 @@ from xtc_ds.matching import plan_injection, weight_shape
 from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.nn.qat_linear import is_conv1d
 from xtc_ds.pruning import sparse_owners
-from xtc_ds.quant.formats import weight_format
 
 __all__ = [
     "packed_specs",
@@ -257,9 +256,12 @@ def packed_specs(model: nn.Module, deepspeed_config: Any) -> dict[str, PackedSpe
         if kind == "embedding":
             spec["padding_idx"] = module.padding_idx
         if plan.weight_group is not None:
-            spec["bits"] = wq.different_groups[plan.weight_group].params.target_bits
+            params = wq.different_groups[plan.weight_group].params
+            spec["bits"] = params.target_bits
+            if params.format is not None:
+                spec["weight_format"] = params.format
             if name in sparse:
-                spec["bits"] = weight_format(spec["bits"]).pruned_bits
+                spec["bits"] = params.target_format.pruned_bits
             spec["group"] = plan.weight_group
             spec["num_groups"] = out_features if plan.num_groups is None else plan.num_groups
             spec["symmetric"] = wq.shared_parameters.quantization_type is QuantizationType.SYMMETRIC

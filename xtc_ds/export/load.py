@@ -66,11 +66,11 @@ def _check_specs(model: nn.Module, block: dict[str, Any], specs: dict[str, Packe
             where = "is not a compressed module of this model" if name not in derived else "is missing"
             raise PackedFormatError(f"{path}: quantization_config.modules.{name} {where}")
         stored, wanted = specs[name].to_dict(), derived[name].to_dict()
-        for field, value in stored.items():
-            if value != wanted[field]:
+        for field in sorted(set(stored) | set(wanted)):
+            if stored.get(field) != wanted.get(field):
                 raise PackedFormatError(
-                    f"{path}: quantization_config.modules.{name}.{field} is {value!r}, but compression_training "
-                    f"and the model give {wanted[field]!r}"
+                    f"{path}: quantization_config.modules.{name}.{field} is {stored.get(field)!r}, but "
+                    f"compression_training and the model give {wanted.get(field)!r}"
                 )
 
 

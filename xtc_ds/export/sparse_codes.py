@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from xtc_ds import ops
 from xtc_ds.nn.packed_linear import unpacked_codes
 from xtc_ds.nn.packed_spec import PackedSpec
-from xtc_ds.quant.formats import storage_bits, weight_format
 from xtc_ds.quant.packing import padded_length
 
 __all__ = ["BITMAP", "VALUES", "compact_form", "expand_compact"]
@@ -32,7 +31,7 @@ def _pack_flat(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def compact_form(packed_weight: torch.Tensor, spec: PackedSpec) -> Optional[dict[str, torch.Tensor]]:
     """``{sparse_bitmap, sparse_values}`` of a packed weight, or None when they would not be smaller."""
-    form = weight_format(spec.bits, spec.symmetric)
+    form = spec.format
     if form.zero_code is None:
         return None
     codes = unpacked_codes(packed_weight, spec)
@@ -54,7 +53,7 @@ def expand_compact(bitmap: torch.Tensor, values: torch.Tensor, spec: PackedSpec)
     if bitmap.dtype != torch.uint8 or bitmap.dim() != 1 or bitmap.numel() != padded_length(numel, 1) // 8:
         raise ValueError(f"{BITMAP} must be {padded_length(numel, 1) // 8} uint8 bytes (one bit per weight)")
     nonzero = ops.unpack_bits(bitmap, 1)[:numel].bool().reshape(spec.out_features, spec.in_features)
-    form = weight_format(spec.bits, spec.symmetric)
+    form = spec.format
     if form.zero_code is None:
         raise ValueError(f"{form.name} weights have no sparse form (no code of 0)")
     count, bits = int(nonzero.sum()), form.sparse_value_bits
@@ -63,6 +62,6 @@ def expand_compact(bitmap: torch.Tensor, values: torch.Tensor, spec: PackedSpec)
     kept = ops.unpack_bits(values, bits)[:count]
     codes = torch.full(nonzero.shape, form.zero_code, dtype=torch.uint8)
     codes[nonzero] = form.codes_of_sparse_values(kept)
-    dense_bits = storage_bits(spec.bits)
+    dense_bits = form.storage_bits
     padding = padded_length(spec.in_features, dense_bits) - spec.in_features
     return ops.pack_bits(F.pad(codes, (0, padding)).contiguous(), dense_bits)

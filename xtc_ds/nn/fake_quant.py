@@ -16,6 +16,7 @@ from torch import nn
 
 from xtc_ds._log import warn_once
 from xtc_ds.ops import fake_quant_activation, fake_quant_weight
+from xtc_ds.quant.formats import WeightFormat, weight_format
 
 __all__ = ["WeightFakeQuantizer", "ActFakeQuantizer", "STATIC_RANGE_MOMENTUM"]
 
@@ -32,10 +33,18 @@ class WeightFakeQuantizer(nn.Module):
             for one scale per row (per output feature; per token for embeddings).
         symmetric: symmetric grid for 3..8 bits.
         stochastic: stochastic rounding for 3..8 bits.
+        format_name: a registered weight format (:func:`xtc_ds.quant.formats.register_weight_format`) instead of
+            the built-in format of the bits; it runs its pure-PyTorch reference.
     """
 
     def __init__(
-        self, group: str, target_bits: int, num_groups: Optional[int], symmetric: bool = True, stochastic: bool = False
+        self,
+        group: str,
+        target_bits: int,
+        num_groups: Optional[int],
+        symmetric: bool = True,
+        stochastic: bool = False,
+        format_name: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.group = group
@@ -43,16 +52,30 @@ class WeightFakeQuantizer(nn.Module):
         self.num_groups = num_groups
         self.symmetric = symmetric
         self.stochastic = stochastic
+        self.format_name = format_name
         self.enabled = False
         self.bits = target_bits
         self.real_ratio = 0.0
+
+    def format(self, bits: Optional[int] = None) -> WeightFormat:
+        """The weight format at ``bits`` (the current bits by default)."""
+        return weight_format(self.bits if bits is None else bits, self.symmetric, self.format_name)
+
+    def fake_quant(self, weight: torch.Tensor, bits: int, stochastic: bool) -> torch.Tensor:
+        """``weight`` on the grid of ``bits`` with a straight-through gradient: the fused op for a built-in format,
+        the format's reference for a registered one."""
+        num_groups = weight.shape[0] if self.num_groups is None else self.num_groups
+        if self.format_name is None:
+            return fake_quant_weight(weight, bits, num_groups, self.symmetric, stochastic)
+        form = self.format(bits)
+        values = form.dequantize(form.quantize(weight.detach(), num_groups, stochastic)).to(weight.dtype)
+        return values + (weight - weight.detach())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` (out_features, in_features) -> fake-quantized weight of the same shape and dtype."""
         if not self.enabled:
             return weight
-        num_groups = weight.shape[0] if self.num_groups is None else self.num_groups
-        out = fake_quant_weight(weight, self.bits, num_groups, self.symmetric, self.stochastic)
+        out = self.fake_quant(weight, self.bits, self.stochastic)
         if self.real_ratio > 0.0:
             out = self.real_ratio * weight + (1.0 - self.real_ratio) * out
         return out

@@ -9,7 +9,7 @@ from torch import nn
 
 from xtc_ds.nn.packed_linear import packed_weight_tensors, register_packed_buffers, unpacked_codes
 from xtc_ds.nn.packed_spec import PackedSpec
-from xtc_ds.quant.reference import QuantizedWeight, dequantize_weight
+from xtc_ds.quant.formats import QuantizedWeight
 
 __all__ = ["XtcPackedEmbedding"]
 
@@ -51,7 +51,7 @@ class XtcPackedEmbedding(nn.Module):
         flat = input.reshape(-1)
         codes = unpacked_codes(self.packed_weight[flat], self.spec)
         zero_point = None if self.weight_zero_point is None else self.weight_zero_point[flat]
-        rows = dequantize_weight(QuantizedWeight(codes, self.weight_scale[flat], zero_point), self.spec.bits)
+        rows = self.spec.format.dequantize(QuantizedWeight(codes, self.weight_scale[flat], zero_point))
         return rows.reshape(*input.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:

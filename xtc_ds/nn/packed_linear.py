@@ -18,9 +18,8 @@ from torch import nn
 
 from xtc_ds import ops
 from xtc_ds.nn.packed_spec import PackedSpec
-from xtc_ds.quant.formats import storage_bits
 from xtc_ds.quant.packing import padded_length
-from xtc_ds.quant.reference import QuantizedWeight, dequantize_weight, quantize_weight
+from xtc_ds.quant.reference import QuantizedWeight
 
 __all__ = [
     "XtcPackedLinear",
@@ -33,8 +32,8 @@ __all__ = [
 
 def packed_weight_tensors(weight: torch.Tensor, spec: PackedSpec) -> dict[str, torch.Tensor]:
     """``packed_weight``, ``weight_scale`` (and ``weight_zero_point``) of a ``(out_features, in_features)`` weight."""
-    quantized = quantize_weight(weight.detach().float(), spec.bits, spec.num_groups, spec.symmetric)
-    bits = storage_bits(spec.bits)
+    quantized = spec.format.quantize(weight.detach().float(), spec.num_groups)
+    bits = spec.format.storage_bits
     codes = quantized.codes
     padding = padded_length(spec.in_features, bits) - spec.in_features
     if padding:
@@ -47,12 +46,12 @@ def packed_weight_tensors(weight: torch.Tensor, spec: PackedSpec) -> dict[str, t
 
 def unpacked_codes(packed_weight: torch.Tensor, spec: PackedSpec) -> torch.Tensor:
     """uint8 codes ``(rows, in_features)`` of packed rows (padding dropped)."""
-    return ops.unpack_bits(packed_weight, storage_bits(spec.bits))[:, : spec.in_features]
+    return ops.unpack_bits(packed_weight, spec.format.storage_bits)[:, : spec.in_features]
 
 
 def packed_shapes(spec: PackedSpec) -> dict[str, tuple[int, ...]]:
     """Shape of every tensor a packed module of ``spec`` holds (what a checkpoint must contain)."""
-    bits = storage_bits(spec.bits)
+    bits = spec.format.storage_bits
     shapes = {
         "packed_weight": (spec.out_features, padded_length(spec.in_features, bits) * bits // 8),
         "weight_scale": (spec.num_groups,),
@@ -120,7 +119,7 @@ class XtcPackedLinear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight the QAT model used, ``(out_features, in_features)`` (reference path only)."""
-        return dequantize_weight(self.quantized_weight(), self.spec.bits)
+        return self.spec.format.dequantize(self.quantized_weight())
 
     def uses_packed_linear(self) -> bool:
         """True when the forward runs ``ops.packed_linear`` (the spec fits its contract), else dequantize + matmul."""

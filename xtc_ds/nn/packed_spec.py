@@ -34,6 +34,8 @@ class PackedSpec:
         act_symmetric, act_static: the activation quantizer's grid and range mode (static ranges are stored
             as the module's ``act_range`` tensor ``[min, max]``).
         padding_idx: an embedding's padding index.
+        weight_format: a registered weight format's name (:func:`xtc_ds.quant.formats.register_weight_format`), or
+            None for the built-in format of ``bits``.
     """
 
     kind: str
@@ -48,6 +50,7 @@ class PackedSpec:
     act_symmetric: bool = True
     act_static: bool = False
     padding_idx: Optional[int] = None
+    weight_format: Optional[str] = None
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -80,6 +83,13 @@ class PackedSpec:
             return f"num_groups={self.num_groups!r} does not split a {self.out_features}x{self.in_features} weight"
         if self.bits is not None and not self.symmetric and weight_format(self.bits).extreme:
             return f"{self.bits}-bit weights are symmetric by definition"
+        if self.weight_format is not None:
+            if self.bits is None or not isinstance(self.weight_format, str):
+                return f"weight_format {self.weight_format!r} needs bits and must be a format's name"
+            try:
+                weight_format(self.bits, self.symmetric, self.weight_format)
+            except ValueError as err:
+                return str(err)
         if self.kind == "embedding":
             if self.act_bits is not None or self.num_groups != self.out_features:
                 return "an embedding has one scale per row and no activation quantization"
@@ -96,10 +106,15 @@ class PackedSpec:
         """The weight's format (:mod:`xtc_ds.quant.formats`); ValueError for a module without quantized weights."""
         if self.bits is None:
             raise ValueError("this module quantizes only its input; its weight has no format")
-        return weight_format(self.bits, self.symmetric)
+        return weight_format(self.bits, self.symmetric, self.weight_format)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as JSON-ready values; ``weight_format`` only where a registered format is used (so a built-in
+        format's spec reads as it did before formats could be registered)."""
+        data = dataclasses.asdict(self)
+        if data["weight_format"] is None:
+            del data["weight_format"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PackedSpec:

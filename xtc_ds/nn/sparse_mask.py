@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from xtc_ds.quant.formats import weight_format
+from xtc_ds.quant.formats import WeightFormat
 
 __all__ = ["SparseMask", "sparse_quantized", "masked_fake_quant"]
 
@@ -69,7 +69,7 @@ class SparseMask(nn.Module):
 
 
 def masked_fake_quant(
-    weight: torch.Tensor, keep: torch.Tensor, bits: int, num_groups: int, symmetric: bool, stochastic: bool = False
+    weight: torch.Tensor, keep: torch.Tensor, form: WeightFormat, num_groups: int, stochastic: bool = False
 ) -> torch.Tensor:
     """The kept weights quantized with scales over the kept weights only, zeros elsewhere (no gradient).
 
@@ -77,7 +77,7 @@ def masked_fake_quant(
     ``|w|`` above it. 3..8 bits: the grid of ``w * keep`` (:meth:`WeightFormat.masked_values`).
     """
     rows = weight.detach().reshape(num_groups, -1).float()
-    values = weight_format(bits, symmetric).masked_values(rows, keep.reshape(num_groups, -1), stochastic)
+    values = form.masked_values(rows, keep.reshape(num_groups, -1), stochastic)
     return values.reshape(weight.shape).to(weight.dtype)
 
 
@@ -87,7 +87,7 @@ def sparse_quantized(weight: torch.Tensor, quantizer: Optional[nn.Module], mask:
     keep, ste = mask()
     if quantizer is not None and quantizer.enabled:
         groups = weight.shape[0] if quantizer.num_groups is None else quantizer.num_groups
-        values = masked_fake_quant(weight, keep, quantizer.bits, groups, quantizer.symmetric, quantizer.stochastic)
+        values = masked_fake_quant(weight, keep, quantizer.format(), groups, quantizer.stochastic)
         if quantizer.real_ratio > 0.0:  # fp16_mixed_quantize, as WeightFakeQuantizer does
             values = quantizer.real_ratio * weight.detach() * keep + (1.0 - quantizer.real_ratio) * values
         kept = weight * keep

@@ -33,7 +33,6 @@ from xtc_ds.onnx_export import ops
 from xtc_ds.onnx_export.compact import Int8Storage, compact_initializers, int8_weights, nbits_weights
 from xtc_ds.onnx_export.mapping import int8_code_map, packed_from_int8, packed_from_nbits
 from xtc_ds.onnx_export.modules import ACCURACY_LEVELS, LINEAR_OPS, Int8Linear, onnx_ready
-from xtc_ds.quant.formats import storage_bits
 from xtc_ds.quant.reference import QuantizedWeight
 
 __all__ = ["export_onnx", "ONNX_FILE", "RECORD_FILE", "DEFAULT_BLOCK_SIZE", "model_input_names"]
@@ -228,7 +227,7 @@ def export_onnx(
         }
         binary = binary if one_bit_storage else set()
         int8_storage = {
-            f"model.{name}.int8_weight": Int8Storage(storage_bits(specs[name].bits), *int8_code_map(specs[name]))
+            f"model.{name}.int8_weight": Int8Storage(specs[name].format.storage_bits, *int8_code_map(specs[name]))
             for name, module in ready.named_modules()
             if isinstance(module, Int8Linear)
         }

@@ -177,6 +177,13 @@ def onnx_ready(
     GEMM) quantize the inputs of 8-bit-activation modules itself; elsewhere (level 0, weight-only modules, 4-bit
     activations) the module's own quantizer runs as standard ONNX ops before a ``MatMulNBits``.
     """
+    registered = {name: spec.weight_format for name, spec in specs.items() if spec.weight_format is not None}
+    if registered:
+        name, form = next(iter(registered.items()))
+        raise OnnxExportError(
+            f"{name}: its weight format {form!r} is a registered one, which the ONNX export does not map to ONNX "
+            "Runtime's quantized ops; serve it with xtc_ds.load_packed"
+        )
     ready = copy.deepcopy(model)
     modules = dict(ready.named_modules())
     for name, spec in specs.items():

@@ -20,13 +20,42 @@ asymmetric 3..8    0..2^b-1   ``c - zero_point``    per group  none
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-from xtc_ds.quant.grids import TERNARY_THRESHOLD, Grid, asymmetric_grid, binary_grid, symmetric_grid, ternary_grid
+from xtc_ds.quant.grids import (
+    TERNARY_THRESHOLD,
+    Grid,
+    asymmetric_grid,
+    binary_grid,
+    grouped,
+    symmetric_grid,
+    ternary_grid,
+)
 
-__all__ = ["WeightFormat", "BINARY", "TERNARY", "weight_format", "storage_bits"]
+__all__ = [
+    "QuantizedWeight",
+    "WeightFormat",
+    "BINARY",
+    "TERNARY",
+    "weight_format",
+    "register_weight_format",
+    "storage_bits",
+]
+
+
+class QuantizedWeight(NamedTuple):
+    """Integer codes and scales of a weight: what a packed checkpoint stores.
+
+    ``codes`` is uint8 of the weight's shape; value = ``weight_scale[g] * level(code)`` with the format's level map.
+    ``weight_scale`` is float32 ``(num_groups,)``; ``weight_zero_point`` is float32 ``(num_groups,)`` for formats
+    with zero points, else None.
+    """
+
+    codes: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: Optional[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,26 @@ class WeightFormat:
     def grid(self, rows: torch.Tensor, stochastic: bool = False) -> Grid:
         """The reference quantizer: codes and a scale per row of float32 ``rows`` (one row per scale group)."""
         raise NotImplementedError
+
+    def quantize(self, weight: torch.Tensor, num_groups: int, stochastic: bool = False) -> QuantizedWeight:
+        """Codes and scales (and zero points) of ``weight`` (any shape) per contiguous group: :meth:`grid`."""
+        grid = self.grid(grouped(weight, num_groups), stochastic)
+        zero_point = grid.offset.reshape(num_groups) if isinstance(grid.offset, torch.Tensor) else None
+        return QuantizedWeight(
+            grid.codes.to(torch.uint8).reshape(weight.shape), grid.scale.reshape(num_groups), zero_point
+        )
+
+    def dequantize(self, quantized: QuantizedWeight) -> torch.Tensor:
+        """float32 weight of ``quantized.codes``' shape: the inverse of :meth:`quantize` (same grid)."""
+        num_groups = quantized.weight_scale.numel()
+        codes = quantized.codes.reshape(num_groups, -1).float()
+        scale = quantized.weight_scale.reshape(num_groups, 1).float()
+        zero_point = quantized.weight_zero_point
+        if (zero_point is None) != (self.level_offset is not None):
+            raise ValueError(f"{self.name} weights {'have' if self.has_zero_point else 'have no'} zero points")
+        offset = float(self.level_offset) if zero_point is None else zero_point.reshape(num_groups, 1).float()
+        grid = Grid(codes, scale, offset, step=float(self.level_step))
+        return grid.values().reshape(quantized.codes.shape)
 
     def levels(self, codes: torch.Tensor) -> torch.Tensor:
         """Signed int32 levels of codes (formats without zero points)."""
@@ -180,11 +229,45 @@ _ASYMMETRIC = {
 }
 
 
-def weight_format(bits: int, symmetric: bool = True) -> WeightFormat:
-    """The format of ``bits``-bit weights: binary (1), ternary (2), symmetric or asymmetric uniform (3..8).
+_BUILT_IN = ("binary", "ternary", "symmetric", "asymmetric")
+_REGISTERED: dict[str, WeightFormat] = {}
+
+
+def register_weight_format(form: WeightFormat) -> WeightFormat:
+    """Make ``form`` selectable by its name: a config group's ``params.format`` and a packed folder's module specs
+    name it. A new format subclasses :class:`WeightFormat` (at least :meth:`WeightFormat.grid`); with
+    ``kernel_layout=None`` QAT, packing and loading run the reference path (``docs/ARCHITECTURE.md``).
+
+    Raises:
+        ValueError: the name is a built-in format's, or another format holds it.
+    """
+    if form.name in _BUILT_IN:
+        raise ValueError(f"weight format {form.name!r} is built in; register a format under another name")
+    if _REGISTERED.setdefault(form.name, form) != form:
+        raise ValueError(f"weight format {form.name!r} is already registered as {_REGISTERED[form.name]!r}")
+    return form
+
+
+def weight_format(bits: int, symmetric: bool = True, name: Optional[str] = None) -> WeightFormat:
+    """The format of ``bits``-bit weights: binary (1), ternary (2), symmetric or asymmetric uniform (3..8), or the
+    registered format ``name`` (:func:`register_weight_format`).
 
     ``symmetric`` only chooses between the uniform grids; the extreme formats are symmetric by definition.
+
+    Raises:
+        ValueError: ``bits`` outside 1..8, a format ``name`` nobody registered, or one of other bits.
     """
+    if name is not None:
+        form = _REGISTERED.get(name)
+        if form is None:
+            known = ", ".join(sorted(_REGISTERED)) or "none"
+            raise ValueError(
+                f"weight format {name!r} is not registered (registered: {known}); import the code that calls "
+                "xtc_ds.quant.formats.register_weight_format for it first"
+            )
+        if form.bits != bits:
+            raise ValueError(f"weight format {name!r} has {form.bits}-bit codes, not {bits}")
+        return form
     if bits == BINARY.bits:
         return BINARY
     if bits == TERNARY.bits:

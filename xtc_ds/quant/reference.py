@@ -22,12 +22,12 @@ by ``2^b`` and wasted a level).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
-from xtc_ds.quant.formats import storage_bits, weight_format
-from xtc_ds.quant.grids import TERNARY_THRESHOLD, Grid, asymmetric_grid, grouped, symmetric_grid
+from xtc_ds.quant.formats import QuantizedWeight, storage_bits, weight_format
+from xtc_ds.quant.grids import TERNARY_THRESHOLD, asymmetric_grid, symmetric_grid
 
 __all__ = [
     "TERNARY_THRESHOLD",
@@ -142,20 +142,6 @@ def fake_quant_activation(
     return grid.values().reshape(x.shape).to(x.dtype)
 
 
-class QuantizedWeight(NamedTuple):
-    """Integer codes and scales of a weight: what a packed checkpoint stores.
-
-    ``codes`` is uint8 of the weight's shape; value = ``weight_scale[g] * level(code)`` with level
-    ``2*code - 1`` (binary), ``code - 1`` (ternary), ``code - 2^(bits-1)`` (symmetric) or
-    ``code - weight_zero_point[g]`` (asymmetric). ``weight_scale`` is float32 ``(num_groups,)``;
-    ``weight_zero_point`` is float32 ``(num_groups,)`` for asymmetric weights, else None.
-    """
-
-    codes: torch.Tensor
-    weight_scale: torch.Tensor
-    weight_zero_point: Optional[torch.Tensor]
-
-
 def quantize_weight(
     weight: torch.Tensor, bits: int, num_groups: int, symmetric: bool = True, stochastic: bool = False
 ) -> QuantizedWeight:
@@ -170,20 +156,9 @@ def quantize_weight(
     Returns:
         :class:`QuantizedWeight` with ``codes`` of ``weight``'s shape.
     """
-    grid = weight_format(bits, symmetric).grid(grouped(weight, num_groups), stochastic)
-    zero_point = grid.offset.reshape(num_groups) if isinstance(grid.offset, torch.Tensor) else None
-    return QuantizedWeight(
-        grid.codes.to(torch.uint8).reshape(weight.shape), grid.scale.reshape(num_groups), zero_point
-    )
+    return weight_format(bits, symmetric).quantize(weight, num_groups, stochastic)
 
 
 def dequantize_weight(quantized: QuantizedWeight, bits: int) -> torch.Tensor:
     """float32 weight of ``quantized.codes``' shape: the inverse of :func:`quantize_weight` (same grid)."""
-    num_groups = quantized.weight_scale.numel()
-    codes = quantized.codes.reshape(num_groups, -1).float()
-    scale = quantized.weight_scale.reshape(num_groups, 1).float()
-    zero_point = quantized.weight_zero_point
-    form = weight_format(bits, symmetric=zero_point is None)
-    offset = float(form.level_offset) if zero_point is None else zero_point.reshape(num_groups, 1).float()
-    grid = Grid(codes, scale, offset, step=float(form.level_step))
-    return grid.values().reshape(quantized.codes.shape)
+    return weight_format(bits, symmetric=quantized.weight_zero_point is None).dequantize(quantized)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Optional
 
 from xtc_ds.config import CompressionConfig
-from xtc_ds.quant.formats import weight_format
 from xtc_ds.recipes.classification.data import METRIC_CHOICES, TASKS
 from xtc_ds.recipes.classification.data.sources import DEFAULT_TASK
 from xtc_ds.recipes.classification.data.tables import FILE_FORMATS
@@ -360,9 +359,7 @@ def resolve_learning_rates(args: argparse.Namespace, compression: CompressionCon
         args.teacher_learning_rate = args.learning_rate or FINE_TUNE_LEARNING_RATE
     if args.learning_rate is None:
         weights = compression.weight_quantization
-        low_bit = weights.enabled and any(
-            weight_format(g.params.target_bits).extreme for g in weights.different_groups.values()
-        )
+        low_bit = weights.enabled and any(g.params.target_format.extreme for g in weights.different_groups.values())
         long_run = student_steps >= LONG_STUDENT_STEPS
         args.learning_rate = (
             (LONG_LOW_BIT_LEARNING_RATE if long_run else LOW_BIT_LEARNING_RATE) if low_bit else FINE_TUNE_LEARNING_RATE
