@@ -63,17 +63,27 @@ class XtcRuntime:
             raise ValueError("compression_training.knowledge_distillation is not enabled")
         return self.distillation(student_outputs, teacher_outputs)
 
-    def student_loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The training loss of one micro-batch of the student ``model`` (the engine).
-
-        With knowledge distillation: XTC's one-stage KD, the student's outputs against the frozen teacher's on
-        the same inputs (labels are not used). Without: the model's own loss from ``batch["labels"]``.
-        """
+    def distilled(self, model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """XTC's one-stage KD on one micro-batch: the KD loss of ``model``'s outputs against the frozen teacher's on
+        the same inputs (labels are not used), and the student's outputs."""
         if self.distillation is None:
-            return model(**batch).loss
+            raise ValueError("compression_training.knowledge_distillation is not enabled")
         inputs = {key: value for key, value in batch.items() if key != "labels"}
         student_outputs = model(**inputs, **self.distillation.model_kwargs)
-        return self.distillation(student_outputs, self.teacher_outputs(**inputs))
+        return self.distillation(student_outputs, self.teacher_outputs(**inputs)), student_outputs
+
+    def student_loss(self, model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one micro-batch of the student ``model`` (the engine): :meth:`distilled` with
+        knowledge distillation, else the model's own loss from ``batch["labels"]``."""
+        if self.distillation is None:
+            return model(**batch).loss
+        return self.distilled(model, batch)[0]
+
+    def may_pick_best(self, step: int, total_steps: int) -> bool:
+        """Whether a dev score at ``step`` may make its checkpoint the best: only once the compression schedule is
+        final (bits, pruning ratios), or at the last step; an earlier score is not that of the model that
+        ``redundancy_clean`` bakes."""
+        return self.scheduler.settled or step >= total_steps
 
 
 def _config_source(args: Any, config: Any, kwargs: dict[str, Any]) -> Any:

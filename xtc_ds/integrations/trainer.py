@@ -274,9 +274,7 @@ class XtcTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self._teacher_placed:
             self._place_teacher()
-        features = {key: value for key, value in inputs.items() if key != "labels"}
-        outputs = model(**features, **self.xtc.distillation.model_kwargs)
-        loss = self.xtc.distillation(outputs, self.xtc.teacher_outputs(**features))
+        loss, outputs = self.xtc.distilled(model, inputs)
         return (loss, outputs) if return_outputs else loss
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
@@ -300,10 +298,8 @@ class XtcTrainer(Trainer):
         load_compression_state(self.state.best_model_checkpoint, self.xtc.scheduler)
 
     def _best_candidate(self) -> bool:
-        """Whether this evaluation may make its checkpoint the best: only once the compression schedule is final
-        (bits, pruning ratios), or at the last step; an earlier score is not that of the model ``save_packed``
-        bakes."""
-        return self.xtc.scheduler.settled or self.state.global_step >= self.state.max_steps
+        """Whether this evaluation may make its checkpoint the best (:meth:`XtcRuntime.may_pick_best`)."""
+        return self.xtc.may_pick_best(self.state.global_step, self.state.max_steps)
 
     def _determine_best_metric(self, metrics: dict[str, float], trial: Any) -> bool:
         """transformers >= 4.48 picks the best checkpoint here."""

@@ -203,10 +203,11 @@ def _resume(engine: Any, phase: Phase, tag_dir: Path, batches: EpochBatches) -> 
     return step
 
 
-def settled(engine: Any) -> bool:
-    """Whether ``engine``'s compression schedule (if any) is final, so its dev score may pick the best checkpoint."""
+def may_pick_best(engine: Any, step: int, total_steps: int) -> bool:
+    """Whether ``engine``'s dev score at ``step`` may pick the best checkpoint (:meth:`XtcRuntime.may_pick_best`;
+    always for an engine without compression)."""
     xtc = getattr(engine, "xtc", None)
-    return xtc is None or xtc.scheduler.settled
+    return xtc is None or xtc.may_pick_best(step, total_steps)
 
 
 def run_phase(
@@ -287,7 +288,7 @@ def run_phase(
                         for k, v in m.items()
                     ]
                 )
-            if not (settled(engine) or done == phase.total_steps):
+            if not may_pick_best(engine, done, phase.total_steps):
                 if rank_zero:
                     logger.info(
                         "xtc_ds %s step %d: not a best-checkpoint candidate (the compression schedule still changes "
