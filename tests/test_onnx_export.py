@@ -15,6 +15,7 @@ from xtc_ds.nn import XtcPackedEmbedding, XtcPackedLinear
 from xtc_ds.onnx_export import export_onnx
 from xtc_ds.onnx_export.compact import BITS1_SUFFIX, FP16_SUFFIX, ROWS_SUFFIX, nbits_weights
 from xtc_ds.onnx_export.mapping import packed_from_nbits
+from xtc_ds.onnx_export.options import OnnxExportOptions
 
 ort = pytest.importorskip("onnxruntime", reason="pip install 'xtc_ds[onnx]' for the ONNX export")
 onnx = pytest.importorskip("onnx")
@@ -155,6 +156,10 @@ def test_bad_arguments_and_output_folders_are_refused(tmp_path, reference_kernel
         export_onnx(tmp_path / "packed", tmp_path / "onnx", accuracy_level=1)
     with pytest.raises(OnnxExportError, match="block_size must be a power of two"):
         export_onnx(tmp_path / "packed", tmp_path / "onnx", block_size=48)
+    with pytest.raises(OnnxExportError, match=r"give options= or \['accuracy_level'\] as keywords, not both"):
+        export_onnx(tmp_path / "packed", tmp_path / "onnx", options=OnnxExportOptions(), accuracy_level=0)
+    with pytest.raises(OnnxExportError, match="unexpected keyword argument 'acuracy_level'"):
+        export_onnx(tmp_path / "packed", tmp_path / "onnx", acuracy_level=0)
     user = tmp_path / "user"
     user.mkdir()
     (user / "notes.txt").write_text("mine")
@@ -165,8 +170,10 @@ def test_bad_arguments_and_output_folders_are_refused(tmp_path, reference_kernel
         export_onnx(tmp_path / "packed", tmp_path / "packed" / "onnx")
     first = export_onnx(tmp_path / "packed", tmp_path / "onnx")
     (first / "model.onnx").write_bytes(b"stale")
-    again = export_onnx(tmp_path / "packed", tmp_path / "onnx", accuracy_level=0)  # an earlier export is replaced
-    assert json.loads((again / "xtc_onnx.json").read_text())["accuracy_level"] == 0
+    options = OnnxExportOptions(accuracy_level=0, block_size=64)
+    again = export_onnx(tmp_path / "packed", tmp_path / "onnx", options=options)  # an earlier export is replaced
+    record = json.loads((again / "xtc_onnx.json").read_text())
+    assert (record["accuracy_level"], record["block_size"], record["linear_op"]) == (0, 64, "MatMulNBits")
     _session(again)
 
 

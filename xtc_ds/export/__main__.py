@@ -10,21 +10,16 @@ import torch
 
 from xtc_ds.errors import ConfigError, exit_on_user_error
 from xtc_ds.export.write import export_packed
+from xtc_ds.onnx_export.options import BLOCK_SIZES, AccuracyLevel, LinearOp, OnnxExportOptions
 
 
 def _export(args: argparse.Namespace):
     if args.format == "onnx":
         from xtc_ds.onnx_export import export_onnx
 
+        options = OnnxExportOptions(args.accuracy_level, args.block_size, args.one_bit_storage, args.linear_op)
         return export_onnx(
-            args.model,
-            args.output_dir,
-            deepspeed_config=args.deepspeed_config,
-            accuracy_level=args.accuracy_level,
-            block_size=args.block_size,
-            overwrite=args.overwrite_output_dir,
-            one_bit_storage=args.one_bit_storage,
-            linear_op=args.linear_op,
+            args.model, args.output_dir, args.deepspeed_config, overwrite=args.overwrite_output_dir, options=options
         )
     if args.deepspeed_config is None:
         raise ConfigError("--deepspeed_config: required for --format packed (the config the model was trained with)")
@@ -73,11 +68,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument(
         "--accuracy_level",
         type=int,
-        choices=(0, 4),
-        default=4,
+        choices=[int(level) for level in AccuracyLevel],
+        default=int(OnnxExportOptions.accuracy_level),
         help="onnx: 4 = int8 activations inside MatMulNBits (fast), 0 = float32 with xtc_ds's own activation grid",
     )
-    parser.add_argument("--block_size", type=int, default=128, help="onnx: codes per scale along a row (16..256)")
+    parser.add_argument(
+        "--block_size",
+        type=int,
+        choices=BLOCK_SIZES,
+        default=OnnxExportOptions.block_size,
+        help="onnx: codes per scale along a row",
+    )
     parser.add_argument(
         "--one_bit_storage",
         action="store_true",
@@ -85,8 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     )
     parser.add_argument(
         "--linear_op",
-        choices=("MatMulNBits", "MatMulIntegerToFloat"),
-        default="MatMulNBits",
+        choices=[op.value for op in LinearOp],
+        default=OnnxExportOptions.linear_op.value,
         help="onnx: MatMulIntegerToFloat = ONNX Runtime's int8 GEMM, weights rebuilt at load from their 1/2/4-bit "
         "codes (fastest where ONNX Runtime's int8 kernels use AMX or VNNI; activations quantized per tensor)",
     )

@@ -32,14 +32,14 @@ from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.onnx_export import ops
 from xtc_ds.onnx_export.compact import Int8Storage, compact_initializers, int8_weights, nbits_weights
 from xtc_ds.onnx_export.mapping import int8_code_map, packed_from_int8, packed_from_nbits
-from xtc_ds.onnx_export.modules import ACCURACY_LEVELS, LINEAR_OPS, Int8Linear, onnx_ready
+from xtc_ds.onnx_export.modules import Int8Linear, onnx_ready
+from xtc_ds.onnx_export.options import OnnxExportOptions
 from xtc_ds.quant.reference import QuantizedWeight
 
-__all__ = ["export_onnx", "ONNX_FILE", "RECORD_FILE", "DEFAULT_BLOCK_SIZE", "model_input_names"]
+__all__ = ["export_onnx", "ONNX_FILE", "RECORD_FILE", "model_input_names"]
 
 ONNX_FILE = "model.onnx"
 RECORD_FILE = "xtc_onnx.json"
-DEFAULT_BLOCK_SIZE = 128
 _OPSET = 20
 
 
@@ -146,12 +146,10 @@ def export_onnx(
     source: Any,
     output_dir: Union[str, Path],
     deepspeed_config: Optional[Any] = None,
-    accuracy_level: int = 4,
-    block_size: int = DEFAULT_BLOCK_SIZE,
     tokenizer: Any = None,
     overwrite: bool = False,
-    one_bit_storage: bool = False,
-    linear_op: str = "MatMulNBits",
+    options: Optional[OnnxExportOptions] = None,
+    **option_values: Any,
 ) -> Path:
     """Write a compressed sequence classifier as an ONNX Runtime folder, atomically.
 
@@ -161,39 +159,24 @@ def export_onnx(
         output_dir: new, empty, or an earlier ONNX export (replaced as a whole); never the source folder.
         deepspeed_config: the compression config for a ``source`` that is not a packed folder (None: the one the
             model was compressed with in this process).
-        accuracy_level: ``MatMulNBits`` arithmetic: 4 quantizes 8-bit-activation inputs to int8 inside ONNX
-            Runtime (fastest; logits within about 1e-2 of :func:`xtc_ds.load_packed`'s), 0 computes in float32
-            after quantizing activations exactly as xtc_ds does (within float rounding of ``load_packed``).
-        block_size: codes per scale along a row (16..256, a power of two); smaller where the scale groups need it.
         tokenizer: a tokenizer or a folder to copy tokenizer files from (default: the packed folder's).
         overwrite: also replace a non-empty ``output_dir`` that is not an earlier ONNX export.
-        one_bit_storage: store binary weights at 1 bit in ``model.onnx`` (2 bits otherwise), expanded when ONNX
-            Runtime loads the model. The file shrinks by about a third, but loading briefly needs several bytes
-            per weight (BERT-base: 716 MB peak instead of 80 MB), so it is off by default.
-        linear_op: what a quantized Linear with 8-bit activations becomes. ``"MatMulNBits"``: 2/4/8-bit codes
-            with per-block scales, ``accuracy_level`` as above. ``"MatMulIntegerToFloat"``: ONNX Runtime's int8
-            GEMM (AMX or VNNI where the CPU has them), its int8 weight rebuilt at load from the codes stored at
-            their own width (binary: 1 bit); activations quantized by ONNX Runtime to uint8 with one scale per
-            tensor (xtc_ds quantizes per token), so logits differ from ``load_packed``'s by about as much as at
-            ``accuracy_level`` 4; needs ``accuracy_level`` 4 and one scale per output row. Other Linears (weights
-            only, 4-bit activations) stay ``MatMulNBits``.
+        options: how the model is written (:class:`~xtc_ds.onnx_export.options.OnnxExportOptions`: accuracy
+            level, block size, 1-bit storage, the Linear op); or give its fields as keywords
+            (``accuracy_level=0``, ``linear_op="MatMulIntegerToFloat"``), not both.
     Returns:
         ``output_dir``.
     Raises:
         OnnxExportError: a module the export cannot express exactly, bad arguments, or missing ``onnx``/
             ``onnxscript``; OutputDirError: an ``output_dir`` that may not be replaced.
     """
-    if accuracy_level not in ACCURACY_LEVELS:
-        raise OnnxExportError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level!r}")
-    if linear_op not in LINEAR_OPS:
-        raise OnnxExportError(f"linear_op must be one of {LINEAR_OPS}, got {linear_op!r}")
-    if linear_op == "MatMulIntegerToFloat" and accuracy_level != 4:
-        raise OnnxExportError(
-            "linear_op='MatMulIntegerToFloat' quantizes activations to int8 (accuracy_level 4); "
-            f"accuracy_level={accuracy_level} needs linear_op='MatMulNBits'"
-        )
-    if block_size not in (16, 32, 64, 128, 256):
-        raise OnnxExportError(f"block_size must be a power of two from 16 to 256, got {block_size!r}")
+    if options is not None and option_values:
+        raise OnnxExportError(f"export_onnx: give options= or {sorted(option_values)} as keywords, not both")
+    if options is None:
+        try:
+            options = OnnxExportOptions(**option_values)
+        except TypeError as err:
+            raise OnnxExportError(f"export_onnx: {err}") from None
     _require_onnx()
     output_dir = Path(output_dir)
     check_output_dir(output_dir, (source, tokenizer), overwrite, is_ours=_is_onnx_export)
@@ -202,7 +185,7 @@ def export_onnx(
         specs = {
             name: PackedSpec.from_dict(spec) for name, spec in model.config.quantization_config["modules"].items()
         }
-        ready = onnx_ready(model, specs, accuracy_level, block_size, linear_op)
+        ready = onnx_ready(model, specs, options)
         names = model_input_names(model)
         example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
         axes = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
@@ -225,7 +208,7 @@ def export_onnx(
             for name, spec in specs.items()
             if spec.bits is not None and spec.format.single_bit and spec.kind != "embedding"
         }
-        binary = binary if one_bit_storage else set()
+        binary = binary if options.one_bit_storage else set()
         int8_storage = {
             f"model.{name}.int8_weight": Int8Storage(specs[name].format.storage_bits, *int8_code_map(specs[name]))
             for name, module in ready.named_modules()
@@ -236,10 +219,7 @@ def export_onnx(
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         record = {
-            "accuracy_level": accuracy_level,
-            "block_size": block_size,
-            "one_bit_storage": one_bit_storage,
-            "linear_op": linear_op,
+            **options.record(),
             "inputs": names,
             "modules": {name: spec.to_dict() for name, spec in specs.items()},
             "packed_config_sha256": model.config.quantization_config.get("config_sha256"),

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 
 from xtc_ds.errors import OnnxExportError
 from xtc_ds.nn.packed_spec import PackedSpec
+from xtc_ds.onnx_export.options import BLOCK_SIZES
 from xtc_ds.quant.formats import weight_format
 from xtc_ds.quant.packing import pack_bits, unpack_bits
 from xtc_ds.quant.reference import QuantizedWeight
 
 __all__ = [
-    "BLOCK_SIZES",
     "NBitsWeight",
     "Int8Weight",
     "onnx_bits",
@@ -46,9 +46,6 @@ __all__ = [
     "to_int8",
     "packed_from_int8",
 ]
-
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-"""Block sizes ONNX Runtime accepts (powers of two from 16)."""
 
 
 def onnx_bits(bits: int) -> int:

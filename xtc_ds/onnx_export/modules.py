@@ -25,10 +25,9 @@ from xtc_ds.nn.packed_spec import PackedSpec
 from xtc_ds.nn.qat_linear import is_conv1d
 from xtc_ds.onnx_export import ops
 from xtc_ds.onnx_export.mapping import Int8Weight, NBitsWeight, to_int8, to_nbits
+from xtc_ds.onnx_export.options import AccuracyLevel, LinearOp, OnnxExportOptions
 
 __all__ = [
-    "ACCURACY_LEVELS",
-    "LINEAR_OPS",
     "NBitsLinear",
     "Int8Linear",
     "NBitsEmbedding",
@@ -37,10 +36,6 @@ __all__ = [
     "onnx_ready",
 ]
 
-ACCURACY_LEVELS = (0, 4)
-"""``MatMulNBits`` arithmetic: 0 = float32 (activations quantized exactly as xtc_ds does), 4 = int8 activations."""
-LINEAR_OPS = ("MatMulNBits", "MatMulIntegerToFloat")
-"""The ONNX Runtime op a quantized Linear with 8-bit activations becomes."""
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -164,13 +159,7 @@ def _act_only_parts(module: nn.Module) -> tuple[torch.Tensor, Optional[torch.Ten
     return weight, module.bias, act_range
 
 
-def onnx_ready(
-    model: nn.Module,
-    specs: dict[str, PackedSpec],
-    accuracy_level: int,
-    block_size: int,
-    linear_op: str = LINEAR_OPS[0],
-) -> nn.Module:
+def onnx_ready(model: nn.Module, specs: dict[str, PackedSpec], options: OnnxExportOptions) -> nn.Module:
     """A copy of a packed model (from :func:`xtc_ds.load_packed`) with export-time modules in place of packed ones.
 
     ``accuracy_level`` 4 lets ``MatMulNBits`` (or, with ``linear_op="MatMulIntegerToFloat"``, ONNX Runtime's int8
@@ -192,13 +181,14 @@ def onnx_ready(
             weight, bias, act_range = _act_only_parts(module)
             set_submodule(ready, name, ActQuantLinear(weight, bias, _ActQuant(spec, act_range)))
         elif spec.kind == "embedding":
-            set_submodule(ready, name, NBitsEmbedding(module, name, block_size))
+            set_submodule(ready, name, NBitsEmbedding(module, name, options.block_size))
         else:
-            native = accuracy_level == 4 and spec.act_bits == 8
-            if native and linear_op == "MatMulIntegerToFloat":
+            native = options.accuracy_level is AccuracyLevel.INT8 and spec.act_bits == 8
+            if native and options.linear_op is LinearOp.MATMUL_INTEGER_TO_FLOAT:
                 set_submodule(ready, name, Int8Linear(to_int8(module.quantized_weight(), spec, name), module.bias))
                 continue
             act = None if spec.act_bits is None or native else _ActQuant(spec, module.act_range)
-            weight = to_nbits(module.quantized_weight(), spec, name, block_size)
-            set_submodule(ready, name, NBitsLinear(weight, module.bias, act, accuracy_level if native else 0))
+            weight = to_nbits(module.quantized_weight(), spec, name, options.block_size)
+            level = int(options.accuracy_level) if native else int(AccuracyLevel.FLOAT32)
+            set_submodule(ready, name, NBitsLinear(weight, module.bias, act, level))
     return ready.eval()
