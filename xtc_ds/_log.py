@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from xtc_ds._rank import rank_and_world
+
 __all__ = ["logger", "is_rank_zero", "log_rank_zero", "warn_once", "announce"]
 
 logger = logging.getLogger("xtc_ds")
@@ -13,8 +15,6 @@ _warned: set[str] = set()
 
 def is_rank_zero() -> bool:
     """True on global rank 0, or when no distributed job is running."""
-    from xtc_ds.distributed import rank_and_world  # distributed logs through this module
-
     return rank_and_world()[0] == 0
 
 

@@ -16,6 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
+from xtc_ds._rank import rank_and_world
+
 __all__ = [
     "rank_and_world",
     "launched",
@@ -40,16 +42,6 @@ _MPI_VARIABLES = {  # Open MPI, MPICH/Intel MPI (Hydra), PMIx
     "LOCAL_RANK": ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"),
     "LOCAL_WORLD_SIZE": ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"),
 }
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's global rank and the world size: from the process group once it exists, else the launcher's
-    ``RANK``/``WORLD_SIZE`` (0 and 1 for a plain ``python`` run)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def launched() -> bool:

@@ -51,15 +51,24 @@ TILE_ROWS = 16
 TILE_INPUTS = 4
 
 
+_kernel_loader: Optional[Callable[[str], bool]] = None
+
+
+def set_kernel_loader(loader: Callable[[str], bool]) -> None:
+    """Install what loads a device's fused kernels on its first call (:func:`xtc_ds.ops.native.register_for`, set
+    when :mod:`xtc_ds.ops.native` is imported), so the ops declared here need not import the code that
+    implements them."""
+    global _kernel_loader
+    _kernel_loader = loader
+
+
 def _redispatch(device: torch.device) -> bool:
     """True when this call should go through the dispatcher again: native kernels were registered just now.
 
     The first call on a device lands here (no kernel is registered yet) and loads the extension lazily, so
     importing xtc_ds never builds anything.
     """
-    from xtc_ds.ops import native  # native registers kernels for the ops defined here
-
-    return native.register_for(device.type)
+    return _kernel_loader is not None and _kernel_loader(device.type)
 
 
 def _kernel_layout(bits: int) -> str:

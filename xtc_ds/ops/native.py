@@ -246,3 +246,6 @@ def status() -> dict[str, str]:
 def registered_devices() -> frozenset[str]:
     """Devices whose fused kernels are registered with the ops in this process."""
     return frozenset(_registered)
+
+
+library.set_kernel_loader(register_for)
