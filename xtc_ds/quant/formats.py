@@ -63,7 +63,7 @@ class WeightFormat:
     """How one kind of quantized weight is coded (module docstring).
 
     Attributes:
-        name: ``binary``, ``ternary``, ``symmetric`` or ``asymmetric``.
+        name: ``binary``, ``ternary``, ``symmetric``, ``asymmetric``, or a registered format's own name.
         bits: the config's bits.
         storage_bits: bits per stored code (1, 2, 4 or 8: codes never straddle a byte).
         level_offset: ``level = level_step * code - level_offset``; None where each group has a zero point.
