@@ -8,7 +8,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xtc_ds"
 RECIPE = ("xtc_ds.recipes",)
 
 LAYERS = [
-    ("base", ["xtc_ds._rank", "xtc_ds._log", "xtc_ds._schema", "xtc_ds.errors", "xtc_ds.files", "xtc_ds.safe_load"]),
+    (
+        "base",
+        [
+            "xtc_ds._rank",
+            "xtc_ds._compat",
+            "xtc_ds._log",
+            "xtc_ds._schema",
+            "xtc_ds.errors",
+            "xtc_ds.files",
+            "xtc_ds.safe_load",
+        ],
+    ),
     ("quantizer math", ["xtc_ds.quant"]),
     ("ops", ["xtc_ds.ops"]),
     ("config", ["xtc_ds.config"]),

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xtc_ds._compat import attn_implementation
 from xtc_ds.config import SECTION, ConfigError, load_compression_config
 
 __all__ = ["DistillationLoss", "distillation_loss", "require_eager_attention"]
@@ -41,14 +42,14 @@ def _field(outputs: Any, name: str) -> Any:
 def require_eager_attention(model: nn.Module) -> None:
     """Make a Hugging Face model return attention maps (eager attention), or raise saying how to load it."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", "eager") == "eager":
+    if config is None or attn_implementation(config) == "eager":
         return
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
         return
     raise ConfigError(
         f"{_PATH}.attention_weight: attention KD needs attention maps, which "
-        f"{config._attn_implementation!r} attention does not return; load the model with attn_implementation='eager' "
+        f"{attn_implementation(config)!r} attention does not return; load the model with attn_implementation='eager' "
         f"or set attention_weight to 0"
     )
 

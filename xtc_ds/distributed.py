@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
+from xtc_ds._compat import deepspeed_compatible_ops
 from xtc_ds._rank import rank_and_world
 
 __all__ = [
@@ -112,10 +113,9 @@ def init_distributed(timeout: timedelta = timedelta(minutes=30), dist_backend: O
 
 def shm_op_applies() -> bool:
     """Whether DeepSpeed builds its CPU shared-memory all-reduce op here (the CPU accelerator, op compatible)."""
-    import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
-    return get_accelerator().device_name() == "cpu" and deepspeed.ops.__compatible_ops__.get(SHM_OP, False)
+    return get_accelerator().device_name() == "cpu" and deepspeed_compatible_ops().get(SHM_OP, False)
 
 
 def announce_shm_build() -> None:
@@ -138,12 +138,11 @@ def prepare_deepspeed_ops() -> None:
     A one-process job never uses the shared-memory all-reduce, so it is not built (about 2 silent minutes on a
     2-core machine otherwise); a multi-process job says it is building it (:func:`announce_shm_build`).
     """
-    import deepspeed.ops
 
     if not shm_op_applies():
         return
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        deepspeed.ops.__compatible_ops__[SHM_OP] = False
+        deepspeed_compatible_ops()[SHM_OP] = False
         return
     announce_shm_build()
 

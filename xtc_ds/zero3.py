@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 
 from torch import nn
 
+from xtc_ds._compat import invalidate_zero3_trace
+
 __all__ = [
     "full_parameters",
     "partition_new_parameters",
@@ -59,5 +61,5 @@ def forget_parameter_trace(engine: object) -> None:
     the same way when it re-registers its hooks.) No-op for other engines and models."""
     offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
     coordinator = None if offload is None else offload.get_param_coordinator()
-    if coordinator is not None and not coordinator.is_invalid_trace():
-        coordinator._invalidate_trace()
+    if coordinator is not None:
+        invalidate_zero3_trace(coordinator)

@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from xtc_ds._compat import set_attn_implementation
 from xtc_ds.config import ConfigError
 from xtc_ds.errors import PackedFormatError
 from xtc_ds.export.format import (
@@ -46,7 +47,7 @@ def _empty_model(folder: Path, model_class: type, attn_implementation: Optional[
     try:
         hf_config = transformers.AutoConfig.from_pretrained(folder)
         if attn_implementation is not None:
-            hf_config._attn_implementation = attn_implementation
+            set_attn_implementation(hf_config, attn_implementation)
         with torch.device("meta"):
             return model_class(hf_config)
     except Exception as err:  # transformers raises many types for fields it cannot build a model from
@@ -211,7 +212,7 @@ def load_cleaned(
     except Exception as err:  # transformers raises many types for a missing or damaged config.json
         raise PackedFormatError(f"{config_path}: unreadable ({type(err).__name__}: {err})") from None
     if attn_implementation is not None:
-        hf_config._attn_implementation = attn_implementation
+        set_attn_implementation(hf_config, attn_implementation)
     model_class = model_class or _model_class(hf_config.to_dict(), config_path)
     try:
         with torch.random.fork_rng():  # the random initialization, overwritten below, leaves the caller's RNG alone

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from xtc_ds._compat import set_accelerate_world
 from xtc_ds._log import log_rank_zero
 from xtc_ds.augment import AugmentedDataset, Augmenter, AugmentSettings, ListRows
 from xtc_ds.compress import redundancy_clean
@@ -116,14 +117,13 @@ def _count_deepspeed_cpu_ranks(args: Any) -> None:
     world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     if state.num_processes == world:
         return
-    state.backend = torch.distributed.get_backend()
-    state.num_processes, state.process_index = world, rank
-    state.local_process_index = int(os.environ.get("LOCAL_RANK", rank))
+    backend = torch.distributed.get_backend()
+    set_accelerate_world(state, backend, world, rank, int(os.environ.get("LOCAL_RANK", rank)))
     ds_config = args.hf_deepspeed_config.config
     per_process = args.per_device_train_batch_size * args.gradient_accumulation_steps
     if ds_config.get("train_batch_size") == per_process:
         ds_config["train_batch_size"] = per_process * world
-    log_rank_zero(logging.INFO, f"xtc_ds: DeepSpeed on CPUs: Trainer runs as {world} ranks ({state.backend})")
+    log_rank_zero(logging.INFO, f"xtc_ds: DeepSpeed on CPUs: Trainer runs as {world} ranks ({backend})")
 
 
 def _augmented(

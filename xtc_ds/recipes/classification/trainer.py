@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from xtc_ds._compat import zero3_consolidated_state_dict
 from xtc_ds._log import is_rank_zero, logger
 from xtc_ds.augment import AugmentedRows
 from xtc_ds.checkpoint_layout import LAYOUT_FILE, UNIVERSAL_DIR
@@ -112,7 +113,7 @@ def evaluate(
 def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
     """The model's complete state dict on rank 0 (ZeRO-3 partitions gathered; every rank must call this)."""
     if engine.zero_optimization_stage() == 3:
-        return engine._zero3_consolidated_16bit_state_dict()
+        return zero3_consolidated_state_dict(engine)
     return engine.module.state_dict()
 
 

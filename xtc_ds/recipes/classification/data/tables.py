@@ -12,7 +12,6 @@ import contextlib
 import csv
 import logging
 import os
-import re
 import socket
 import tempfile
 import warnings
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 from urllib.parse import urlparse
 
+from xtc_ds._compat import parser_field_counts
 from xtc_ds.errors import DataError
 
 __all__ = ["FILE_FORMATS", "Table", "read_table", "load_hub_dataset", "hub_table"]
@@ -104,9 +104,6 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
-
-
 def _explain(path: Path, fmt: str, err: BaseException) -> str:
     """One line saying what is wrong with the file, from whatever the parser raised."""
     cause = err
@@ -114,9 +111,9 @@ def _explain(path: Path, fmt: str, err: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__
     text = str(cause).strip()
     hint = "is there a tab inside a text?" if fmt == "tsv" else "is a text with a comma or quote not quoted?"
-    fields = _FIELDS.search(text)
+    fields = parser_field_counts(text)
     if fields:
-        expected, line, saw = fields.groups()
+        expected, line, saw = fields
         return f"{path}:{line}: {saw} fields, rows have {expected} ({hint})"
     if "Length of header or names does not match" in text:
         return f"{path}: a row has more fields than the header ({hint})"
