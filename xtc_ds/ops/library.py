@@ -20,7 +20,7 @@ covers rows ``16t .. 16t+15`` and inputs ``4q .. 4q+3``, element ``(r, j)`` at p
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,7 @@ def _kernel_layout(bits: int) -> str:
 
 def block_bytes(bits: int) -> int:
     """Bytes of one ``TILE_ROWS x TILE_INPUTS`` block of the CPU kernel layout."""
-    return _LAYOUT_BLOCK_BYTES[_kernel_layout(bits)]
+    return _LAYOUTS[_kernel_layout(bits)].block_bytes
 
 
 def levels_of_codes(codes: Tensor, bits: int) -> Tensor:
@@ -197,13 +197,18 @@ def _levels_of_int8(kernel_weight: Tensor) -> Tensor:
     return kernel_weight.view(torch.int8).to(torch.int32)
 
 
-_LAYOUT_BLOCK_BYTES = {"sign_bits": 8, "ternary_masks": 16, "int8": 64}
-_LAYOUT_CODECS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
-    "sign_bits": (_sign_bits, _levels_of_sign_bits),
-    "ternary_masks": (_ternary_masks, _levels_of_ternary_masks),
-    "int8": (_int8, _levels_of_int8),
+class _Layout(NamedTuple):
+    block_bytes: int
+    encode: Callable[[Tensor], Tensor]  # levels of each block -> its bytes
+    decode: Callable[[Tensor], Tensor]  # bytes -> levels
+
+
+_LAYOUTS = {
+    "sign_bits": _Layout(8, _sign_bits, _levels_of_sign_bits),
+    "ternary_masks": _Layout(16, _ternary_masks, _levels_of_ternary_masks),
+    "int8": _Layout(64, _int8, _levels_of_int8),
 }
-"""Each kernel layout's (levels of a block -> bytes, bytes -> levels): the module docstring's table."""
+"""Each kernel layout of the module docstring's table."""
 
 
 def _tiles_of_levels(levels: Tensor, bits: int) -> Tensor:
@@ -211,13 +216,13 @@ def _tiles_of_levels(levels: Tensor, bits: int) -> Tensor:
     n, k = levels.shape
     tiles, quads, _ = tile_shape(n, k, bits)
     blocks = levels.reshape(tiles, TILE_ROWS, quads, TILE_INPUTS).permute(0, 2, 1, 3).reshape(tiles, quads, -1)
-    return _LAYOUT_CODECS[_kernel_layout(bits)][0](blocks)
+    return _LAYOUTS[_kernel_layout(bits)].encode(blocks)
 
 
 def _levels_of_tiles(kernel_weight: Tensor, bits: int) -> Tensor:
     """Inverse of :func:`_tiles_of_levels`: ``(N, K)`` int32 levels."""
     tiles, quads, _ = kernel_weight.shape
-    blocks = _LAYOUT_CODECS[_kernel_layout(bits)][1](kernel_weight)
+    blocks = _LAYOUTS[_kernel_layout(bits)].decode(kernel_weight)
     return blocks.reshape(tiles, quads, TILE_ROWS, TILE_INPUTS).permute(0, 2, 1, 3).reshape(tiles * TILE_ROWS, -1)
 
 
